@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` and `make test`. Each creates (or reuses) the
+# virtual environment in .venv and installs what it needs, so they work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := $(VENV)/.system-deps
+
+.PHONY: install system-deps demo test test-slow lint benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (the demo's fallback dataset and a test source).
+system-deps: $(APT_STAMP)
+
+$(APT_STAMP): scripts/system-deps.sh
+	bash scripts/system-deps.sh
+	@mkdir -p $(VENV) && touch $(APT_STAMP)
+
+demo: install system-deps
+	$(BIN)/shelfsight demo
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test: install system-deps lint
+	$(BIN)/python -m pytest
+
+test-slow: install system-deps
+	$(BIN)/python -m pytest -m slow
+
+benchmark: install system-deps
+	$(BIN)/python benchmarks/extraction.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,93 @@
+"""Frozen backbone specifications: what a public model name means.
+
+A spec says which library builds the model, which checkpoint holds its weights, how images
+must be preprocessed and what comes out. Preprocessing lives in the spec (not in the loader)
+so that the embedding cache key is derived from the very values that produced the vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Family = Literal["supervised", "self-supervised", "contrastive"]
+Library = Literal["timm", "open_clip", "transformers", "torchhub", "efficientnet_lite"]
+
+FAMILIES: tuple[Family, ...] = ("supervised", "self-supervised", "contrastive")
+LIBRARIES: tuple[Library, ...] = ("timm", "open_clip", "transformers", "torchhub", "efficientnet_lite")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize, centre-crop ``input_size``, normalise.
+
+    ``resize_mode="shortest"`` resizes the shorter side to ``resize_size`` (aspect kept, timm and
+    CLIP); ``"squash"`` resizes straight to ``input_size`` squared (aspect ignored, SigLIP).
+    """
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize_mode: Literal["shortest", "squash"] = "shortest"
+
+    def __post_init__(self) -> None:
+        if self.input_size <= 0:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {self.resize_mode!r}")
+
+    @property
+    def resize_size(self) -> int:
+        """Shorter-side length before the centre crop (timm's convention)."""
+        return int(self.input_size / self.crop_pct)
+
+    def replace(self, **overrides: Any) -> Preprocess:
+        """A copy with some fields overridden (the override > spec > default precedence)."""
+        return dataclasses.replace(self, **overrides)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One public backbone name and everything needed to build and describe it.
+
+    ``checkpoint`` is written in the library's own terms:
+    timm ``"vit_base_patch16_224.dino"``; open_clip ``"ViT-B-16:openai"`` or
+    ``"hf-hub:Marqo/marqo-ecommerce-embeddings-B"``; transformers ``"facebook/dinov2-base"``;
+    torchhub ``"facebookresearch/maws:vit_b16_maws"``; efficientnet_lite ``"efficientnet-lite0"``.
+    """
+
+    name: str
+    family: Family
+    library: Library
+    checkpoint: str
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    embed_dim: int | None = None
+    params_m: float | None = None
+    licence: str = "unknown"
+    description: str = ""
+    in_paper: bool = False
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"{self.name}: family must be one of {FAMILIES}, got {self.family!r}")
+        if self.library not in LIBRARIES:
+            raise ValueError(f"{self.name}: library must be one of {LIBRARIES}, got {self.library!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide which network computes the embedding (for cache keys)."""
+        return {"library": self.library, "checkpoint": self.checkpoint}

@@ -1,0 +1,108 @@
+"""Safe image decoding: whatever a catalogue holds becomes an RGB image or a clear reason.
+
+Shop catalogues contain phone photos with EXIF rotation, PNGs with alpha, CMYK print files,
+16-bit scans and the odd truncated upload. Every failure is an ``ImageDecodeError`` with a
+short reason, so extraction can skip the file, record why, and go on.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shelfsight.errors import ImageDecodeError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Larger images are refused before decoding (decompression bombs): 64 megapixels ~ 8000x8000."""
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+)
+
+_BACKGROUND = (255, 255, 255)
+"""Transparent pixels are composited on white, the usual product-shot background."""
+
+
+def decode_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> Image.Image:
+    """Open ``path`` as an upright 8-bit RGB image, or raise ``ImageDecodeError``.
+
+    ``draft_size`` lets the JPEG decoder scale down by a power of two while keeping both sides
+    at least that long: much faster for large photos that will be resized anyway.
+    """
+    name = str(path)
+    try:
+        if os.path.getsize(name) == 0:
+            raise ImageDecodeError(name, "empty file")
+    except FileNotFoundError:
+        raise ImageDecodeError(name, "file not found") from None
+    except OSError as exc:
+        raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(name)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    name, f"image too large ({width}x{height} > {max_pixels} pixels; possible decompression bomb)"
+                )
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(name, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError(name, "image too large (possible decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(name, f"corrupt or truncated image data ({exc})") from None
+    return to_rgb(_upright(image))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block must not lose the pixels."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # noqa: BLE001
+        return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB: palette, alpha, CMYK, 16-bit, float and greyscale."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _wide_to_rgb(image)
+    return image.convert("RGB")
+
+
+def _wide_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit or float greyscale to 8-bit by the full 16-bit range (or the data range for floats)."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low or 1.0) * 255.0
+    else:
+        scaled = array / 257.0
+    grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    return grey.convert("RGB")
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS

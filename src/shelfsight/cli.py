@@ -1,0 +1,155 @@
+"""The ``shelfsight`` command: parse, call the public API, print. No logic of its own."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shelfsight import paths
+from shelfsight.errors import ShelfsightError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Benchmark, adapt and serve image embeddings for e-commerce catalogues.")
+console = Console()
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Datasets root (default: $SHELFSIGHT_DATA_DIR).")]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Cache root (default: $SHELFSIGHT_CACHE_DIR).")]
+
+
+@app.command("models")
+def models_command(
+    family: Annotated[str | None, typer.Option(help="supervised, self-supervised or contrastive")] = None,
+) -> None:
+    """List the registered backbones, and whether their weights are available offline."""
+    from shelfsight.backbones import list_specs, weights_status
+
+    table = Table(title="Registered backbones (any timm:/open_clip:/hf:/torchhub: name works too)")
+    for column in ("name", "family", "library", "checkpoint", "params (M)", "dim", "input", "licence", "weights"):
+        table.add_column(column, justify="right" if column in ("params (M)", "dim", "input") else "left")
+    for spec in list_specs(family):
+        status = weights_status(spec)
+        colour = {"packaged": "green", "cached": "green", "local": "green"}.get(status, "yellow")
+        table.add_row(
+            spec.name + (" *" if spec.in_paper else ""), spec.family, spec.library, spec.checkpoint,
+            f"{spec.params_m:.1f}" if spec.params_m else "?", str(spec.embed_dim or "?"),
+            str(spec.preprocess.input_size), spec.licence, f"[{colour}]{status}[/]",
+        )
+    console.print(table)
+    console.print("* evaluated in the paper. weights: packaged/cached = available offline; download = needs the hub.")
+
+
+@app.command("datasets")
+def datasets_command(data_dir: DataDir = None) -> None:
+    """List the datasets shelfsight reads, and whether each is present."""
+    from shelfsight.catalog import DATASETS, load_catalog
+
+    table = Table(title=f"Datasets ({paths.describe_data_dir(data_dir)})")
+    for column in ("name", "present", "splits", "licence", "description"):
+        table.add_column(column)
+    for entry in DATASETS.values():
+        try:
+            catalog = load_catalog(entry.name, data_dir=data_dir, splits=(entry.splits[-1],))
+            present = f"[green]yes[/] ({catalog.description.split(':')[0]})"
+        except ShelfsightError:
+            present = "[yellow]no[/]"
+        table.add_row(entry.name, present, ", ".join(entry.splits), entry.licence, entry.description)
+    console.print(table)
+
+
+@app.command("embed")
+def embed_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Backbone name (see `shelfsight models`).")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name, image folder or manifest.")],
+    split: Annotated[list[str] | None, typer.Option("--split", "-s", help="Split(s) to embed (repeatable).")] = None,
+    data_dir: DataDir = None,
+    cache_dir: CacheDir = None,
+    weights: Annotated[Path | None, typer.Option(help="Local weights file/folder instead of the hub.")] = None,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Random weights (the floor).")] = False,
+    image_root: Annotated[Path | None, typer.Option(help="Base folder for a manifest's relative paths.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute without reading or writing the cache.")] = False,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Items per cache chunk (the resume granularity).")] = 1024,
+    limit: Annotated[int | None, typer.Option(min=1, help="Embed only the first N items.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Also write ids and vectors to this .npz file.")] = None,
+    download: Annotated[bool, typer.Option(help="Download a public dataset if absent (online only).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Embed a catalogue with a backbone; cached, resumable, corrupt files skipped and reported."""
+    from shelfsight.backbones import get_spec, load_backbone
+    from shelfsight.catalog import load_catalog
+    from shelfsight.embeddings import embed_catalog
+
+    get_spec(model)  # a typo fails before a large catalogue is scanned
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise typer.BadParameter("use auto, fp32, bf16 or fp16", param_hint="--precision")
+    catalog = load_catalog(dataset, data_dir=data_dir, splits=tuple(split) if split else None, cache_dir=cache_dir,
+                           download=download, image_root=image_root)
+    if limit:
+        catalog = catalog.head(limit)
+    backbone = load_backbone(model, pretrained=not random_init, weights=weights)
+    result = embed_catalog(
+        catalog, backbone, batch_size=batch_size, num_workers=workers, device=device,
+        precision=precision,  # type: ignore[arg-type]
+        cache_dir=cache_dir, use_cache=not no_cache, chunk_size=chunk_size, progress=not quiet,
+    )
+    report = result.write_skip_report((result.cache_folder or Path.cwd()) / "skipped.csv") if result.skipped else None
+    if output:
+        result.save(output)
+    print_embedding_summary(catalog.name, backbone.spec.name, len(catalog), result, report, output)
+
+
+def print_embedding_summary(catalog_name: str, model: str, n_items: int, result: object, report: Path | None,
+                            output: Path | None) -> None:
+    from shelfsight.embeddings import Embeddings
+
+    assert isinstance(result, Embeddings)
+    cached = n_items - result.computed
+    state = "hit" if result.computed == 0 else ("miss" if cached == 0 else f"partial ({cached} items cached)")
+    table = Table(title=f"{model} on {catalog_name}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("items", str(n_items)), ("embedded", str(len(result.ids))), ("skipped", str(len(result.skipped))),
+        ("dimension", str(result.dim)), ("device / precision", f"{result.device} / {result.precision}"),
+        ("cache", state), ("time", f"{result.seconds:.2f} s"),
+    ]
+    if result.computed:
+        rows.append(("throughput", f"{result.images_per_second:.1f} images/s"))
+    if result.cache_folder:
+        rows.append(("cache folder", str(result.cache_folder)))
+    if report:
+        rows.append(("skip report", str(report)))
+    if output:
+        rows.append(("output", str(output)))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command("demo")
+def demo_command(data_dir: DataDir = None, cache_dir: CacheDir = None) -> None:
+    """Embed a real dataset with real pretrained weights (efficientnet_lite0) and summarise."""
+    from shelfsight.demo import run_demo
+
+    run_demo(data_dir=data_dir, cache_dir=cache_dir, console=console)
+
+
+def main() -> None:
+    """Entry point: a ShelfsightError is a message for the user, not a stack trace."""
+    try:
+        app()
+    except ShelfsightError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Shared fixtures: real data from $SHELFSIGHT_DATA_DIR and a catalogue of broken files."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach for the network
+
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test writes its caches under its own temporary folder."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("SHELFSIGHT_CACHE_DIR", str(cache))
+    return cache
+
+
+def data_root() -> Path | None:
+    value = os.environ.get("SHELFSIGHT_DATA_DIR")
+    return Path(value) if value else None
+
+
+@pytest.fixture(scope="session")
+def grocery_root() -> Path:
+    """The data root holding the real Grocery Store Dataset (CI sets SHELFSIGHT_DATA_DIR)."""
+    root = data_root()
+    if root is None or not (root / "grocery-store" / "dataset" / "classes.csv").is_file():
+        pytest.skip("Grocery Store Dataset not found: set SHELFSIGHT_DATA_DIR to the shared datasets folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def grocery_photos(grocery_root: Path) -> list[Path]:
+    """A few real test photos from three different products."""
+    base = grocery_root / "grocery-store" / "dataset" / "test"
+    picks = []
+    for sub in ("Fruit/Banana", "Packages/Milk/Arla-Standard-Milk", "Vegetables/Carrots"):
+        picks.extend(sorted((base / sub).glob("*.jpg"))[:4])
+    return picks
+
+
+def _jpeg_bytes(image: Image.Image, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+def gradient(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, width * height * 3).reshape(height, width, 3)
+    noise = rng.integers(0, 40, size=(height, width, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def write_oddities(folder: Path) -> dict[str, str]:
+    """Valid images of every awkward kind, named by kind; returns kind -> file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    image = gradient()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise when displayed
+    (folder / "exif_rotated.jpg").write_bytes(_jpeg_bytes(image, exif=exif.tobytes()))
+    files["exif"] = "exif_rotated.jpg"
+    palette = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 0
+    palette.save(folder / "palette_transparent.png", transparency=0)
+    files["palette"] = "palette_transparent.png"
+    rgba = image.convert("RGBA")
+    alpha = np.zeros((image.height, image.width), dtype=np.uint8)
+    alpha[:, : image.width // 2] = 255
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(folder / "alpha.png")
+    files["alpha"] = "alpha.png"
+    image.convert("CMYK").save(folder / "cmyk.jpg", format="JPEG")
+    files["cmyk"] = "cmyk.jpg"
+    wide = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
+    Image.fromarray(wide).save(folder / "sixteen_bit.png")
+    files["16bit"] = "sixteen_bit.png"
+    image.convert("L").save(folder / "grey.png")
+    files["grey"] = "grey.png"
+    return files
+
+
+def write_broken(folder: Path, good_source: Path | None = None) -> dict[str, str]:
+    """Files that must be skipped, by kind; returns kind -> file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = good_source.read_bytes() if good_source else _jpeg_bytes(gradient(200, 200), quality=95)
+    (folder / "truncated.jpg").write_bytes(payload[: len(payload) // 3])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "not_an_image.jpg").write_text("this is a text file with an image extension\n")
+    rng = np.random.default_rng(1)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(500))
+    Image.new("1", (9000, 9000)).save(folder / "bomb.png")  # 81 megapixels in a tiny file
+    return {"truncated": "truncated.jpg", "empty": "empty.jpg", "non-image": "not_an_image.jpg",
+            "corrupt": "corrupt.png", "bomb": "bomb.png"}
+
+
+@pytest.fixture
+def messy_catalog(tmp_path: Path) -> Path:
+    """An image-folder catalogue: good images, awkward-but-valid images and broken files."""
+    root = tmp_path / "catalogue"
+    for index, name in enumerate(("shoes", "bags")):
+        good = root / name
+        good.mkdir(parents=True)
+        for k in range(3):
+            gradient(80, 60, seed=10 * index + k).save(good / f"{name}_{k}.jpg", quality=90)
+    write_oddities(root / "odd")
+    write_broken(root / "broken")
+    (root / "shoes" / ".DS_Store").write_bytes(b"\x00\x01")
+    (root / "shoes" / "notes.txt").write_text("supplier notes")
+    return root
+
+
+@pytest.fixture
+def copy_tree(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def copy(source: Path, name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(source, target)
+        return target
+
+    return copy
