@@ -71,7 +71,7 @@ def embed_command(
     weights: Annotated[Path | None, typer.Option(help="Local weights file/folder instead of the hub.")] = None,
     random_init: Annotated[bool, typer.Option("--random-init", help="Random weights (the floor).")] = False,
     image_root: Annotated[Path | None, typer.Option(help="Base folder for a manifest's relative paths.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Default: 16 on CPU, 128 on GPU.")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",

@@ -18,7 +18,8 @@ from shelfsight.backbones.registry import get_spec, list_specs, register, regist
 from shelfsight.backbones.spec import BackboneSpec, Preprocess
 
 __all__ = [
-    "Backbone", "BackboneSpec", "Preprocess", "build_transform", "count_parameters", "get_spec", "list_specs",
+    "Backbone", "BackboneSpec", "Preprocess", "build_pixel_transform", "build_transform", "count_parameters",
+    "normalize_pixels", "get_spec", "list_specs",
     "load_backbone", "register", "register_file", "weights_status",
 ]
 
@@ -68,7 +69,17 @@ def load_backbone(
 
 
 def build_transform(preprocess: Preprocess) -> transforms.Compose:
-    """Resize (shorter side, or squash to a square), centre-crop, scale to [0, 1], normalise."""
+    """One image to a normalised float ``(3, H, W)`` tensor: ``build_pixel_transform`` then
+    ``normalize_pixels``, the same arithmetic as extraction's batched path."""
+    return transforms.Compose([build_pixel_transform(preprocess), lambda pixels: normalize_pixels(pixels, preprocess)])
+
+
+def build_pixel_transform(preprocess: Preprocess) -> transforms.Compose:
+    """Resize (shorter side, or squash to a square) and centre-crop to a ``uint8`` tensor.
+
+    Normalisation is left to ``normalize_pixels`` on the whole batch, in the process that runs the
+    model (and on the GPU there): decoding workers ship four times fewer bytes and do less work.
+    """
     mode = transforms.InterpolationMode(preprocess.interpolation)
     size: int | tuple[int, int] = preprocess.resize_size
     if preprocess.resize_mode == "squash":
@@ -76,9 +87,16 @@ def build_transform(preprocess: Preprocess) -> transforms.Compose:
     return transforms.Compose([
         transforms.Resize(size, interpolation=mode, antialias=True),
         transforms.CenterCrop(preprocess.input_size),
-        transforms.ToTensor(),
-        transforms.Normalize(preprocess.mean, preprocess.std),
+        transforms.PILToTensor(),
     ])
+
+
+def normalize_pixels(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """``uint8`` pixels (``(3, H, W)`` or ``(B, 3, H, W)``) to floats scaled to [0, 1] and normalised."""
+    shape = (3, 1, 1)
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=pixels.device).view(shape)
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=pixels.device).view(shape)
+    return (pixels.float().div_(255.0) - mean).div_(std)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
