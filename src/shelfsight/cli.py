@@ -16,6 +16,8 @@ from shelfsight.errors import ShelfsightError
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Benchmark, adapt and serve image embeddings for e-commerce catalogues.")
 console = Console()
+if not console.is_terminal:  # logs and pipes: wide enough for the leaderboard's columns
+    console = Console(width=160)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Datasets root (default: $SHELFSIGHT_DATA_DIR).")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Cache root (default: $SHELFSIGHT_CACHE_DIR).")]
@@ -134,12 +136,48 @@ def print_embedding_summary(catalog_name: str, model: str, n_items: int, result:
     console.print(table)
 
 
+@app.command("bench")
+def bench_command(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML: models x datasets x strategies.")],
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<config name>).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: SQLite in the run folder).")] = None,
+    data_dir: DataDir = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run every cell of an experiment; finished cells are skipped, so an interrupted run resumes."""
+    from shelfsight.bench import load_config, print_leaderboard, run_bench
+
+    settings = load_config(config)
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": str(data_dir)})
+    target = run_dir or Path("runs") / settings.name
+    summary = run_bench(settings, target, tracking_uri=tracking_uri, progress=not quiet, console=console)
+    console.print(f"{len(summary.computed)} computed, {len(summary.skipped)} already done, "
+                  f"{len(summary.failed)} failed · {target / 'results.csv'}")
+    if summary.table is not None and len(summary.table):
+        print_leaderboard(target, console=console)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command("leaderboard")
+def leaderboard_command(run_dir: Annotated[Path, typer.Argument(help="A bench run folder.")]) -> None:
+    """Print the run's leaderboard and write RUN/leaderboard.md."""
+    from shelfsight.bench import print_leaderboard
+
+    path = print_leaderboard(run_dir, console=console)
+    console.print(f"written: {path}")
+
+
 @app.command("demo")
-def demo_command(data_dir: DataDir = None, cache_dir: CacheDir = None) -> None:
-    """Embed a real dataset with real pretrained weights (efficientnet_lite0) and summarise."""
+def demo_command(
+    data_dir: DataDir = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: runs/demo).")] = None,
+) -> None:
+    """Benchmark real pretrained backbones (EfficientNet-Lite) on the real datasets at hand."""
     from shelfsight.demo import run_demo
 
-    run_demo(data_dir=data_dir, cache_dir=cache_dir, console=console)
+    run_demo(data_dir=data_dir, run_dir=run_dir, console=console)
 
 
 def main() -> None:

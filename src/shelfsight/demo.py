@@ -1,57 +1,53 @@
-"""``make demo``: real pretrained weights on a real dataset, end to end, offline."""
+"""``make demo``: real pretrained backbones benchmarked on the real datasets at hand, offline."""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
+from pathlib import Path
 
-import numpy as np
+import yaml
 from rich.console import Console
 
 from shelfsight import paths
-from shelfsight.backbones import load_backbone
-from shelfsight.catalog import Catalog, load_catalog
-from shelfsight.embeddings import embed_catalog
+from shelfsight.bench import load_config, print_leaderboard, run_bench
+from shelfsight.catalog import load_catalog
 from shelfsight.errors import DatasetNotFoundError
 
-DEMO_MODEL = "efficientnet_lite0"
+DEFAULT_RUN_DIR = Path("runs") / "demo"
 
 
-def pick_demo_catalog(data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None) -> Catalog:
-    """The Grocery Store Dataset when the data root holds it, else Fashion-MNIST's test split."""
-    try:
-        return load_catalog("grocery-store", data_dir=data_dir, cache_dir=cache_dir)
-    except DatasetNotFoundError as grocery_missing:
+def demo_config_text() -> str:
+    """The embedded demo config (``shelfsight/configs/demo.yaml``)."""
+    return resources.files("shelfsight").joinpath("configs/demo.yaml").read_text(encoding="utf-8")
+
+
+def run_demo(*, data_dir: str | os.PathLike[str] | None, run_dir: str | os.PathLike[str] | None,
+             console: Console) -> Path:
+    """Run the demo benchmark on the datasets present; print the leaderboard; return the run folder."""
+    raw = yaml.safe_load(demo_config_text())
+    present, missing = [], []
+    for entry in raw["datasets"]:
+        name = entry if isinstance(entry, str) else entry["name"]
         try:
-            return load_catalog("fashion-mnist", data_dir=data_dir, cache_dir=cache_dir, splits=("test",))
-        except DatasetNotFoundError as fashion_missing:
-            raise DatasetNotFoundError(f"No demo dataset found.\n- {grocery_missing}\n- {fashion_missing}") from None
-
-
-def nearest_neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, block: int = 2048) -> float:
-    """Share of items whose nearest other item has the same label (cosine; a quick sanity figure)."""
-    hits = 0
-    for start in range(0, len(vectors), block):
-        scores = vectors[start:start + block] @ vectors.T
-        rows = np.arange(scores.shape[0])
-        scores[rows, start + rows] = -np.inf
-        hits += int((labels[scores.argmax(axis=1)] == labels[start:start + block]).sum())
-    return hits / len(vectors)
-
-
-def run_demo(*, data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None,
-             console: Console) -> None:
-    from shelfsight.cli import print_embedding_summary
-
-    catalog = pick_demo_catalog(data_dir, cache_dir)
-    console.print(f"[bold]demo[/]: {DEMO_MODEL} (real ImageNet weights) on {catalog.name}, {len(catalog)} images; "
-                  f"cache in {paths.cache_dir(cache_dir)}")
-    backbone = load_backbone(DEMO_MODEL)
-    result = embed_catalog(catalog, backbone, cache_dir=cache_dir)
-    report = result.write_skip_report(result.cache_folder / "skipped.csv") if result.skipped and result.cache_folder \
-        else None
-    print_embedding_summary(catalog.name, DEMO_MODEL, len(catalog), result, report, None)
-    label_of = {item.item_id: item.label for item in catalog}
-    labels = np.array([label_of[i] for i in result.ids])
-    agreement = nearest_neighbour_agreement(result.vectors, labels)
-    console.print(f"nearest-neighbour label agreement over {len(labels)} images, {len(set(labels))} classes: "
-                  f"[bold]{agreement:.3f}[/] (chance ~ {1 / len(set(labels)):.3f})")
+            load_catalog(name, data_dir=data_dir, splits=("test",))
+            present.append(entry)
+        except DatasetNotFoundError as exc:
+            missing.append(f"{name}: {exc}")
+    for note in missing:
+        console.print(f"[yellow]left out[/] {note}")
+    if not present:
+        raise DatasetNotFoundError("No demo dataset found; see the notes above.")
+    raw["datasets"] = present
+    if data_dir is not None:
+        raw["data_dir"] = str(data_dir)
+    config = load_config(raw)
+    target = Path(run_dir) if run_dir is not None else DEFAULT_RUN_DIR
+    console.print(f"[bold]demo[/]: {len(config.models)} backbones x {len(config.datasets)} datasets, "
+                  f"run folder {target}, embedding cache {paths.cache_dir()}")
+    summary = run_bench(config, target, console=console)
+    if summary.failed:
+        console.print(f"[red]{len(summary.failed)} cell(s) failed[/]: {', '.join(summary.failed)}")
+    board = print_leaderboard(target, console=console)
+    console.print(f"results: {target / 'results.csv'} · leaderboard: {board} · MLflow: {summary.tracking_uri}")
+    return target

@@ -1,0 +1,94 @@
+"""Score one protocol: index the gallery, search the queries, compute every retrieval metric.
+
+The vector database answers the top-k search, as it would in production, and every metric of
+depth <= k reads its answer. Metrics that need the whole ranking or a depth beyond k (MAP@R and
+R-precision when a class has more than k gallery items, full MAP) come from exact search, and
+the database's recall@k against exact search is reported beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from shelfsight.catalog import Catalog
+from shelfsight.embeddings import Embeddings
+from shelfsight.metrics import count_relevant, full_ranking_average_precision, retrieval_report
+from shelfsight.protocols import RetrievalProtocol
+from shelfsight.search import ExactIndex, VectorIndex, recall_against_exact
+
+IndexFactory = Callable[[str, int], VectorIndex]
+"""(collection name, dimension) -> an empty index."""
+
+
+@dataclass(frozen=True)
+class ProtocolSplit:
+    """The query and gallery sides of a protocol, as aligned arrays."""
+
+    query_ids: list[str]
+    query_vectors: np.ndarray
+    query_keys: np.ndarray
+    gallery_ids: list[str]
+    gallery_vectors: np.ndarray
+    gallery_keys: np.ndarray
+
+
+def split_for(protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings) -> ProtocolSplit:
+    """Queries and gallery among the embedded items (skipped files take part in neither)."""
+    items = {item.item_id: item for item in catalog}
+    rows = {item_id: row for row, item_id in enumerate(embeddings.ids)}
+
+    def side(splits: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        ids = [i for i in embeddings.ids if items[i].split in splits]
+        keys = np.array([protocol.key(items[i]) for i in ids], dtype=object)
+        return ids, embeddings.vectors[[rows[i] for i in ids]], keys
+
+    query_ids, query_vectors, query_keys = side(protocol.query_splits)
+    gallery_ids, gallery_vectors, gallery_keys = side(protocol.gallery_splits)
+    if not query_ids or not gallery_ids:
+        raise ValueError(f"protocol {protocol.name!r}: no embedded {'queries' if not query_ids else 'gallery items'}"
+                         f" in splits {protocol.query_splits if not query_ids else protocol.gallery_splits}")
+    return ProtocolSplit(query_ids, query_vectors, query_keys, gallery_ids, gallery_vectors, gallery_keys)
+
+
+def evaluate_protocol(
+    protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings, *, make_index: IndexFactory,
+    collection: str, k: int = 100, ks: tuple[int, ...] = (1, 5, 10), full_map: bool = True,
+) -> tuple[dict[str, float], dict[str, object]]:
+    """Metric name -> value, and details (counts, warnings) for the cell's record."""
+    data = split_for(protocol, catalog, embeddings)
+    same_set = protocol.leave_one_out
+    exclude = data.query_ids if same_set else None
+    available = len(data.gallery_ids) - (1 if same_set else 0)
+    depth = max(min(k, available), max(ks))  # beyond the gallery, results are padded
+    index = make_index(collection, embeddings.dim)
+    try:
+        index.add(data.gallery_ids, data.gallery_vectors, labels=[str(x) for x in data.gallery_keys])
+        answer = index.search(data.query_vectors, depth, exclude_ids=exclude)
+    finally:
+        index.close()
+    exact = ExactIndex()
+    exact.add(data.gallery_ids, data.gallery_vectors)
+    reference = exact.search(data.query_vectors, depth, exclude_ids=exclude)
+    report = retrieval_report(data.query_keys, data.gallery_keys, answer.indices, same_set=same_set, ks=ks)
+    metrics = {name: value for name, value in report.metrics.items() if name not in ("MAP@R", "R-precision")}
+    metrics[f"index_recall@{depth}"] = recall_against_exact(answer, reference)
+    relevant = count_relevant(data.query_keys, data.gallery_keys, same_set=same_set)
+    deep = int(relevant.max()) if len(relevant) else 0
+    deep_answer = reference if deep <= depth else exact.search(data.query_vectors, deep, exclude_ids=exclude)
+    deep_report = retrieval_report(data.query_keys, data.gallery_keys, deep_answer.indices, same_set=same_set,
+                                   ks=ks)
+    metrics["MAP@R"] = deep_report.metrics["MAP@R"]
+    metrics["R-precision"] = deep_report.metrics["R-precision"]
+    if full_map:
+        ap = full_ranking_average_precision(data.query_vectors, data.gallery_vectors, data.query_keys,
+                                            data.gallery_keys, exclude_self=same_set)
+        metrics["MAP"] = float(np.mean(ap[relevant > 0])) if (relevant > 0).any() else 0.0
+    details: dict[str, object] = {"queries": len(data.query_ids), "gallery": len(data.gallery_ids), "k": depth,
+               "excluded_queries": report.n_excluded, "max_relevant": deep, "leave_one_out": same_set,
+               "relevance": protocol.relevance}
+    if report.warning:
+        details["warning"] = report.warning
+    return metrics, details

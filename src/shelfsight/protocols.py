@@ -1,0 +1,77 @@
+"""Retrieval protocols, declared as data: which items query, which form the gallery, what is relevant.
+
+Three shapes cover the literature: leave-one-out inside one split (Stanford Online Products,
+Cars196: every item queries all others), explicit query and gallery splits (DeepFashion
+In-shop), and photo to catalogue (shop photos query a gallery of catalogue images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from shelfsight.catalog import Catalog, CatalogItem
+from shelfsight.errors import CatalogError
+
+Relevance = Literal["label", "coarse_label", "product_id"]
+
+
+@dataclass(frozen=True)
+class RetrievalProtocol:
+    """``query_splits`` search ``gallery_splits``; an item is relevant when ``relevance`` matches.
+
+    With ``leave_one_out`` the gallery is the query set itself and a query never retrieves itself.
+    """
+
+    name: str
+    query_splits: tuple[str, ...]
+    gallery_splits: tuple[str, ...]
+    relevance: Relevance = "label"
+    description: str = ""
+
+    @property
+    def leave_one_out(self) -> bool:
+        return self.query_splits == self.gallery_splits
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.query_splits, *self.gallery_splits)))
+
+    def key(self, item: CatalogItem) -> str:
+        """The value that decides relevance for ``item``."""
+        value = getattr(item, self.relevance)
+        if value is None:
+            raise CatalogError(
+                f"protocol {self.name!r} needs '{self.relevance}' but item {item.item_id!r} has none"
+            )
+        return str(value)
+
+
+PROTOCOLS: dict[str, tuple[RetrievalProtocol, ...]] = {
+    "grocery-store": (
+        RetrievalProtocol("fine", ("test",), ("train", "val"), "label",
+                          "test photos query train+val photos; relevant = same fine class (81)"),
+        RetrievalProtocol("coarse", ("test",), ("train", "val"), "coarse_label",
+                          "test photos query train+val photos; relevant = same coarse class (43)"),
+        RetrievalProtocol("iconic", ("test",), ("iconic",), "label",
+                          "test photos query the 81 iconic catalogue images; relevant = same product"),
+    ),
+    "fashion-mnist": (
+        RetrievalProtocol("category", ("test",), ("train",), "label",
+                          "test images query train images; relevant = same category (10)"),
+    ),
+}
+
+
+def protocols_for(dataset: str, catalog: Catalog) -> tuple[RetrievalProtocol, ...]:
+    """The declared protocols of a public dataset, or a sensible one for a user catalogue:
+    query/gallery splits if present, else test -> train, else leave-one-out over everything."""
+    if dataset in PROTOCOLS:
+        return PROTOCOLS[dataset]
+    splits = set(catalog.splits)
+    relevance: Relevance = "product_id" if all(i.product_id for i in catalog) else "label"
+    if {"query", "gallery"} <= splits:
+        return (RetrievalProtocol("query-gallery", ("query",), ("gallery",), relevance),)
+    if {"test", "train"} <= splits:
+        return (RetrievalProtocol("test-train", ("test",), ("train",), relevance),)
+    return (RetrievalProtocol("leave-one-out", catalog.splits, catalog.splits, relevance),)
