@@ -77,7 +77,8 @@ def test_bench_runs_resumes_and_keeps_the_table(grocery_root: Path, tmp_path: Pa
     pd.testing.assert_frame_equal(read_table(run_dir), first_table)
 
     table = first_table.set_index(["model", "protocol", "metric"])["mean"]
-    assert set(first_table["protocol"]) == {"fine", "coarse", "iconic"}
+    assert set(first_table["protocol"]) == {"fine", "coarse", "iconic", "cost"}
+    assert table[("lite0-64", "cost", "gflops_per_image")] > 0 and table[("lite0-64", "cost", "embed_dim")] == 1280
     assert set(first_table.columns) >= {"model", "dataset", "protocol", "strategy", "metric", "mean", "std", "n"}
     for protocol in ("fine", "coarse", "iconic"):
         assert table[("lite0-64", protocol, "index_recall@20")] == 1.0 or protocol == "iconic"
@@ -132,3 +133,55 @@ def test_leaderboard_marks_the_best_value(tmp_path: Path) -> None:
     lines = [line for line in markdown.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
     assert lines[0] == "| a | pretrained | **0.900** | 0.200 |"  # sorted by mMP@5, best bold
     assert lines[1] == "| b | pretrained | 0.500 | **0.800** |"
+
+
+def test_strategies_side_by_side_with_costs(grocery_root: Path, tmp_path: Path) -> None:
+    """pretrained, linear, knn and toptune cells on one small real subset, scored and costed."""
+    toptune = {"trials": 2, "trial_epochs": 3, "trial_repeats": 1, "final_max_epochs": 30, "patience": 5}
+    config = load_config(_config(tmp_path, strategies=["pretrained", "linear", "knn", "toptune"], toptune=toptune,
+                                 datasets=[{"name": "grocery-store",
+                                            "per_class": {"train": 6, "val": 2, "test": 3}}]))
+    summary = run_bench(config, tmp_path / "run", progress=False)
+    assert summary.failed == []
+    table = read_table(tmp_path / "run").set_index(["strategy", "protocol", "metric"])["mean"]
+    chance = 1 / 81
+    for strategy in ("linear", "knn", "toptune"):
+        assert table[(strategy, "classification", "accuracy")] > 5 * chance
+        assert 0 <= table[(strategy, "classification", "macro_f1")] <= 1
+    assert ("pretrained", "classification", "accuracy") not in table.index
+    assert table[("toptune", "cost", "trials")] == 2
+    assert table[("toptune", "cost", "tune_seconds")] > 0
+    assert table[("toptune", "fine", "mMP@5")] > 0  # top-tuned embeddings are evaluated for retrieval
+    head_dir = tmp_path / "run" / "work" / "lite0-64__grocery-store__toptune__seed0" / "head"
+    assert head_dir.is_dir()
+    markdown = print_leaderboard(tmp_path / "run").read_text()
+    assert "## grocery-store · classification" in markdown and "## grocery-store · cost" in markdown
+    assert "| lite0-64 | toptune |" in markdown
+
+
+def test_classification_carves_a_seeded_stratified_validation_split(grocery_root: Path, tmp_path: Path) -> None:
+    """A user catalogue with train and test only: 10% of each class of train becomes validation."""
+    from shelfsight.bench.strategies import StrategyInputs, classification_data
+    from shelfsight.catalog import load_catalog
+    from shelfsight.embeddings import Embeddings
+
+    grocery = load_catalog("grocery-store", data_dir=grocery_root, splits=("train", "test")).per_class(20)
+    rows = [{"path": str(i.image_path), "label": i.label, "split": i.split} for i in grocery]
+    manifest = tmp_path / "catalogue.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    catalog = load_catalog(str(manifest))
+    vectors = __import__("numpy").random.default_rng(0).normal(size=(len(catalog), 4)).astype("float32")
+    embeddings = Embeddings(ids=catalog.ids, vectors=vectors, skipped=[], key="k")
+
+    def data(seed: int):  # type: ignore[no-untyped-def]
+        return classification_data(StrategyInputs(
+            dataset="catalogue", catalog=catalog, embeddings=embeddings, make_index=None,  # type: ignore[arg-type]
+            collection_prefix="c", k=10, ks=(1,), seed=seed, workdir=tmp_path, options={}))
+
+    first, again, other = data(0), data(0), data(1)
+    n_train = sum(1 for i in catalog if i.split == "train")
+    assert len(first.y_train) + len(first.y_val) == n_train
+    per_class = __import__("collections").Counter(i.label for i in catalog if i.split == "train")
+    assert len(first.y_val) == sum(max(1, round(0.1 * n)) for n in per_class.values())  # 2 of 20, 1 of 12
+    assert (first.x_val == again.x_val).all() and not (first.x_val == other.x_val).all()
+    assert set(first.y_val.tolist()) == set(first.y_train.tolist())  # every class is represented

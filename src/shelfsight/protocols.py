@@ -75,3 +75,30 @@ def protocols_for(dataset: str, catalog: Catalog) -> tuple[RetrievalProtocol, ..
     if {"test", "train"} <= splits:
         return (RetrievalProtocol("test-train", ("test",), ("train",), relevance),)
     return (RetrievalProtocol("leave-one-out", catalog.splits, catalog.splits, relevance),)
+
+
+@dataclass(frozen=True)
+class ClassificationSplits:
+    """Where a head trains, stops early, and is scored. Without ``val`` a stratified, seeded part
+    of ``train`` becomes the validation set."""
+
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    val: tuple[str, ...] | None = None
+    label: Relevance = "label"
+
+
+CLASSIFICATION: dict[str, ClassificationSplits] = {
+    "grocery-store": ClassificationSplits(train=("train",), val=("val",), test=("test",)),
+    "fashion-mnist": ClassificationSplits(train=("train",), test=("test",)),
+}
+
+
+def classification_for(dataset: str, catalog: Catalog) -> ClassificationSplits | None:
+    """Declared splits of a public dataset; for a user catalogue train/val/test when present, else None."""
+    if dataset in CLASSIFICATION:
+        return CLASSIFICATION[dataset]
+    splits = set(catalog.splits)
+    if {"train", "test"} <= splits:
+        return ClassificationSplits(train=("train",), test=("test",), val=("val",) if "val" in splits else None)
+    return None

@@ -19,6 +19,7 @@ from shelfsight.backbones.spec import BackboneSpec, Preprocess
 
 __all__ = [
     "Backbone", "BackboneSpec", "Preprocess", "build_pixel_transform", "build_transform", "count_parameters",
+    "gflops_per_image",
     "normalize_pixels", "get_spec", "list_specs",
     "load_backbone", "register", "register_file", "weights_status",
 ]
@@ -173,3 +174,15 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
                 digest.update(block)
     return digest.hexdigest()[:32]
 
+
+
+def gflops_per_image(backbone: Backbone) -> float:
+    """Forward GFLOPs for one image at the resolved input size (torch's FlopCounterMode, which counts
+    matrix products and convolutions at two FLOPs per multiply-add): the compute side of the cost."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = backbone.preprocess.input_size
+    pixels = torch.zeros(1, 3, size, size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        backbone.encoder.eval()(pixels)
+    return counter.get_total_flops() / 1e9

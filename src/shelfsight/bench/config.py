@@ -7,7 +7,7 @@
     datasets:
       - grocery-store
       - {name: fashion-mnist, per_class: {train: 200, test: 50}}
-    strategies: [pretrained]
+    strategies: [pretrained, linear, knn, toptune]
     repeats: 1
     index: {backend: milvus-lite, type: FLAT}
 """
@@ -23,9 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shelfsight.bench.strategies import STRATEGIES
 from shelfsight.errors import ShelfsightError
-
-STRATEGIES = ("pretrained",)
 
 
 class ConfigError(ShelfsightError):
@@ -90,6 +89,17 @@ class EmbeddingConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
+class TopTuneSettings(_Strict):
+    """Top-tuning budget (the paper: 30 epochs a trial, 2 repeats, up to 1000 final epochs)."""
+
+    trials: int = Field(default=20, ge=1)
+    trial_epochs: int = Field(default=30, ge=1)
+    trial_repeats: int = Field(default=2, ge=1)
+    final_max_epochs: int = Field(default=1000, ge=1)
+    patience: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+
+
 class TrackingConfig(_Strict):
     enabled: bool = True
     uri: str | None = None
@@ -106,6 +116,8 @@ class BenchConfig(_Strict):
     index: IndexConfig = IndexConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
+    toptune: TopTuneSettings = TopTuneSettings()
+    knn_k: int = Field(default=5, ge=1)
     tracking: TrackingConfig = TrackingConfig()
     data_dir: str | None = None
 

@@ -13,7 +13,19 @@ from rich.table import Table
 from shelfsight.bench.results import read_table
 
 MAIN_METRICS = ("mMP@5", "R@1", "R@5", "MAP@R", "MRR", "NDCG@10", "MAP")
-"""Columns in order; the first present one sorts the rows (mMP@5, the paper's main retrieval score)."""
+"""Retrieval columns in order; the first present one sorts the rows (mMP@5, the paper's main score)."""
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
+COST_METRICS = ("params_m", "gflops_per_image", "embed_dim", "extract_images_per_s", "tune_seconds", "trials",
+                "index_bytes", "cell_seconds")
+"""Costs are shown, not ranked: their better direction differs from column to column."""
+
+
+def _columns(protocol: str, available: pd.Index) -> list[str]:
+    if protocol == "cost":
+        return [m for m in COST_METRICS if m in available]
+    if protocol == "classification":
+        return [m for m in CLASSIFICATION_METRICS if m in available]
+    return [m for m in MAIN_METRICS if m in available] + sorted(c for c in available if c.startswith("index_recall"))
 
 
 def leaderboard_frames(table: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
@@ -22,22 +34,30 @@ def leaderboard_frames(table: pd.DataFrame) -> dict[tuple[str, str], pd.DataFram
     for (dataset, protocol), group in table.groupby(["dataset", "protocol"], sort=True):
         means = group.pivot_table(index=["model", "strategy"], columns="metric", values="mean")
         stds = group.pivot_table(index=["model", "strategy"], columns="metric", values="std")
-        metrics = [m for m in MAIN_METRICS if m in means.columns]
-        metrics += sorted(c for c in means.columns if c.startswith("index_recall"))
+        metrics = _columns(str(protocol), means.columns)
+        if not metrics:
+            continue
         frame = means[metrics].copy()
         for metric in metrics:
             frame[f"{metric} std"] = stds[metric]
-        frames[(str(dataset), str(protocol))] = frame.sort_values(metrics[0], ascending=False)
+        frames[(str(dataset), str(protocol))] = frame if protocol == "cost" else frame.sort_values(metrics[0],
+                                                                                                  ascending=False)
     return frames
 
 
 def _cell(value: float, std: float, best: bool, markdown: bool) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    text = f"{value:.3f}" + (f" ± {std:.3f}" if std and std > 0 else "")
+    number = f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    text = number + (f" ± {std:.3f}" if std and std > 0 else "")
     if best:
         return f"**{text}**" if markdown else f"[bold green]{text}[/]"
     return text
+
+
+def _best(frame: pd.DataFrame, metrics: list[str], protocol: str) -> dict[str, float]:
+    """Column maxima to mark; none for costs."""
+    return {m: (math.nan if protocol == "cost" else frame[m].max()) for m in metrics}
 
 
 def _metrics(frame: pd.DataFrame) -> list[str]:
@@ -50,7 +70,7 @@ def to_markdown(frames: dict[tuple[str, str], pd.DataFrame]) -> str:
         metrics = _metrics(frame)
         lines += [f"## {dataset} · {protocol}", "", "| model | strategy | " + " | ".join(metrics) + " |",
                   "|" + " --- |" * (len(metrics) + 2)]
-        best = {m: frame[m].max() for m in metrics}
+        best = _best(frame, metrics, protocol)
         for (model, strategy), row in frame.iterrows():
             cells = [_cell(row[m], row[f"{m} std"], row[m] == best[m], markdown=True) for m in metrics]
             lines.append(f"| {model} | {strategy} | " + " | ".join(cells) + " |")
@@ -69,7 +89,7 @@ def print_leaderboard(run_dir: str | os.PathLike[str], console: Console | None =
         table.add_column("strategy")
         for metric in metrics:
             table.add_column(metric, justify="right")
-        best = {m: frame[m].max() for m in metrics}
+        best = _best(frame, metrics, protocol)
         for (model, strategy), row in frame.iterrows():
             table.add_row(str(model), str(strategy),
                           *[_cell(row[m], row[f"{m} std"], row[m] == best[m], markdown=False) for m in metrics])

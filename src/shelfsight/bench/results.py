@@ -97,7 +97,7 @@ def aggregate(results: list[CellResult]) -> pd.DataFrame:
         {"model": r.cell.model, "family": r.family, "dataset": r.cell.dataset, "protocol": protocol,
          "strategy": r.cell.strategy, "seed": r.cell.seed, "metric": metric, "value": value}
         for r in results if r.status == "ok"
-        for protocol, values in r.metrics.items() for metric, value in values.items()
+        for protocol, values in {**r.metrics, "cost": r.costs}.items() for metric, value in values.items()
     ]
     if not rows:
         return pd.DataFrame(columns=TABLE_COLUMNS)

@@ -16,14 +16,14 @@ import pandas as pd
 from rich.console import Console
 
 from shelfsight import __version__
-from shelfsight.backbones import Backbone, load_backbone
+from shelfsight.backbones import Backbone, gflops_per_image, load_backbone
 from shelfsight.bench.config import BenchConfig, DatasetEntry, ModelEntry, config_to_json
-from shelfsight.bench.evaluate import IndexFactory, evaluate_protocol
+from shelfsight.bench.evaluate import IndexFactory
 from shelfsight.bench.results import Cell, CellResult, ResultStore
+from shelfsight.bench.strategies import StrategyInputs, run_strategy
 from shelfsight.bench.tracking import Tracker, default_tracking_uri
 from shelfsight.catalog import Catalog, load_catalog
 from shelfsight.embeddings import embed_catalog
-from shelfsight.protocols import protocols_for
 from shelfsight.search import VectorIndex, open_index
 
 
@@ -101,6 +101,7 @@ class _RunContext:
         self.run_dir = run_dir
         self._catalogs: dict[str, Catalog] = {}
         self._backbones: dict[tuple[str, int], Backbone] = {}
+        self._costs: dict[tuple[str, int], dict[str, float]] = {}
 
     def catalog(self, dataset: DatasetEntry) -> Catalog:
         if dataset.name not in self._catalogs:
@@ -135,22 +136,32 @@ class _RunContext:
             embeddings = embed_catalog(catalog, backbone, batch_size=embedding.batch_size,
                                        num_workers=embedding.num_workers, device=embedding.device,
                                        precision=embedding.precision, progress=progress)
-            metrics: dict[str, dict[str, float]] = {}
-            details: dict[str, Any] = {"skipped_images": len(embeddings.skipped), "embedding_key": embeddings.key}
-            for protocol in protocols_for(dataset.name, catalog):
-                metrics[protocol.name], details[protocol.name] = evaluate_protocol(
-                    protocol, catalog, embeddings, make_index=self._index_factory(), k=self.config.retrieval.k,
-                    ks=self.config.retrieval.ks, collection=_collection_name(cell, protocol.name))
-            costs = {"params_m": backbone.num_parameters / 1e6, "embed_dim": float(embeddings.dim),
-                     "index_bytes": float(embeddings.vectors.nbytes),
+            inputs = StrategyInputs(
+                dataset=dataset.name, catalog=catalog, embeddings=embeddings, make_index=self._index_factory(),
+                collection_prefix=_collection_name(cell), k=self.config.retrieval.k, ks=self.config.retrieval.ks,
+                seed=cell.seed, workdir=self.run_dir / "work" / cell.cell_id, progress=progress,
+                options={"toptune": self.config.toptune.model_dump(), "knn_k": self.config.knn_k})
+            metrics, strategy_costs, details = run_strategy(cell.strategy, inputs)
+            costs = {**self._backbone_costs(model, cell.seed), "embed_dim": float(embeddings.dim),
+                     "index_bytes": float(embeddings.vectors.nbytes), **strategy_costs,
                      "cell_seconds": time.perf_counter() - started}
-            if embeddings.computed:
-                costs["extract_images_per_s"] = embeddings.images_per_second
+            if embeddings.extraction_rate:
+                costs["extract_images_per_s"] = float(embeddings.extraction_rate)
+            details.update({"skipped_images": len(embeddings.skipped), "embedding_key": embeddings.key})
             return CellResult(cell=cell, status="ok", family=family, metrics=metrics, costs=costs, details=details)
         except Exception as exc:  # noqa: BLE001 - one failing cell records its error; the run goes on
             return CellResult(cell=cell, status="error", family=family, error=f"{type(exc).__name__}: {exc}",
                               details={"traceback": traceback.format_exc()},
                               costs={"cell_seconds": time.perf_counter() - started})
+
+    def _backbone_costs(self, model: ModelEntry, seed: int) -> dict[str, float]:
+        """Parameters and GFLOPs per image, measured once per backbone."""
+        backbone = self.backbone(model, seed)
+        key = (model.label, seed if not model.pretrained else 0)
+        if key not in self._costs:
+            self._costs[key] = {"params_m": backbone.num_parameters / 1e6,
+                                "gflops_per_image": gflops_per_image(backbone)}
+        return self._costs[key]
 
     def _index_factory(self) -> IndexFactory:
         index = self.config.index
@@ -183,9 +194,9 @@ def _subset(catalog: Catalog, per_class: dict[str, int] | None) -> Catalog:
     return catalog.subset(keep)
 
 
-def _collection_name(cell: Cell, protocol: str) -> str:
+def _collection_name(cell: Cell) -> str:
     """Milvus collection names: letters, digits and underscores, starting with a letter."""
-    return "c_" + re.sub(r"[^A-Za-z0-9_]", "_", f"{cell.cell_id}_{protocol}")[:200]
+    return "c_" + re.sub(r"[^A-Za-z0-9_]", "_", cell.cell_id)[:180]
 
 
 def _write_provenance(run_dir: Path, config: BenchConfig) -> None:

@@ -68,6 +68,14 @@ class EmbeddingCache:
         _atomic_write(self.chunk_path(index), lambda handle: np.savez(
             handle, ids=np.array(chunk.ids, dtype=str), vectors=chunk.vectors.astype(np.float32), skipped=skipped))
 
+    def read_manifest_rate(self) -> dict[str, Any]:
+        """The extraction rate recorded by the run that computed this key, if any."""
+        try:
+            manifest = json.loads((self.folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: manifest[k] for k in ("images_per_second", "rate_batch_size") if k in manifest}
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()

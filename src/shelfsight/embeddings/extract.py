@@ -42,6 +42,8 @@ class Embeddings:
     device: str = "cpu"
     precision: str = "fp32"
     cache_folder: Path | None = field(default=None, repr=False)
+    extraction_rate: float | None = None
+    """Images/s of the run that computed these vectors (kept in the cache, so known on warm reads too)."""
 
     @property
     def dim(self) -> int:
@@ -129,12 +131,13 @@ def embed_catalog(
     cache = EmbeddingCache(paths.cache_dir(cache_dir), key)
     n_chunks = math.ceil(len(catalog) / chunk_size)
     missing = [i for i in range(n_chunks) if not (use_cache and cache.has_chunk(i))]
-    if use_cache:
-        cache.write_manifest({
-            "catalog": catalog.name, "items": len(catalog), "chunk_size": chunk_size, "chunks": n_chunks,
-            "backbone": backbone.spec.name, "identity": backbone.cache_identity(), "precision": resolved_precision,
-            "draft": draft,
-        })
+    manifest = {
+        "catalog": catalog.name, "items": len(catalog), "chunk_size": chunk_size, "chunks": n_chunks,
+        "backbone": backbone.spec.name, "identity": backbone.cache_identity(), "precision": resolved_precision,
+        "draft": draft, "device": str(torch_device), **cache.read_manifest_rate(),
+    }
+    if use_cache and missing:
+        cache.write_manifest(manifest)
     computed_chunks: dict[int, Chunk] = {}
     started = time.perf_counter()
     computed = 0
@@ -153,6 +156,10 @@ def embed_catalog(
             if on_chunk is not None:
                 on_chunk(index)
     seconds = time.perf_counter() - started
+    if computed:
+        manifest.update({"images_per_second": computed / seconds, "rate_batch_size": batch_size})
+        if use_cache:
+            cache.write_manifest(manifest)
     chunks = [computed_chunks[i] if i in computed_chunks else cache.read_chunk(i) for i in range(n_chunks)]
     vectors = [c.vectors for c in chunks if len(c.ids)]
     dim = vectors[0].shape[1] if vectors else 0
@@ -161,6 +168,7 @@ def embed_catalog(
         vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32),
         skipped=[s for c in chunks for s in c.skipped], key=key, computed=computed, seconds=seconds,
         device=str(torch_device), precision=resolved_precision, cache_folder=cache.folder if use_cache else None,
+        extraction_rate=manifest.get("images_per_second"),  # type: ignore[arg-type]
     )
 
 
