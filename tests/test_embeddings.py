@@ -154,3 +154,22 @@ def test_killed_process_resumes_where_it_stopped(grocery_root: Path, tmp_path: P
                           num_workers=1, progress=False)
     assert resumed.computed == 0
     assert np.array_equal(resumed.vectors, fresh.vectors)
+
+
+def test_manifest_with_broken_files_is_skipped_and_reported(messy_catalog: Path, small_backbone: Backbone,
+                                                            tmp_path: Path) -> None:
+    """The manifest source meets the same broken files, plus a row whose file is missing."""
+    import pandas as pd
+
+    from shelfsight.catalog import load_manifest
+
+    files = sorted(p for p in messy_catalog.rglob("*") if p.is_file() and p.suffix in (".jpg", ".png"))
+    rows = [{"path": str(p.relative_to(messy_catalog)), "label": p.parent.name} for p in files]
+    rows.append({"path": "shoes/deleted_since.jpg", "label": "shoes"})
+    pd.DataFrame(rows).to_csv(messy_catalog / "catalogue.csv", index=False)
+    catalog = load_manifest(messy_catalog / "catalogue.csv")
+    result = embed_catalog(catalog, small_backbone, num_workers=0, progress=False)
+    reasons = {Path(s.path).name: s.reason for s in result.skipped}
+    assert reasons["deleted_since.jpg"] == "file not found"
+    assert {"truncated.jpg", "empty.jpg", "not_an_image.jpg", "corrupt.png", "bomb.png"} <= set(reasons)
+    assert len(result.ids) == 12 and len(result.ids) + len(result.skipped) == len(catalog) == 18
