@@ -42,3 +42,63 @@ class VectorIndex(Protocol):
     def __len__(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+class ItemTable:
+    """Ids, labels, splits and liveness of the items of an in-memory index, by insertion position.
+
+    Positions never move (a delete only marks the item dead), so they are the ``indices`` a
+    ``SearchResult`` promises; ``allowed`` turns deletes and label/split filters into one mask.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.labels: list[str] = []
+        self.splits: list[str] = []
+        self.alive: list[bool] = []
+        self.position: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def add(self, ids: Sequence[str], labels: Sequence[str] | None, splits: Sequence[str] | None) -> None:
+        """Register new items; duplicate ids (in the index or in the batch) are refused before any change."""
+        for name, column in (("labels", labels), ("splits", splits)):
+            if column is not None and len(column) != len(ids):
+                raise ValueError(f"{name} has {len(column)} entries for {len(ids)} ids")
+        seen: set[str] = set()
+        for item_id in ids:
+            if item_id in self.position or item_id in seen:
+                raise ValueError(f"duplicate id {item_id!r}: ids must be unique in an index")
+            seen.add(item_id)
+        for item_id in ids:
+            self.position[item_id] = len(self.ids)
+            self.ids.append(item_id)
+            self.alive.append(True)
+        self.labels.extend(labels if labels is not None else [""] * len(ids))
+        self.splits.extend(splits if splits is not None else [""] * len(ids))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for item_id in ids:
+            position = self.position.pop(item_id, None)
+            if position is not None:
+                self.alive[position] = False
+
+    def allowed(self, label: str | None, split: str | None) -> np.ndarray:
+        """Live items matching the filters, as a boolean mask over positions."""
+        mask = np.array(self.alive, dtype=bool)
+        if label is not None:
+            mask &= np.array(self.labels, dtype=object) == label
+        if split is not None:
+            mask &= np.array(self.splits, dtype=object) == split
+        return mask
+
+    def excluded_positions(self, exclude_ids: Sequence[str | None] | None, n_queries: int) -> list[int]:
+        """Per query, the position never to return (-1 for none); one entry per query is required."""
+        wanted = list(exclude_ids) if exclude_ids is not None else [None] * n_queries
+        if len(wanted) != n_queries:
+            raise ValueError(f"need one exclude id per query; got {len(wanted)} for {n_queries} queries")
+        return [self.position.get(i, -1) if i is not None else -1 for i in wanted]
+
+    def result_ids(self, indices: np.ndarray) -> list[list[str]]:
+        return [[self.ids[i] if i >= 0 else "" for i in row] for row in indices.tolist()]

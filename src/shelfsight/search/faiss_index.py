@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from shelfsight.search.base import SearchResult
+from shelfsight.search.base import ItemTable, SearchResult
 from shelfsight.search.faiss_compat import uses_numpy_faiss
 
 
@@ -27,14 +27,10 @@ class FaissFlatIndex:
         self.dim = dim
         self.tie_margin = tie_margin
         self._index: Any = faiss.IndexFlatIP(dim) if dim else None
-        self._ids: list[str] = []
-        self._labels: list[str] = []
-        self._splits: list[str] = []
-        self._alive: list[bool] = []
-        self._position: dict[str, int] = {}
+        self._items = ItemTable()
 
     def __len__(self) -> int:
-        return len(self._position)
+        return len(self._items)
 
     @uses_numpy_faiss
     def add(self, ids: Sequence[str], vectors: np.ndarray, labels: Sequence[str] | None = None,
@@ -43,35 +39,19 @@ class FaissFlatIndex:
         if vectors.ndim != 2 or len(vectors) != len(ids) or (self.dim and vectors.shape[1] != self.dim):
             expected = f"({len(ids)}, {self.dim or 'D'})"
             raise ValueError(f"expected vectors of shape {expected}, got {vectors.shape}")
-        for name, column in (("labels", labels), ("splits", splits)):
-            if column is not None and len(column) != len(ids):
-                raise ValueError(f"{name} has {len(column)} entries for {len(ids)} ids")
-        seen: set[str] = set()
-        for item_id in ids:
-            if item_id in self._position or item_id in seen:
-                raise ValueError(f"duplicate id {item_id!r}: ids must be unique in an index")
-            seen.add(item_id)
+        self._items.add(ids, labels, splits)
         if self._index is None:
             self.dim = int(vectors.shape[1])
             self._index = self._faiss.IndexFlatIP(self.dim)
-        for item_id in ids:
-            self._position[item_id] = len(self._ids)
-            self._ids.append(item_id)
-            self._alive.append(True)
-        self._labels.extend(labels if labels is not None else [""] * len(ids))
-        self._splits.extend(splits if splits is not None else [""] * len(ids))
         self._index.add(vectors)
 
     @uses_numpy_faiss
     def delete(self, ids: Sequence[str]) -> None:
-        for item_id in ids:
-            position = self._position.pop(item_id, None)
-            if position is not None:
-                self._alive[position] = False
+        self._items.delete(ids)
 
     def close(self) -> None:
         self._index = None
-        self._position.clear()
+        self._items = ItemTable()
 
     @uses_numpy_faiss
     def search(self, vectors: np.ndarray, k: int, *, label: str | None = None, split: str | None = None,
@@ -79,13 +59,12 @@ class FaissFlatIndex:
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if queries.ndim != 2:
             raise ValueError(f"expected queries as a 2-d array, got shape {queries.shape}")
-        wanted_out = list(exclude_ids) if exclude_ids is not None else [None] * len(queries)
-        excluded = [self._position.get(i, -1) if i is not None else -1 for i in wanted_out]
-        if len(excluded) != len(queries) or k < 0:
-            raise ValueError(f"need k >= 0 and one exclude id per query; got k={k}, {len(excluded)} for {len(queries)}")
+        excluded = self._items.excluded_positions(exclude_ids, len(queries))
+        if k < 0:
+            raise ValueError(f"need k >= 0, got {k}")
         indices = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        allowed = self._allowed(label, split)
+        allowed = self._items.allowed(label, split)
         fetch = min(k + int(any(e >= 0 for e in excluded)) + self.tie_margin, int(allowed.sum()))
         if k > 0 and fetch > 0 and len(queries) > 0:
             found_scores, found = self._search(queries, fetch, allowed)
@@ -98,8 +77,7 @@ class FaissFlatIndex:
             indices[:, :width] = np.take_along_axis(found, order, 1)
             scores[:, :width] = np.take_along_axis(found_scores, order, 1)
             scores[indices < 0] = -np.inf
-        ids = [[self._ids[i] if i >= 0 else "" for i in row] for row in indices.tolist()]
-        return SearchResult(indices=indices, scores=scores, ids=ids)
+        return SearchResult(indices=indices, scores=scores, ids=self._items.result_ids(indices))
 
     def _search(self, queries: np.ndarray, fetch: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if queries.shape[1] != self.dim:
@@ -112,11 +90,3 @@ class FaissFlatIndex:
         params = self._faiss.SearchParameters(sel=selector)
         found_scores, found = self._index.search(queries, fetch, params=params)
         return found_scores, found
-
-    def _allowed(self, label: str | None, split: str | None) -> np.ndarray:
-        allowed = np.array(self._alive, dtype=bool)
-        if label is not None:
-            allowed &= np.array(self._labels, dtype=object) == label
-        if split is not None:
-            allowed &= np.array(self._splits, dtype=object) == split
-        return allowed
