@@ -85,8 +85,9 @@ def print_leaderboard(run_dir: str | os.PathLike[str], console: Console | None =
     for (dataset, protocol), frame in frames.items():
         metrics = _metrics(frame)
         table = Table(title=f"{dataset} · {protocol}")
-        table.add_column("model")
-        table.add_column("strategy")
+        models = [str(model) for model, _ in frame.index]
+        table.add_column("model", no_wrap=True, min_width=max(len(m) for m in models))  # names must stay readable
+        table.add_column("strategy", no_wrap=True)
         for metric in metrics:
             table.add_column(metric, justify="right")
         best = _best(frame, metrics, protocol)
