@@ -16,7 +16,7 @@ import pandas as pd
 from rich.console import Console
 
 from shelfsight import __version__
-from shelfsight.backbones import Backbone, gflops_per_image, load_backbone
+from shelfsight.backbones import Backbone, get_spec, gflops_per_image, load_backbone
 from shelfsight.bench.config import BenchConfig, DatasetEntry, ModelEntry, config_to_json
 from shelfsight.bench.evaluate import IndexFactory
 from shelfsight.bench.results import Cell, CellResult, ResultStore
@@ -117,7 +117,8 @@ class _RunContext:
         return self._backbones[key]
 
     def params(self, cell: Cell, model: ModelEntry) -> dict[str, Any]:
-        spec = self.backbone(model, cell.seed).spec
+        """MLflow parameters; from the spec, so a cell whose weights failed to load is still described."""
+        spec = get_spec(model.name)
         index = self.config.index
         return {"model": cell.model, "backbone": spec.name, "library": spec.library, "checkpoint": spec.checkpoint,
                 "family": spec.family, "pretrained": model.pretrained, "dataset": cell.dataset,
