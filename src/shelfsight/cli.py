@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,9 @@ from rich.table import Table
 
 from shelfsight import paths
 from shelfsight.errors import ShelfsightError
+
+if TYPE_CHECKING:
+    from shelfsight.embeddings import Embeddings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Benchmark, adapt and serve image embeddings for e-commerce catalogues.")
@@ -108,11 +111,8 @@ def embed_command(
     print_embedding_summary(catalog.name, backbone.spec.name, len(catalog), result, report, output)
 
 
-def print_embedding_summary(catalog_name: str, model: str, n_items: int, result: object, report: Path | None,
-                            output: Path | None) -> None:
-    from shelfsight.embeddings import Embeddings
-
-    assert isinstance(result, Embeddings)
+def print_embedding_summary(catalog_name: str, model: str, n_items: int, result: Embeddings,
+                            report: Path | None, output: Path | None) -> None:
     cached = n_items - result.computed
     state = "hit" if result.computed == 0 else ("miss" if cached == 0 else f"partial ({cached} items cached)")
     table = Table(title=f"{model} on {catalog_name}", show_header=False)

@@ -67,8 +67,7 @@ def load_catalog(
     text = os.fspath(source)
     if text in DATASETS:
         explicit = os.fspath(data_dir) if data_dir is not None else None
-        catalog = DATASETS[text].load(paths.data_dir(data_dir), paths.cache_dir(cache_dir), splits, download, explicit)
-        return catalog
+        return DATASETS[text].load(paths.data_dir(data_dir), paths.cache_dir(cache_dir), splits, download, explicit)
     path = Path(text).expanduser()
     if path.is_dir():
         catalog = load_image_folder(path)
