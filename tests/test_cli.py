@@ -46,3 +46,34 @@ def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path: Path) -> No
                               "grocery-store", "--data-dir", str(tmp_path)], capture_output=True, text=True,
                              timeout=120, env=wide)
     assert missing.returncode == 2 and "Grocery Store Dataset not found" in missing.stdout
+
+
+def test_demo_leaves_out_datasets_that_are_absent(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Without the Grocery Store Dataset the demo runs on Fashion-MNIST alone and says why."""
+    import io
+
+    from rich.console import Console
+
+    from conftest import FASHION_DEBIAN
+    from shelfsight import demo
+
+    if not (FASHION_DEBIAN / "t10k-images-idx3-ubyte.gz").is_file():
+        import pytest
+
+        pytest.skip("Debian package dataset-fashion-mnist not installed (make test installs it)")
+    seen = {}
+
+    def fake_run_bench(config, target, console):  # type: ignore[no-untyped-def]
+        seen["config"] = config
+        from shelfsight.bench import BenchSummary
+
+        return BenchSummary(run_dir=target)
+
+    monkeypatch.setattr(demo, "run_bench", fake_run_bench)
+    monkeypatch.setattr(demo, "print_leaderboard", lambda target, console: target / "leaderboard.md")
+    output = io.StringIO()
+    demo.run_demo(data_dir=tmp_path, run_dir=tmp_path / "run", console=Console(file=output, width=200))
+    assert [d.name for d in seen["config"].datasets] == ["fashion-mnist"]
+    assert [m.label for m in seen["config"].models] == [
+        "efficientnet_lite0", "efficientnet_lite2", "efficientnet_lite0-random-init"]
+    assert "left out grocery-store: Grocery Store Dataset not found" in output.getvalue()
