@@ -17,7 +17,7 @@ from shelfsight.catalog import Catalog
 from shelfsight.embeddings import Embeddings
 from shelfsight.metrics import count_relevant, full_ranking_average_precision, retrieval_report
 from shelfsight.protocols import RetrievalProtocol
-from shelfsight.search import ExactIndex, VectorIndex, recall_against_exact
+from shelfsight.search import ExactIndex, SearchResult, VectorIndex, recall_against_exact
 
 IndexFactory = Callable[[str, int], VectorIndex]
 """(collection name, dimension) -> an empty index."""
@@ -69,15 +69,18 @@ def evaluate_protocol(
         answer = index.search(data.query_vectors, depth, exclude_ids=exclude)
     finally:
         index.close()
+    relevant = count_relevant(data.query_keys, data.gallery_keys, same_set=same_set)
+    deep = int(relevant.max()) if len(relevant) else 0
     exact = ExactIndex()
     exact.add(data.gallery_ids, data.gallery_vectors)
-    reference = exact.search(data.query_vectors, depth, exclude_ids=exclude)
+    # one exact search serves both the recall check (its first `depth` columns: ties are broken
+    # by position, so they equal a search at that depth) and the deep metrics
+    deep_answer = exact.search(data.query_vectors, max(depth, deep), exclude_ids=exclude)
+    reference = SearchResult(indices=deep_answer.indices[:, :depth], scores=deep_answer.scores[:, :depth],
+                             ids=[row[:depth] for row in deep_answer.ids])
     report = retrieval_report(data.query_keys, data.gallery_keys, answer.indices, same_set=same_set, ks=ks)
     metrics = {name: value for name, value in report.metrics.items() if name not in ("MAP@R", "R-precision")}
     metrics[f"index_recall@{depth}"] = recall_against_exact(answer, reference)
-    relevant = count_relevant(data.query_keys, data.gallery_keys, same_set=same_set)
-    deep = int(relevant.max()) if len(relevant) else 0
-    deep_answer = reference if deep <= depth else exact.search(data.query_vectors, deep, exclude_ids=exclude)
     deep_report = retrieval_report(data.query_keys, data.gallery_keys, deep_answer.indices, same_set=same_set,
                                    ks=ks)
     metrics["MAP@R"] = deep_report.metrics["MAP@R"]
