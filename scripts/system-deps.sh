@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# System packages shelfsight's demo and tests use: Debian's Fashion-MNIST files.
+# System packages shelfsight's demo and tests use: Debian's Fashion-MNIST files, and Chromium for the
+# browser tests of the report and the web page (driven by Playwright through executable_path).
 set -euo pipefail
 need=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -86,6 +86,17 @@ def test_bench_runs_resumes_and_keeps_the_table(grocery_root: Path, tmp_path: Pa
         assert table[("lite0-64", protocol, "mMP@5")] > table[("lite0-64-random", protocol, "mMP@5")]
     assert (run_dir / "results.parquet").is_file() and (run_dir / "provenance.json").is_file()
 
+    # every cell keeps the same seeded example queries with their top 5, for the report's retrieval grids
+    cells = [CellResult.from_json(path.read_text()) for path in sorted((run_dir / "cells").glob("*.json"))]
+    examples = [cell.details["fine"]["examples"] for cell in cells]
+    assert [e["query"] for e in examples[0]] == [e["query"] for e in examples[1]]
+    assert len(examples[0]) == 8 and all(len(e["neighbours"]) == 5 for e in examples[0])
+    for example in examples[0]:
+        assert Path(example["query_path"]).is_file()
+        scores = [n["score"] for n in example["neighbours"]]
+        assert scores == sorted(scores, reverse=True)
+        assert all(n["relevant"] == (n["key"] == example["query_key"]) for n in example["neighbours"])
+
 
 def test_a_failing_cell_records_its_error_and_the_run_goes_on(grocery_root: Path, tmp_path: Path) -> None:
     config = load_config(_config(tmp_path, models=[{"name": "vit_b16"}, SMALL_MODEL]))  # vit_b16: no weights offline
@@ -150,6 +161,15 @@ def test_strategies_side_by_side_with_costs(grocery_root: Path, tmp_path: Path) 
         assert 0 <= table[(strategy, "classification", "macro_f1")] <= 1
     assert ("pretrained", "classification", "accuracy") not in table.index
     assert table[("toptune", "cost", "trials")] == 2
+    for path in (tmp_path / "run" / "cells").glob("*.json"):
+        cell = CellResult.from_json(path.read_text())
+        if cell.cell.strategy == "pretrained":
+            continue
+        confusion = cell.details["confusion"]
+        matrix = confusion["matrix"]
+        assert len(confusion["classes"]) == len(matrix) == 81
+        accuracy = sum(matrix[i][i] for i in range(81)) / sum(map(sum, matrix))
+        assert accuracy == pytest.approx(table[(cell.cell.strategy, "classification", "accuracy")])
     assert table[("toptune", "cost", "tune_seconds")] > 0
     assert table[("toptune", "fine", "mMP@5")] > 0  # top-tuned embeddings are evaluated for retrieval
     head_dir = tmp_path / "run" / "work" / "lite0-64__grocery-store__toptune__seed0" / "head"

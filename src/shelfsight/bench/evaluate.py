@@ -53,6 +53,38 @@ def split_for(protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddi
     return ProtocolSplit(query_ids, query_vectors, query_keys, gallery_ids, gallery_vectors, gallery_keys)
 
 
+EXAMPLE_QUERIES = 8
+EXAMPLE_DEPTH = 5
+
+
+def retrieval_examples(data: ProtocolSplit, answer: SearchResult, catalog: Catalog, protocol: str,
+                       n_queries: int = EXAMPLE_QUERIES, depth: int = EXAMPLE_DEPTH) -> list[dict[str, object]]:
+    """A few queries with their top neighbours, for the report's retrieval grids.
+
+    The queries are drawn with a seed fixed per protocol from the sorted query ids, so every model and
+    strategy of a run shows the same queries side by side.
+    """
+    paths = {item.item_id: str(item.image_path) for item in catalog}
+    position = {item_id: row for row, item_id in enumerate(data.query_ids)}
+    ordered = sorted(data.query_ids)
+    rng = np.random.default_rng(sum(protocol.encode()))
+    chosen = sorted(rng.choice(len(ordered), size=min(n_queries, len(ordered)), replace=False).tolist())
+    gallery_row = {item_id: row for row, item_id in enumerate(data.gallery_ids)}
+    examples: list[dict[str, object]] = []
+    for pick in chosen:
+        query_id = ordered[pick]
+        row = position[query_id]
+        neighbours = [gid for gid in answer.ids[row][:depth] if gid]
+        examples.append({
+            "query": query_id, "query_path": paths.get(query_id, ""), "query_key": str(data.query_keys[row]),
+            "neighbours": [{"id": gid, "path": paths.get(gid, ""), "key": str(data.gallery_keys[gallery_row[gid]]),
+                            "score": float(answer.scores[row][rank]),
+                            "relevant": bool(data.gallery_keys[gallery_row[gid]] == data.query_keys[row])}
+                           for rank, gid in enumerate(neighbours)],
+        })
+    return examples
+
+
 def evaluate_protocol(
     protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings, *, make_index: IndexFactory,
     collection: str, k: int = 100, ks: tuple[int, ...] = (1, 5, 10), full_map: bool = True,
@@ -91,7 +123,8 @@ def evaluate_protocol(
         metrics["MAP"] = float(np.mean(ap[relevant > 0])) if (relevant > 0).any() else 0.0
     details: dict[str, object] = {"queries": len(data.query_ids), "gallery": len(data.gallery_ids), "k": depth,
                "excluded_queries": report.n_excluded, "max_relevant": deep, "leave_one_out": same_set,
-               "relevance": protocol.relevance}
+               "relevance": protocol.relevance,
+               "examples": retrieval_examples(data, answer, catalog, protocol.name)}
     if report.warning:
         details["warning"] = report.warning
     return metrics, details

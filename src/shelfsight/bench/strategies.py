@@ -123,8 +123,11 @@ def _validation_mask(labels: np.ndarray, seed: int, fraction: float = 0.1) -> np
     return mask
 
 
-def _classification_scores(data: ClassificationData, predicted: np.ndarray) -> dict[str, float]:
+def _classification_scores(data: ClassificationData, predicted: np.ndarray,
+                           details: dict[str, Any]) -> dict[str, float]:
+    """Test scores; the confusion matrix (rows true, columns predicted) goes to ``details`` for the report."""
     report = classification_report(data.y_test, predicted, labels=np.arange(len(data.classes)))
+    details["confusion"] = {"classes": list(data.classes), "matrix": report.confusion.tolist()}
     return {"accuracy": report.accuracy, "macro_precision": report.macro_precision,
             "macro_recall": report.macro_recall, "macro_f1": report.macro_f1}
 
@@ -143,7 +146,7 @@ def _baseline(strategy: str, inputs: StrategyInputs) -> tuple[Scores, dict[str, 
     predicted = model.predict(data.x_test)
     details.update({"train": len(data.y_train), "test": len(data.y_test), "classes": len(data.classes),
                     "dropped_test_unseen_class": data.dropped_test})
-    return {"classification": _classification_scores(data, predicted)}, {"tune_seconds": fit_seconds}, details
+    return {"classification": _classification_scores(data, predicted, details)}, {"tune_seconds": fit_seconds}, details
 
 
 LINEAR_C_GRID = (1.0, 10.0, 100.0)
@@ -174,10 +177,12 @@ def _toptune(inputs: StrategyInputs) -> tuple[Scores, dict[str, float], dict[str
                      progress=inputs.progress)
     save_head(inputs.workdir / "head", result.head, data.classes, result.best_params, int(data.x_train.shape[1]))
     predicted, _ = predict(result.head, data.x_test)
-    scores: Scores = {"classification": _classification_scores(data, predicted)}
+    confusion: dict[str, Any] = {}
+    scores: Scores = {"classification": _classification_scores(data, predicted, confusion)}
     tuned = replace(inputs.embeddings, vectors=embed_with_head(result.head, inputs.embeddings.vectors),
                     key=f"{inputs.embeddings.key}:toptune:{inputs.collection_prefix}")
     retrieval, details = retrieval_scores(inputs, tuned)
+    details.update(confusion)
     scores.update(retrieval)
     costs = {"tune_seconds": result.tuning_seconds + result.final_seconds, "trials": float(result.trials_completed),
              "trials_pruned": float(result.trials_pruned), "final_epochs": float(result.epochs_trained),
