@@ -1,8 +1,10 @@
 """Retrieval protocols, declared as data: which items query, which form the gallery, what is relevant.
 
-Three shapes cover the literature: leave-one-out inside one split (Stanford Online Products,
-Cars196: every item queries all others), explicit query and gallery splits (DeepFashion
-In-shop), and photo to catalogue (shop photos query a gallery of catalogue images).
+Three shapes cover the literature: leave-one-out inside one split (Stanford Online Products:
+every test item queries all others), explicit query and gallery splits (DeepFashion In-shop),
+and photo to catalogue (test photos query the training photos or catalogue images). A protocol
+may also keep a subset of the items: Cars196's metric-learning split evaluates classes 99..196
+only, across the official train and test images.
 """
 
 from __future__ import annotations
@@ -10,10 +12,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from shelfsight.catalog import Catalog, CatalogItem
+from shelfsight.catalog import Catalog, CatalogItem, cars196, food101, inshop, products10k, rp2k, sop
+from shelfsight.catalog.hf import declared_protocol
 from shelfsight.errors import CatalogError
 
 Relevance = Literal["label", "coarse_label", "product_id"]
+
+
+@dataclass(frozen=True)
+class ItemSubset:
+    """Only items whose ``field`` is one of ``values`` take part in a protocol."""
+
+    field: Relevance
+    values: frozenset[str]
+
+    def includes(self, item: CatalogItem) -> bool:
+        return getattr(item, self.field) in self.values
 
 
 @dataclass(frozen=True)
@@ -21,6 +35,7 @@ class RetrievalProtocol:
     """``query_splits`` search ``gallery_splits``; an item is relevant when ``relevance`` matches.
 
     With ``leave_one_out`` the gallery is the query set itself and a query never retrieves itself.
+    With a ``subset``, only the items it includes are queries or gallery items.
     """
 
     name: str
@@ -28,6 +43,11 @@ class RetrievalProtocol:
     gallery_splits: tuple[str, ...]
     relevance: Relevance = "label"
     description: str = ""
+    subset: ItemSubset | None = None
+
+    def takes_part(self, item: CatalogItem) -> bool:
+        """Whether ``item`` may query or be retrieved, its split aside."""
+        return self.subset is None or self.subset.includes(item)
 
     @property
     def leave_one_out(self) -> bool:
@@ -60,12 +80,39 @@ PROTOCOLS: dict[str, tuple[RetrievalProtocol, ...]] = {
         RetrievalProtocol("category", ("test",), ("train",), "label",
                           "test images query train images; relevant = same category (10)"),
     ),
+    sop.NAME: (
+        RetrievalProtocol("product", ("test",), ("test",), "product_id",
+                          "leave-one-out over the test split; relevant = same product (11,316 products)"),
+    ),
+    cars196.NAME: (
+        RetrievalProtocol("metric-learning", ("train", "test"), ("train", "test"), "label",
+                          "classes 99..196, leave-one-out over all their images (8,131); relevant = same model",
+                          subset=ItemSubset("product_id", frozenset(cars196.RETRIEVAL_CLASSES))),
+    ),
+    inshop.NAME: (
+        RetrievalProtocol("item", ("query",), ("gallery",), "product_id",
+                          "query images search the gallery; relevant = same clothing item (3,985 items)"),
+    ),
+    products10k.NAME: (
+        RetrievalProtocol("sku", ("test",), ("train",), "product_id",
+                          "test photos query the training photos; relevant = same SKU"),
+    ),
+    rp2k.NAME: (
+        RetrievalProtocol("product", ("test",), ("train",), "product_id",
+                          "test photos query the training photos; relevant = same product"),
+    ),
+    food101.NAME: (
+        RetrievalProtocol("dish", ("test",), ("train",), "label",
+                          "test photos query the training photos; relevant = same dish (101)"),
+    ),
 }
 
 
 def protocols_for(dataset: str, catalog: Catalog) -> tuple[RetrievalProtocol, ...]:
     """The declared protocols of a public dataset, or a sensible one for a user catalogue:
-    query/gallery splits if present, else test -> train, else leave-one-out over everything."""
+    query/gallery splits if present, else test -> train, else leave-one-out over everything.
+    An ``hf:`` source with ``protocol=NAME`` takes the protocols of the registered dataset NAME."""
+    dataset = declared_protocol(dataset) or dataset
     if dataset in PROTOCOLS:
         return PROTOCOLS[dataset]
     splits = set(catalog.splits)
@@ -91,11 +138,18 @@ class ClassificationSplits:
 CLASSIFICATION: dict[str, ClassificationSplits] = {
     "grocery-store": ClassificationSplits(train=("train",), val=("val",), test=("test",)),
     "fashion-mnist": ClassificationSplits(train=("train",), test=("test",)),
+    sop.NAME: ClassificationSplits(train=("train",), test=("test",)),  # the 12 categories
+    cars196.NAME: ClassificationSplits(train=("train",), test=("test",)),  # official split, 196 models
+    inshop.NAME: ClassificationSplits(train=("train",), test=("query", "gallery")),  # 23 categories
+    products10k.NAME: ClassificationSplits(train=("train",), test=("test",)),  # SKUs
+    rp2k.NAME: ClassificationSplits(train=("train",), test=("test",)),  # products
+    food101.NAME: ClassificationSplits(train=("train",), test=("test",)),  # 101 dishes
 }
 
 
 def classification_for(dataset: str, catalog: Catalog) -> ClassificationSplits | None:
     """Declared splits of a public dataset; for a user catalogue train/val/test when present, else None."""
+    dataset = declared_protocol(dataset) or dataset
     if dataset in CLASSIFICATION:
         return CLASSIFICATION[dataset]
     splits = set(catalog.splits)

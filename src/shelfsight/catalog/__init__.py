@@ -1,43 +1,37 @@
 """Catalogues: public datasets and a user's own images, as one ``Catalog`` type.
 
-``load_catalog`` accepts a registered dataset name (``grocery-store``, ``fashion-mnist``), a
-folder of class sub-folders, or a CSV/Parquet manifest.
+``load_catalog`` accepts a registered dataset name (``DATASETS``: Grocery Store, Fashion-MNIST
+and the six datasets of the paper), a Hugging Face dataset (``hf:<saved folder or hub name>``),
+a folder of class sub-folders, or a CSV/Parquet manifest.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from shelfsight import paths
-from shelfsight.catalog import fashion_mnist, grocery
+from shelfsight.catalog import cars196, fashion_mnist, food101, grocery, inshop, products10k, rp2k, sop
+from shelfsight.catalog.hf import is_hf_source, load_hf
 from shelfsight.catalog.imagefolder import load_image_folder
 from shelfsight.catalog.images import decode_image, to_rgb
 from shelfsight.catalog.manifest import load_manifest
+from shelfsight.catalog.public import DatasetEntry, Loader
 from shelfsight.catalog.types import Catalog, CatalogItem
-from shelfsight.errors import CatalogError
+from shelfsight.errors import CatalogError, DatasetNotFoundError
 
 __all__ = [
-    "DATASETS", "Catalog", "CatalogItem", "DatasetEntry", "decode_image", "load_catalog", "load_image_folder",
-    "load_manifest", "to_rgb",
+    "DATASETS", "Catalog", "CatalogItem", "DatasetEntry", "Loader", "decode_image", "load_catalog",
+    "load_image_folder", "load_manifest", "to_rgb",
 ]
 
-Loader = Callable[[Path | None, Path, "tuple[str, ...] | None", bool, "str | None"], Catalog]
 
-
-@dataclass(frozen=True)
-class DatasetEntry:
-    """A public dataset shelfsight knows how to read."""
-
-    name: str
-    description: str
-    splits: tuple[str, ...]
-    licence: str
-    how_to_get: str
-    load: Loader
+def _grocery_root(data_dir: Path | None) -> Path | None:
+    try:
+        return grocery.find_root(data_dir)
+    except DatasetNotFoundError:
+        return None
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -45,6 +39,8 @@ DATASETS: dict[str, DatasetEntry] = {
         name=grocery.NAME,
         description="Grocery Store Dataset: 5,421 shop photos, 81 fine / 43 coarse classes, 81 iconic images",
         splits=(*grocery.SPLITS, grocery.ICONIC_SPLIT), licence="MIT", how_to_get=grocery.HOW_TO_GET,
+        homepage="https://github.com/marcusklasson/GroceryStoreDataset",
+        expected_counts={"train": 2_640, "val": 296, "test": 2_485, "iconic": 81}, locate=_grocery_root,
         load=lambda data, cache, splits, download, explicit: grocery.load_grocery_store(
             data, splits=splits, explicit=explicit),
     ),
@@ -52,10 +48,19 @@ DATASETS: dict[str, DatasetEntry] = {
         name=fashion_mnist.NAME,
         description="Fashion-MNIST: 70,000 greyscale 28x28 article images, 10 categories",
         splits=("train", "test"), licence="MIT", how_to_get=fashion_mnist.HOW_TO_GET,
+        homepage="https://github.com/zalandoresearch/fashion-mnist", expected_counts=fashion_mnist.EXPECTED_COUNTS,
+        locate=fashion_mnist.find_raw_dir,
         load=lambda data, cache, splits, download, explicit: fashion_mnist.load_fashion_mnist(
             data, cache, splits=splits, download=download, explicit=explicit),
     ),
+    sop.NAME: sop.ENTRY,
+    cars196.NAME: cars196.ENTRY,
+    inshop.NAME: inshop.ENTRY,
+    products10k.NAME: products10k.ENTRY,
+    rp2k.NAME: rp2k.ENTRY,
+    food101.NAME: food101.ENTRY,
 }
+"""Every public dataset by name; the six of the paper follow the two small ones used in tests and demos."""
 
 
 def load_catalog(
@@ -63,8 +68,11 @@ def load_catalog(
     splits: tuple[str, ...] | None = None, cache_dir: str | os.PathLike[str] | None = None,
     download: bool = False, image_root: str | os.PathLike[str] | None = None,
 ) -> Catalog:
-    """A registered dataset by name, an image folder, or a manifest file; ``splits`` narrows it."""
+    """A registered dataset by name, an ``hf:`` dataset, an image folder, or a manifest file; ``splits``
+    narrows it."""
     text = os.fspath(source)
+    if is_hf_source(text):
+        return load_hf(text, paths.cache_dir(cache_dir), splits=splits)
     if text in DATASETS:
         explicit = os.fspath(data_dir) if data_dir is not None else None
         return DATASETS[text].load(paths.data_dir(data_dir), paths.cache_dir(cache_dir), splits, download, explicit)
@@ -77,6 +85,7 @@ def load_catalog(
         close = difflib.get_close_matches(text, list(DATASETS), n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise CatalogError(
-            f"{text!r} is neither a known dataset ({', '.join(DATASETS)}) nor an existing folder or manifest.{hint}"
+            f"{text!r} is neither a known dataset ({', '.join(DATASETS)}), nor hf:<dataset>, nor an existing folder "
+            f"or manifest.{hint}"
         )
     return catalog.select_splits(*splits) if splits else catalog
