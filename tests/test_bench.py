@@ -29,8 +29,8 @@ def _config(tmp_path: Path, **overrides: object) -> dict[str, object]:
 def test_config_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"models\.0\.pretrianed: Extra inputs are not permitted"):
         load_config({"models": [{"name": "x", "pretrianed": False}], "datasets": ["grocery-store"]})
-    with pytest.raises(ConfigError, match="unknown strategy 'finetune'"):
-        load_config({"models": ["x"], "datasets": ["d"], "strategies": ["finetune"]})
+    with pytest.raises(ConfigError, match="unknown strategy 'finetuning'"):
+        load_config({"models": ["x"], "datasets": ["d"], "strategies": ["finetuning"]})
     path = tmp_path / "bad.yaml"
     path.write_text("models: [x]\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: datasets: Field required"):

@@ -1,12 +1,25 @@
-"""Adapting frozen embeddings to a catalogue: top-tuning (an MLP head searched with Optuna) and baselines.
+"""Adapting embeddings to a catalogue: top-tuning (an MLP head searched with Optuna), baselines, and full
+fine-tuning.
 
-Works on plain numpy arrays: L2-normalised float32 embeddings (N, D) and integer labels in [0, C).
-``toptune`` searches and trains the head; ``embed_with_head`` gives the top-tuned embeddings
+Top-tuning works on plain numpy arrays: L2-normalised float32 embeddings (N, D) and integer labels in
+[0, C). ``toptune`` searches and trains the head; ``embed_with_head`` gives the top-tuned embeddings
 (the head's penultimate layer) for retrieval; ``linear_probe`` and ``knn_classifier`` are the baselines.
+``finetune`` trains a backbone end to end on a catalogue's images (one process or ``torchrun``) and saves
+it as a backbone named ``BASE@finetune:DATASET``; ``labelled_splits`` is the partition all of them share.
 """
 
 from shelfsight.adapt.baselines import knn_classifier, linear_probe
+from shelfsight.adapt.finetune import (
+    EpochStats,
+    FinetuneConfig,
+    FinetuneError,
+    FinetuneResult,
+    finetune,
+    load_finetune_config,
+    predict_classes,
+)
 from shelfsight.adapt.heads import HeadConfig, MLPHead
+from shelfsight.adapt.splits import LabelledSplits, labelled_splits, validation_mask
 from shelfsight.adapt.toptune import (
     EpochRecord,
     TopTuneConfig,
@@ -26,7 +39,9 @@ from shelfsight.adapt.toptune import (
 )
 
 __all__ = [
-    "EpochRecord", "HeadConfig", "MLPHead", "TopTuneConfig", "TopTuneError", "TopTuneResult", "TrainedHead",
-    "build_optimizer", "embed_with_head", "head_config", "knn_classifier", "linear_probe", "load_head", "predict",
-    "save_head", "storage_url", "suggest_params", "toptune", "train_head",
+    "EpochRecord", "EpochStats", "FinetuneConfig", "FinetuneError", "FinetuneResult", "HeadConfig",
+    "LabelledSplits", "MLPHead", "TopTuneConfig", "TopTuneError", "TopTuneResult", "TrainedHead",
+    "build_optimizer", "embed_with_head", "finetune", "head_config", "knn_classifier", "labelled_splits",
+    "linear_probe", "load_finetune_config", "load_head", "predict", "predict_classes", "save_head", "storage_url",
+    "suggest_params", "toptune", "train_head", "validation_mask",
 ]

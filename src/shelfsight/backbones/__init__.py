@@ -13,15 +13,22 @@ from typing import Any, Literal
 import torch
 from torchvision import transforms
 
+from shelfsight.backbones.finetuned import (
+    BACKBONE_WEIGHTS,
+    finetuned_name,
+    load_class_weights,
+    load_finetuned_encoder,
+    register_finetuned_dir,
+)
 from shelfsight.backbones.loaders import FeatureEncoder, efficientnet_lite_weights_file, load_model
 from shelfsight.backbones.registry import get_spec, list_specs, register, register_file
 from shelfsight.backbones.spec import BackboneSpec, Preprocess
+from shelfsight.errors import ModelUnavailableError
 
 __all__ = [
     "Backbone", "BackboneSpec", "Preprocess", "build_pixel_transform", "build_transform", "count_parameters",
-    "gflops_per_image",
-    "normalize_pixels", "get_spec", "list_specs",
-    "load_backbone", "register", "register_file", "weights_status",
+    "finetuned_name", "get_spec", "gflops_per_image", "list_specs", "load_backbone", "load_class_weights",
+    "normalize_pixels", "register", "register_file", "register_finetuned_dir", "weights_status",
 ]
 
 WeightsStatus = Literal["packaged", "cached", "download", "local"]
@@ -53,20 +60,36 @@ def load_backbone(
     name: str, *, pretrained: bool = True, weights: str | os.PathLike[str] | None = None,
     preprocess: dict[str, Any] | None = None, seed: int = 0,
 ) -> Backbone:
-    """Build a backbone by public or prefixed name.
+    """Build a backbone by public, prefixed or fine-tuned (``BASE@finetune:DATASET``) name.
 
     ``pretrained=False`` gives a randomly initialised network (seeded: the same seed gives the
     same weights), the floor that any learned embedding must beat. ``weights`` points at a local
     checkpoint instead of the hub. ``preprocess`` overrides fields of the spec's preprocessing.
     """
     spec = get_spec(name)
+    resolved = spec.preprocess.replace(**preprocess) if preprocess else spec.preprocess
+    if spec.finetuned is not None:
+        return _load_finetuned(spec, resolved, pretrained=pretrained, weights=weights)
     weights_path = Path(weights).expanduser().resolve() if weights is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = load_model(spec, pretrained=pretrained, weights=weights_path)
-    resolved = spec.preprocess.replace(**preprocess) if preprocess else spec.preprocess
     return Backbone(spec=spec, encoder=encoder, preprocess=resolved,
                     weights_id=_weights_id(spec, pretrained, weights_path, seed))
+
+
+def _load_finetuned(spec: BackboneSpec, preprocess: Preprocess, *, pretrained: bool,
+                    weights: str | os.PathLike[str] | None) -> Backbone:
+    """A fine-tuned folder's encoder; its identity is the digest of its weights file."""
+    if weights is not None or not pretrained:
+        raise ModelUnavailableError(f"{spec.name} is a fine-tuned backbone whose weights are in {spec.finetuned}; "
+                                    "it takes neither --weights nor a random initialisation (use its base name).")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the base architecture is built randomly, then overwritten
+        encoder = load_finetuned_encoder(spec)
+    path = Path(spec.finetuned or "") / BACKBONE_WEIGHTS
+    return Backbone(spec=spec, encoder=encoder, preprocess=preprocess,
+                    weights_id=f"file:{_file_digest(str(path), *_stat(path))}")
 
 
 def build_transform(preprocess: Preprocess) -> transforms.Compose:
@@ -106,6 +129,8 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 def weights_status(spec: BackboneSpec) -> WeightsStatus:
     """Whether the weights can be had offline: shipped in a package, in the local hub cache, or not."""
+    if spec.finetuned is not None:
+        return "local"
     if spec.library == "efficientnet_lite":
         try:
             return "packaged" if efficientnet_lite_weights_file(spec.checkpoint).is_file() else "download"

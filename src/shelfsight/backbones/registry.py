@@ -8,6 +8,7 @@ EfficientNet-Lite weights. Any other model works without code changes:
 * ``hf:facebook/dinov2-small``                             any transformers vision model
 * ``torchhub:owner/repo[:ref]:entrypoint``                 any torch.hub entry point
 * a YAML file of specs, via ``register_file`` or ``$SHELFSIGHT_MODELS_FILE``
+* ``BASE@finetune:DATASET`` or ``BASE@finetune:PATH``: a backbone fine-tuned by shelfsight (``finetuned.py``)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from shelfsight.backbones.finetuned import MARK, finetuned_spec
 from shelfsight.backbones.spec import (
     INCEPTION_MEAN,
     INCEPTION_STD,
@@ -58,6 +60,8 @@ def get_spec(name: str) -> BackboneSpec:
     _load_env_file()
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if MARK in name:
+        return finetuned_spec(name)
     if name.startswith(PREFIXES):
         return spec_from_prefixed_name(name)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)

@@ -81,6 +81,8 @@ class BackboneSpec:
     licence: str = "unknown"
     description: str = ""
     in_paper: bool = False
+    finetuned: str | None = None
+    """A fine-tuned folder (``backbones.finetuned``) whose weights replace the checkpoint's."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

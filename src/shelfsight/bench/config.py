@@ -7,7 +7,12 @@
     datasets:
       - grocery-store
       - {name: fashion-mnist, per_class: {train: 200, test: 50}}
-    strategies: [pretrained, linear, knn, toptune]
+    strategies:
+      - pretrained
+      - toptune
+      - {name: finetune, models: [efficientnet_lite0], datasets: [grocery-store]}   # the costly one, kept small
+      - crosstune                      # heads / backbones tuned on one dataset, evaluated on the others
+    finetune: {epochs: 3, input_size: 128}
     repeats: 1
     index: {backend: milvus-lite, type: FLAT}
 """
@@ -23,7 +28,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shelfsight.bench.strategies import STRATEGIES
+from shelfsight.adapt.finetune import FinetuneConfig
+from shelfsight.bench.strategies import CROSSTUNE, STRATEGIES, TUNED
 from shelfsight.errors import ShelfsightError
 
 
@@ -100,6 +106,36 @@ class TopTuneSettings(_Strict):
     batch_size: int = Field(default=256, ge=1)
 
 
+class StrategyEntry(_Strict):
+    """A strategy, optionally kept to some models (by label: the name results show, e.g. an alias) and
+    datasets: the costly ones (finetune) rarely need the whole matrix. For ``crosstune``: ``tuned`` says
+    what is carried across (default: whichever of toptune and finetune the config runs on the source),
+    ``sources`` which datasets it is tuned on (default: every other dataset of the config)."""
+
+    name: str
+    models: tuple[str, ...] | None = None
+    datasets: tuple[str, ...] | None = None
+    tuned: tuple[Literal["toptune", "finetune"], ...] | None = None
+    sources: tuple[str, ...] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; available: {', '.join(STRATEGIES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _crosstune_fields(self) -> StrategyEntry:
+        if self.name != CROSSTUNE and (self.tuned is not None or self.sources is not None):
+            raise ValueError(f"'tuned' and 'sources' apply to {CROSSTUNE} only, not {self.name}")
+        return self
+
+    def applies(self, model: ModelEntry, dataset: str) -> bool:
+        return ((self.models is None or model.label in self.models)
+                and (self.datasets is None or dataset in self.datasets))
+
+
 class TrackingConfig(_Strict):
     enabled: bool = True
     uri: str | None = None
@@ -110,13 +146,15 @@ class BenchConfig(_Strict):
     name: str = "bench"
     models: tuple[ModelEntry, ...]
     datasets: tuple[DatasetEntry, ...]
-    strategies: tuple[str, ...] = ("pretrained",)
+    strategies: tuple[StrategyEntry, ...] = (StrategyEntry(name="pretrained"),)
     repeats: int = Field(default=1, ge=1)
     seed: int = 0
     index: IndexConfig = IndexConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     toptune: TopTuneSettings = TopTuneSettings()
+    finetune: FinetuneConfig = FinetuneConfig()
+    """Full fine-tuning settings (``adapt.FinetuneConfig``); the seed comes from ``seed`` and ``repeats``."""
     knn_k: int = Field(default=5, ge=1)
     tracking: TrackingConfig = TrackingConfig()
     data_dir: str | None = None
@@ -131,13 +169,56 @@ class BenchConfig(_Strict):
     def _dataset_shorthand(cls, value: Any) -> Any:
         return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
-    @field_validator("strategies")
+    @field_validator("strategies", mode="before")
     @classmethod
-    def _known_strategies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [s for s in value if s not in STRATEGIES]
-        if unknown:
-            raise ValueError(f"unknown strategy {unknown[0]!r}; available: {', '.join(STRATEGIES)}")
+    def _strategy_shorthand(cls, value: Any) -> Any:
+        return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @field_validator("finetune", mode="before")
+    @classmethod
+    def _seed_is_the_runs(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "seed" in value:
+            raise ValueError("set the seed with the top-level 'seed' and 'repeats', not inside finetune")
         return value
+
+    @model_validator(mode="after")
+    def _strategy_filters_name_entries(self) -> BenchConfig:
+        """A filter names the config's models and datasets; a public dataset the config leaves out (the demo
+        drops absent ones) is allowed and matches nothing, anything else is a typo."""
+        from shelfsight.catalog import DATASETS
+
+        models = {m.label for m in self.models}
+        datasets = {d.name for d in self.datasets}
+        for position, entry in enumerate(self.strategies):
+            for field, known, given in (("models", models, entry.models), ("datasets", datasets, entry.datasets),
+                                        ("sources", datasets, entry.sources)):
+                allowed = known if field == "models" else known | set(DATASETS)
+                unknown = [name for name in given or () if name not in allowed]
+                if unknown:
+                    raise ValueError(f"strategies.{position}.{field}: {unknown[0]!r} is not among the config's "
+                                     f"{'models' if field == 'models' else 'datasets'} ({', '.join(sorted(known))})")
+        return self
+
+    def strategy(self, name: str) -> StrategyEntry | None:
+        return next((s for s in self.strategies if s.name == name), None)
+
+    def runs(self, strategy: str, model: ModelEntry, dataset: str) -> bool:
+        """Whether the config has a ``strategy`` cell for this model and dataset."""
+        return any(s.name == strategy and s.applies(model, dataset) for s in self.strategies)
+
+    def crosstune_strategies(self, model: ModelEntry, dataset: str) -> list[str]:
+        """``toptune@A`` / ``finetune@A`` cells of ``model`` evaluated on ``dataset``, from each source A."""
+        entry = self.strategy(CROSSTUNE)
+        if entry is None or not entry.applies(model, dataset):
+            return []
+        names: list[str] = []
+        for source in (d.name for d in self.datasets):
+            if source == dataset or (entry.sources is not None and source not in entry.sources):
+                continue
+            tuned: tuple[str, ...] = (entry.tuned or tuple(t for t in TUNED if self.runs(t, model, source))
+                                      or ("toptune",))
+            names.extend(f"{kind}@{source}" for kind in tuned)
+        return names
 
     @property
     def seeds(self) -> tuple[int, ...]:

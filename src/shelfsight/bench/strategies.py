@@ -1,27 +1,42 @@
-"""Strategies: how a cell turns frozen embeddings into scores.
+"""Strategies: how a cell turns embeddings into scores.
 
 * ``pretrained``: the embeddings as they are, for retrieval.
 * ``linear`` / ``knn``: cheap classification baselines on the frozen embeddings.
 * ``toptune``: an MLP head searched with Optuna and trained with early stopping; its test
   classification, and retrieval with its penultimate-layer ("top-tuned") embeddings.
+* ``finetune``: the backbone fine-tuned end to end on the cell's dataset (the runner trains it and
+  embeds with it); its cosine head's test classification, and retrieval with its embeddings.
+* ``crosstune``: expands into ``toptune@A`` / ``finetune@A`` cells: a head or backbone tuned on
+  dataset A, evaluated for retrieval on the cell's dataset (no classification: the classes differ).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from shelfsight.adapt.splits import labelled_splits
 from shelfsight.bench.evaluate import IndexFactory, evaluate_protocol
 from shelfsight.catalog import Catalog
 from shelfsight.embeddings import Embeddings
 from shelfsight.metrics import classification_report
-from shelfsight.protocols import classification_for, protocols_for
+from shelfsight.protocols import protocols_for
 
-STRATEGIES = ("pretrained", "linear", "knn", "toptune")
+if TYPE_CHECKING:
+    import torch
+
+    from shelfsight.adapt import MLPHead, TopTuneResult
+
+CROSSTUNE = "crosstune"
+TUNED = ("toptune", "finetune")
+STRATEGIES = ("pretrained", "linear", "knn", "toptune", "finetune", CROSSTUNE)
+TUNING_RECORD = "tuning.json"
+"""Costs and details of a top-tuned head, next to it, so cross-tuning can quote them."""
 
 Scores = dict[str, dict[str, float]]
 
@@ -41,6 +56,29 @@ class StrategyInputs:
     workdir: Path
     options: dict[str, Any]
     progress: bool = False
+    tuned: TunedModel | None = None
+    """For ``finetune`` and cross-tuning cells: the tuned model the runner prepared."""
+
+
+@dataclass(frozen=True)
+class TunedModel:
+    """A model tuned on ``dataset``: a top-tuned head (applied to the cell's frozen embeddings) or a
+    fine-tuned backbone (which computed the cell's embeddings; its cosine head classifies them)."""
+
+    kind: Literal["toptune", "finetune"]
+    dataset: str
+    path: Path
+    costs: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+    head: MLPHead | None = None
+    class_weights: torch.Tensor | None = None
+    classes: tuple[str, ...] = ()
+
+
+def parse_strategy(strategy: str) -> tuple[str, str | None]:
+    """``toptune@fashion-mnist`` -> ``("toptune", "fashion-mnist")``; ``linear`` -> ``("linear", None)``."""
+    kind, _, source = strategy.partition("@")
+    return kind, source or None
 
 
 @dataclass(frozen=True)
@@ -57,6 +95,9 @@ class ClassificationData:
 
 def run_strategy(strategy: str, inputs: StrategyInputs) -> tuple[Scores, dict[str, float], dict[str, Any]]:
     """Scores per protocol (classification under ``classification``), costs, and details."""
+    kind, source = parse_strategy(strategy)
+    if source is not None and kind in TUNED:
+        return _crosstune(inputs, kind, source)
     if strategy == "pretrained":
         scores, details = retrieval_scores(inputs, inputs.embeddings)
         return scores, {}, details
@@ -64,6 +105,8 @@ def run_strategy(strategy: str, inputs: StrategyInputs) -> tuple[Scores, dict[st
         return _baseline(strategy, inputs)
     if strategy == "toptune":
         return _toptune(inputs)
+    if strategy == "finetune":
+        return _finetune(inputs)
     raise ValueError(f"unknown strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
 
 
@@ -78,49 +121,18 @@ def retrieval_scores(inputs: StrategyInputs, embeddings: Embeddings) -> tuple[Sc
 
 
 def classification_data(inputs: StrategyInputs) -> ClassificationData:
-    """Train, validation and test arrays; without a validation split, a stratified seeded 10% of train."""
-    splits = classification_for(inputs.dataset, inputs.catalog)
-    if splits is None:
-        raise ValueError(f"{inputs.dataset}: no train/test splits, so no classification strategy applies; "
-                         "give the catalogue a split column with train and test")
-    items = {item.item_id: item for item in inputs.catalog}
+    """Train, validation and test arrays of the embedded items (``adapt.splits.labelled_splits``: the
+    partition fine-tuning uses too); without a validation split, a stratified seeded 10% of train."""
+    splits = labelled_splits(inputs.dataset, inputs.catalog, inputs.seed, ids=inputs.embeddings.ids)
     rows = {item_id: row for row, item_id in enumerate(inputs.embeddings.ids)}
 
-    def side(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-        ids = [i for i in inputs.embeddings.ids if items[i].split in names]
-        labels = np.array([str(getattr(items[i], splits.label)) for i in ids], dtype=object)
-        return inputs.embeddings.vectors[[rows[i] for i in ids]], labels
+    def vectors(items: tuple[Any, ...]) -> np.ndarray:
+        return inputs.embeddings.vectors[[rows[item.item_id] for item in items]]
 
-    x_train, labels_train = side(splits.train)
-    x_test, labels_test = side(splits.test)
-    if splits.val:
-        x_val, labels_val = side(splits.val)
-    else:
-        held_out = _validation_mask(labels_train, inputs.seed)
-        x_val, labels_val = x_train[held_out], labels_train[held_out]
-        x_train, labels_train = x_train[~held_out], labels_train[~held_out]
-    classes = sorted(set(labels_train))
-    code = {label: index for index, label in enumerate(classes)}
-    known_test = np.array([label in code for label in labels_test], dtype=bool)
-    known_val = np.array([label in code for label in labels_val], dtype=bool)
     return ClassificationData(
-        x_train=x_train, y_train=np.array([code[v] for v in labels_train], dtype=np.int64),
-        x_val=x_val[known_val], y_val=np.array([code[v] for v in labels_val[known_val]], dtype=np.int64),
-        x_test=x_test[known_test], y_test=np.array([code[v] for v in labels_test[known_test]], dtype=np.int64),
-        classes=classes, dropped_test=int((~known_test).sum()),
+        x_train=vectors(splits.train), y_train=splits.y_train, x_val=vectors(splits.val), y_val=splits.y_val,
+        x_test=vectors(splits.test), y_test=splits.y_test, classes=splits.classes, dropped_test=splits.dropped_test,
     )
-
-
-def _validation_mask(labels: np.ndarray, seed: int, fraction: float = 0.1) -> np.ndarray:
-    """A stratified, seeded ``fraction`` of each class (at least one item of classes with two or more)."""
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(len(labels), dtype=bool)
-    for label in sorted(set(labels)):
-        members = np.flatnonzero(labels == label)
-        if len(members) >= 2:
-            count = max(1, int(round(fraction * len(members))))
-            mask[rng.choice(members, size=count, replace=False)] = True
-    return mask
 
 
 def _classification_scores(data: ClassificationData, predicted: np.ndarray,
@@ -166,8 +178,9 @@ def _linear_probe_tuned(data: ClassificationData, seed: int) -> tuple[Any, float
     return fitted[best_c], best_c
 
 
-def _toptune(inputs: StrategyInputs) -> tuple[Scores, dict[str, float], dict[str, Any]]:
-    from shelfsight.adapt import TopTuneConfig, embed_with_head, predict, save_head, toptune
+def train_toptune(inputs: StrategyInputs) -> tuple[ClassificationData, TopTuneResult, dict[str, float]]:
+    """Search and train the head on the cell's embeddings; save it with its costs in ``workdir``."""
+    from shelfsight.adapt import TopTuneConfig, save_head, toptune
 
     data = classification_data(inputs)
     config = TopTuneConfig(seed=inputs.seed, **inputs.options.get("toptune", {}))
@@ -176,6 +189,17 @@ def _toptune(inputs: StrategyInputs) -> tuple[Scores, dict[str, float], dict[str
                      storage=inputs.workdir / "study.db", study_name=inputs.collection_prefix,
                      progress=inputs.progress)
     save_head(inputs.workdir / "head", result.head, data.classes, result.best_params, int(data.x_train.shape[1]))
+    costs = {"tune_seconds": result.tuning_seconds + result.final_seconds, "trials": float(result.trials_completed),
+             "trials_pruned": float(result.trials_pruned), "final_epochs": float(result.epochs_trained)}
+    record = {"costs": costs, "best_params": result.best_params, "val_accuracy": result.final_val_accuracy}
+    (inputs.workdir / TUNING_RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    return data, result, costs
+
+
+def _toptune(inputs: StrategyInputs) -> tuple[Scores, dict[str, float], dict[str, Any]]:
+    from shelfsight.adapt import embed_with_head, predict
+
+    data, result, tuning_costs = train_toptune(inputs)
     predicted, _ = predict(result.head, data.x_test)
     confusion: dict[str, Any] = {}
     scores: Scores = {"classification": _classification_scores(data, predicted, confusion)}
@@ -184,10 +208,58 @@ def _toptune(inputs: StrategyInputs) -> tuple[Scores, dict[str, float], dict[str
     retrieval, details = retrieval_scores(inputs, tuned)
     details.update(confusion)
     scores.update(retrieval)
-    costs = {"tune_seconds": result.tuning_seconds + result.final_seconds, "trials": float(result.trials_completed),
-             "trials_pruned": float(result.trials_pruned), "final_epochs": float(result.epochs_trained),
-             "embed_dim": float(tuned.dim), "index_bytes": float(tuned.vectors.nbytes)}
+    costs = {**tuning_costs, "embed_dim": float(tuned.dim), "index_bytes": float(tuned.vectors.nbytes)}
     details.update({"best_params": result.best_params, "val_accuracy": result.final_val_accuracy,
                     "head": str(inputs.workdir / "head"), "train": len(data.y_train), "val": len(data.y_val),
                     "test": len(data.y_test), "classes": len(data.classes)})
     return scores, costs, details
+
+
+def _finetune(inputs: StrategyInputs) -> tuple[Scores, dict[str, float], dict[str, Any]]:
+    """The cell's embeddings come from the fine-tuned backbone; its cosine head classifies them."""
+    from shelfsight.adapt.finetune import predict_classes
+
+    tuned = _require_tuned(inputs, "finetune")
+    if tuned.class_weights is None:
+        raise ValueError(f"{tuned.path}: a fine-tuned model without its class vectors")
+    data = classification_data(inputs)
+    position = {name: row for row, name in enumerate(tuned.classes)}
+    missing = [c for c in data.classes if c not in position]
+    if missing:
+        raise ValueError(f"{tuned.path} was tuned without class {missing[0]!r} of {inputs.dataset}")
+    weights = tuned.class_weights[[position[c] for c in data.classes]]
+    details: dict[str, Any] = {}
+    scores: Scores = {"classification": _classification_scores(data, predict_classes(weights, data.x_test), details)}
+    retrieval, retrieval_details = retrieval_scores(inputs, inputs.embeddings)
+    scores.update(retrieval)
+    details.update(retrieval_details)
+    details.update({**tuned.details, "finetuned": str(tuned.path), "train": len(data.y_train), "val": len(data.y_val),
+                    "test": len(data.y_test), "classes": len(data.classes)})
+    return scores, dict(tuned.costs), details
+
+
+def _crosstune(inputs: StrategyInputs, kind: str, source: str) -> tuple[Scores, dict[str, float], dict[str, Any]]:
+    """Retrieval on this dataset with a head or backbone tuned on ``source``; its tuning cost is quoted."""
+    from shelfsight.adapt import embed_with_head
+
+    tuned = _require_tuned(inputs, kind)
+    if tuned.dataset != source:
+        raise ValueError(f"cell {kind}@{source} was handed a model tuned on {tuned.dataset}")
+    embeddings = inputs.embeddings
+    costs = dict(tuned.costs)
+    if tuned.kind == "toptune":
+        if tuned.head is None:
+            raise ValueError(f"{tuned.path}: a top-tuned model without its head")
+        embeddings = replace(embeddings, vectors=embed_with_head(tuned.head, embeddings.vectors),
+                             key=f"{embeddings.key}:toptune@{source}:{inputs.collection_prefix}")
+        costs.update({"embed_dim": float(embeddings.dim), "index_bytes": float(embeddings.vectors.nbytes)})
+    scores, details = retrieval_scores(inputs, embeddings)
+    details.update({**tuned.details, "source_dataset": source, "tuned": tuned.kind, "source": str(tuned.path)})
+    return scores, costs, details
+
+
+def _require_tuned(inputs: StrategyInputs, kind: str) -> TunedModel:
+    if inputs.tuned is None or inputs.tuned.kind != kind:
+        raise ValueError(f"strategy {kind} needs the tuned model, which the bench runner prepares; "
+                         "run it through run_bench")
+    return inputs.tuned
