@@ -13,6 +13,7 @@ from shelfsight import paths
 from shelfsight.bench import load_config, print_leaderboard, run_bench
 from shelfsight.catalog import load_catalog
 from shelfsight.errors import DatasetNotFoundError
+from shelfsight.report import write_report
 
 DEFAULT_RUN_DIR = Path("runs") / "demo"
 
@@ -24,7 +25,8 @@ def demo_config_text() -> str:
 
 def run_demo(*, data_dir: str | os.PathLike[str] | None, run_dir: str | os.PathLike[str] | None,
              console: Console) -> Path:
-    """Run the demo benchmark on the datasets present; print the leaderboard; return the run folder."""
+    """Run the demo benchmark on the datasets present; print the leaderboard, write the report; return the
+    run folder."""
     raw = yaml.safe_load(demo_config_text())
     present, missing = [], []
     for entry in raw["datasets"]:
@@ -50,4 +52,11 @@ def run_demo(*, data_dir: str | os.PathLike[str] | None, run_dir: str | os.PathL
         console.print(f"[red]{len(summary.failed)} cell(s) failed[/]: {', '.join(summary.failed)}")
     board = print_leaderboard(target, console=console)
     console.print(f"results: {target / 'results.csv'} · leaderboard: {board} · MLflow: {summary.tracking_uri}")
+    if (target / "results.csv").is_file():
+        files = write_report(target)
+        if files.mlflow_error:
+            console.print(f"[yellow]MLflow logging of the report failed: {files.mlflow_error}[/]")
+        console.print(f"[bold]report[/]: {files.html.resolve()}", highlight=False, soft_wrap=True)
+    else:
+        console.print("[yellow]no report[/]: the bench wrote no results table")
     return target

@@ -69,3 +69,21 @@ class Tracker:
             for path in files:
                 mlflow.log_artifact(str(path))
             return str(run.info.run_id)
+
+    def log_report(self, run_name: str, folder: Path) -> str | None:
+        """Log a rendered report folder (HTML, Markdown, figures) under ``report/`` of one MLflow run.
+
+        Re-rendering the same run's report logs into the same MLflow run (tag ``shelfsight.report``),
+        replacing the files, rather than adding a run each time.
+        """
+        if not self.enabled:
+            return None
+        mlflow = self._setup()
+        previous = mlflow.search_runs(experiment_names=[self.experiment], output_format="list", max_results=1,
+                                      filter_string="tags.`shelfsight.report` = 'true'",
+                                      order_by=["attributes.start_time DESC"])
+        run_id = previous[0].info.run_id if previous else None
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+            mlflow.set_tag("shelfsight.report", "true")
+            mlflow.log_artifacts(str(folder), artifact_path="report")
+            return str(run.info.run_id)

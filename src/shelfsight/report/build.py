@@ -1,0 +1,294 @@
+"""Assemble the report's content from a run folder: every section computed once, from stored results
+only, then rendered to HTML and Markdown. A section that cannot be drawn says why."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shelfsight.bench.leaderboard import leaderboard_frames
+from shelfsight.report import figures
+from shelfsight.report.analysis import ADAPTATIONS, adaptation_gains, cross_tuning, family_gains, quality_and_cost
+from shelfsight.report.data import RunData, datasets, main_metric, main_protocol, retrieval_protocols
+from shelfsight.report.images import Thumbnails
+from shelfsight.report.recommend import AUTO_TAGGING, TIERS, VISUAL_SEARCH, Recommendations, recommend, task_metric
+
+MAX_GRID_ROWS = 12
+"""Model x strategy rows per retrieval grid: the best ones by the main metric, so the page stays light."""
+TOP_CONFUSIONS = 10
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A figure: its file name under ``figures/``, a title, a caption and the PNG bytes."""
+
+    name: str
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class BoardCell:
+    metric: str
+    value: float
+    std: float
+    best: bool
+
+
+@dataclass(frozen=True)
+class Board:
+    """One leaderboard table: a dataset and protocol, rows (model, strategy), best per column marked."""
+
+    dataset: str
+    protocol: str
+    metrics: list[str]
+    rows: list[tuple[str, str, list[BoardCell]]]
+
+    @property
+    def ranked(self) -> bool:
+        return self.protocol != "cost"
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    uri: str
+    key: str
+    relevant: bool
+    score: float
+
+
+@dataclass(frozen=True)
+class GridRow:
+    label: str
+    value: float
+    neighbours: list[Neighbour]
+
+    @property
+    def hits(self) -> int:
+        return sum(n.relevant for n in self.neighbours)
+
+
+@dataclass(frozen=True)
+class GridQuery:
+    query: str
+    key: str
+    uri: str
+    rows: list[GridRow]
+
+
+@dataclass(frozen=True)
+class Grid:
+    dataset: str
+    protocol: str
+    metric: str
+    queries: list[GridQuery]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Confusion:
+    dataset: str
+    label: str
+    accuracy: float
+    seeds: int
+    classes: int
+    plot: Plot
+    top: list[tuple[str, str, int]]
+    """(true class, predicted class, count), the most frequent mistakes first."""
+
+
+@dataclass
+class Report:
+    """Everything the renderings show; ``absent`` maps a section id to why it is empty."""
+
+    run: RunData
+    generated: str
+    recommendations: Recommendations
+    boards: list[Board]
+    bars: list[Plot]
+    gains: pd.DataFrame
+    family_gains: pd.DataFrame
+    gains_plot: Plot | None
+    cost_plots: list[Plot]
+    cross_plots: list[Plot]
+    grids: list[Grid]
+    confusions: list[Confusion]
+    index_recall: pd.DataFrame
+    thumbnails_missing: int
+    absent: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def plots(self) -> list[Plot]:
+        """Every figure, in page order: these are also written to ``figures/`` and logged to MLflow."""
+        return [*self.bars, *([self.gains_plot] if self.gains_plot else []), *self.cost_plots, *self.cross_plots,
+                *(c.plot for c in self.confusions)]
+
+    @property
+    def datasets(self) -> list[str]:
+        return datasets(self.run.table)
+
+    @property
+    def single_seed(self) -> bool:
+        return bool(len(self.run.table)) and int(self.run.table["n"].max()) <= 1
+
+
+def slug(*parts: str) -> str:
+    """A name safe in file names and HTML ids."""
+    return "-".join("".join(ch if ch.isalnum() else "_" for ch in part) for part in parts)
+
+
+def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report:
+    """Compute every section of the report for ``run``."""
+    say = progress or (lambda _: None)
+    table = run.table
+    strategies = sorted(str(s) for s in table["strategy"].unique())
+    colours = figures.strategy_colours([*strategies, *ADAPTATIONS])
+    absent: dict[str, str] = {}
+    say("recommendation")
+    recs = recommend(table)
+    say("leaderboard")
+    boards = _boards(table)
+    say("charts")
+    bars = [Plot(f"bars-{slug(d)}", d, png) for d in datasets(table)
+            if (png := figures.dataset_bars(table, d, colours)) is not None]
+    gains = adaptation_gains(table)
+    gains_png = figures.gains_chart(gains, {a: colours[a] for a in ADAPTATIONS})
+    gains_plot = Plot("gains", "Gain over the pre-trained embedding", gains_png) if gains_png else None
+    if gains_plot is None:
+        absent["gains"] = ("no backbone has both a pretrained cell and a toptune or finetune cell with retrieval "
+                           "results on the same dataset")
+    cost_plots = _cost_plots(table, colours)
+    if not cost_plots:
+        absent["cost"] = "no cost rows in the results table"
+    cross_plots = [Plot(f"cross-{slug(model, tuned)}", f"{model} · {tuned}",
+                        figures.heatmap(matrix, f"{model}: {tuned} on one dataset, evaluated on another",
+                                        "main retrieval metric"))
+                   for (model, tuned), matrix in cross_tuning(table).items()]
+    if not cross_plots:
+        absent["cross-tuning"] = ("no cross-tuning cells in this run: strategies named toptune@<dataset> or "
+                                  "finetune@<dataset> evaluate a head or backbone tuned on another dataset")
+    say("retrieval grids")
+    thumbnails = Thumbnails()
+    grids = [grid for d in datasets(table) if (grid := _grid(run, d, thumbnails)) is not None]
+    if not grids:
+        absent["retrieval-examples"] = ("no cell records example queries (details[protocol]['examples']); runs "
+                                        "made before the report existed lack them: re-run the bench")
+    say("confusion matrices")
+    confusions = [c for d in datasets(table) if (c := _confusion(run, recs, d)) is not None]
+    if not confusions:
+        absent["confusion"] = ("no classification cell with a confusion matrix (strategies linear, knn, toptune, "
+                               "finetune record one)")
+    recall = _index_recall(table)
+    if recall.empty:
+        absent["index-recall"] = "no index_recall rows: no retrieval cell finished"
+    return Report(run=run, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                  recommendations=recs, boards=boards, bars=bars, gains=gains, family_gains=family_gains(gains),
+                  gains_plot=gains_plot, cost_plots=cost_plots, cross_plots=cross_plots, grids=grids,
+                  confusions=confusions, index_recall=recall, thumbnails_missing=len(thumbnails.missing),
+                  absent=absent)
+
+
+def _boards(table: pd.DataFrame) -> list[Board]:
+    """The leaderboard's frames, in protocol order (main retrieval first, then classification, then cost)."""
+    frames = leaderboard_frames(table)
+    boards = []
+    for dataset in datasets(table):
+        for protocol in [*retrieval_protocols(table, dataset), "classification", "cost"]:
+            frame = frames.get((dataset, protocol))
+            if frame is None:
+                continue
+            metrics = [c for c in frame.columns if not str(c).endswith(" std")]
+            best = {m: (math.nan if protocol == "cost" else frame[m].max()) for m in metrics}
+            rows = [(str(model), str(strategy),
+                     [BoardCell(m, float(row[m]), float(row[f"{m} std"]), bool(row[m] == best[m])) for m in metrics])
+                    for (model, strategy), row in frame.iterrows()]
+            boards.append(Board(dataset, protocol, [str(m) for m in metrics], rows))
+    return boards
+
+
+def _cost_plots(table: pd.DataFrame, colours: dict[str, str]) -> list[Plot]:
+    plots = []
+    for dataset in datasets(table):
+        for task in (VISUAL_SEARCH, AUTO_TAGGING):
+            decided = task_metric(table, task, dataset)
+            if decided is None:
+                continue
+            protocol, metric = decided
+            frame = quality_and_cost(table, dataset, protocol, metric)
+            png = figures.cost_chart(frame, f"{dataset} · {task} · {protocol} {metric}", colours)
+            if png is not None:
+                plots.append(Plot(f"cost-{slug(dataset, task)}", f"{dataset} · {task}", png,
+                                  f"{protocol} {metric} against each cost; dashed: the Pareto front"))
+    return plots
+
+
+def _grid(run: RunData, dataset: str, thumbnails: Thumbnails) -> Grid | None:
+    """The same seeded queries for every model and strategy, best rows first, on the main protocol."""
+    table = run.table
+    protocol = main_protocol(table, dataset)
+    metric = main_metric(table, dataset, protocol) if protocol else None
+    if protocol is None or metric is None:
+        return None
+    ranking = table[(table["dataset"] == dataset) & (table["protocol"] == protocol) & (table["metric"] == metric)]
+    ranking = ranking.sort_values("mean", ascending=False)
+    examples: list[tuple[str, float, dict[str, Any]]] = []
+    for row in ranking.itertuples():
+        cells = run.cells_of(str(row.model), dataset, str(row.strategy))
+        stored = cells[0].details.get(protocol, {}).get("examples") if cells else None
+        if stored:
+            label = f"{row.model} · {row.strategy}" + (f" (seed {cells[0].cell.seed})" if row.n > 1 else "")
+            examples.append((label, float(row.mean), {e["query"]: e for e in stored}))
+    if not examples:
+        return None
+    note = ""
+    if len(examples) > MAX_GRID_ROWS:
+        note = f"the best {MAX_GRID_ROWS} of {len(examples)} model x strategy rows by {metric}"
+        examples = examples[:MAX_GRID_ROWS]
+    queries = []
+    for query_id, first in examples[0][2].items():
+        rows = [GridRow(label, value, [Neighbour(thumbnails.uri(n.get("path", "")), str(n.get("key", "")),
+                                                 bool(n.get("relevant")), float(n.get("score", math.nan)))
+                                       for n in by_query[query_id]["neighbours"]])
+                for label, value, by_query in examples if query_id in by_query]
+        queries.append(GridQuery(query_id, str(first.get("query_key", "")), thumbnails.uri(first.get("query_path", "")),
+                                 rows))
+    return Grid(dataset, protocol, metric, queries, note)
+
+
+def _confusion(run: RunData, recs: Recommendations, dataset: str) -> Confusion | None:
+    """The best classifier of any budget, its confusion matrices summed over seeds."""
+    best = recs.get(AUTO_TAGGING, dataset, TIERS[-1].name).best
+    if best is None:
+        return None
+    stored = [c.details["confusion"] for c in run.cells_of(best.model, dataset, best.strategy)
+              if isinstance(c.details.get("confusion"), dict)]
+    if not stored:
+        return None
+    classes = [str(c) for c in stored[0]["classes"]]
+    same = [s for s in stored if [str(c) for c in s["classes"]] == classes]
+    counts = np.sum([np.asarray(s["matrix"], dtype=np.int64) for s in same], axis=0)
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:TOP_CONFUSIONS]
+    top = [(classes[i], classes[j], int(off[i, j])) for i, j in zip(*np.unravel_index(order, off.shape), strict=True)
+           if off[i, j] > 0]
+    title = f"{dataset}: {best.label} ({len(same)} seed{'s' if len(same) > 1 else ''})"
+    plot = Plot(f"confusion-{slug(dataset)}", title, figures.confusion_chart(classes, counts.tolist(), title),
+                "rows: true class, columns: predicted; colour: share of the true class")
+    return Confusion(dataset, best.label, best.mean, len(same), len(classes), plot, top)
+
+
+def _index_recall(table: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and protocol: the vector database's recall@k against exact search, over all cells."""
+    rows = table[table["metric"].astype(str).str.startswith("index_recall")]
+    if rows.empty:
+        return pd.DataFrame(columns=["dataset", "protocol", "metric", "min", "mean", "cells"])
+    grouped = rows.groupby(["dataset", "protocol", "metric"], sort=True)["mean"]
+    return grouped.agg(min="min", mean="mean", cells="count").reset_index()

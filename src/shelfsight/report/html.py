@@ -1,0 +1,67 @@
+"""Render the report as one self-contained HTML page: figures and thumbnails inlined as data: URIs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jinja2
+
+from shelfsight.report.build import Plot, Report, slug
+from shelfsight.report.images import png_uri
+from shelfsight.report.recommend import (
+    AUTO_TAGGING,
+    TIERS,
+    VISUAL_SEARCH,
+    consensus,
+    describe,
+    format_cost,
+    headline,
+    margin_note,
+)
+
+SECTIONS = (
+    ("recommendation", "Recommendation"), ("leaderboard", "Leaderboard"), ("per-dataset", "Per dataset"),
+    ("gains", "Adaptation gains"), ("cost", "Quality vs cost"), ("cross-tuning", "Cross-tuning"),
+    ("retrieval-examples", "Retrieval examples"), ("confusion", "Confusion"), ("index-recall", "Index recall"),
+    ("configuration", "Configuration"), ("failed", "Failed cells"),
+)
+
+
+def number(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
+
+
+def render_html(report: Report) -> str:
+    run = report.run
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    from shelfsight.report.template import TEMPLATE
+
+    table = run.table
+    index = run.config.get("index") or {}
+    versions = [("shelfsight", run.provenance.get("shelfsight", "?")), ("python", run.provenance.get("python", "?")),
+                ("platform", run.provenance.get("platform", "?")),
+                ("config digest", run.provenance.get("config_digest", "?")),
+                *sorted((str(k), str(v)) for k, v in (run.provenance.get("packages") or {}).items())]
+    consensus_lines = [line for task in (VISUAL_SEARCH, AUTO_TAGGING)
+                       if (line := consensus(report.recommendations, task, TIERS[-1].name))]
+    return environment.from_string(TEMPLATE).render(
+        r=report, sections=SECTIONS, headline=headline(report.recommendations), consensus=consensus_lines, tiers=TIERS,
+        tasks=(VISUAL_SEARCH, AUTO_TAGGING), models=sorted(str(m) for m in table["model"].unique()),
+        strategies=sorted(str(s) for s in table["strategy"].unique()),
+        ok_cells=sum(1 for c in run.cells if c.status == "ok"),
+        recs_for=lambda task, dataset: [report.recommendations.get(task, dataset, t.name) for t in TIERS],
+        describe=describe, margin_note=margin_note, format_cost=format_cost, number=number, slug=slug,
+        uri=lambda plot: png_uri(plot.png) if isinstance(plot, Plot) else "",
+        index_text=_index_text(index), versions=versions,
+        config_text=json.dumps(run.config, indent=2, sort_keys=True) if run.config else "(no config.json)",
+    )
+
+
+def _index_text(index: dict[str, object]) -> str:
+    if not index:
+        return "index settings not recorded"
+    text = f"{index.get('backend', '?')} {index.get('type', '')}".strip()
+    return text + (f", {index['params']}" if index.get("params") else "")
