@@ -14,6 +14,9 @@ getting it wrong makes recall silently wrong rather than failing:
 - **Expressions are escaped here.** pymilvus's ``delete(ids=...)``/``get(ids=...)`` and its query
   iterator paste string keys between quotes unescaped; ids, labels and splits with quotes would
   break (or widen) the expression, so every filter is built by :func:`quote`.
+- **Attributes.** ``attributes=True`` adds a JSON field for per-item data the search itself does not
+  need (image path, metadata); :meth:`MilvusIndex.get` reads it back by id. Reopened collections
+  report whether they have it (``has_attributes``).
 - **Metric.** Inner product by default: on L2-normalised vectors it *is* the cosine similarity,
   so scores are comparable with :class:`~shelfsight.search.exact.ExactIndex` as they are. ``"L2"``
   is offered too (same order; score ``1 - d/2``) but Milvus Lite computes brute-force L2 (FLAT
@@ -26,7 +29,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,10 +57,12 @@ ID_MAX_LENGTH = 1024
 LABEL_MAX_LENGTH = 1024
 SPLIT_MAX_LENGTH = 256
 VECTOR_FIELD = "vector"
+ATTRIBUTES_FIELD = "attributes"
 FIELDS = ("id", VECTOR_FIELD, "label", "split", "position")
 _LITE_L2_QUERY_BYTES = 256 * 1024 * 1024  # Lite's brute-force L2 allocates queries x rows x dim floats
 _SCAN_WINDOW = 16384
 _DELETE_BATCH = 1000
+_GET_BATCH = 1000
 
 
 class MilvusIndexError(ShelfsightError):
@@ -114,7 +119,8 @@ class MilvusIndex:
 
     ``position`` is the insertion order, so results carry the same ``indices`` as ExactIndex fed
     the same items in the same order. The set of ids is mirrored in memory (read back on reuse)
-    to refuse duplicate ids as ExactIndex does; one writer per collection is assumed.
+    to refuse duplicate ids as ExactIndex does; one writer per collection is assumed. Not thread-safe:
+    concurrent callers serialise their calls (as ``shelfsight.serve`` does).
     """
 
     @uses_numpy_faiss
@@ -122,7 +128,8 @@ class MilvusIndex:
                  metric: Metric = "IP", nlist: int = 128, nprobe: int = 16, m: int = 16,
                  ef_construction: int = 200, ef: int = 64, search_list: int = 100, reuse: bool = False,
                  overwrite: bool = False, insert_batch: int = 5000, query_batch: int = 1024,
-                 tie_margin: int = 8, timeout: float = 300.0, where: str = "", lite_key: str | None = None) -> None:
+                 tie_margin: int = 8, timeout: float = 300.0, where: str = "", lite_key: str | None = None,
+                 attributes: bool = False) -> None:
         if reuse and overwrite:
             raise ValueError("reuse=True and overwrite=True contradict each other: choose one")
         if dim < 1 or insert_batch < 1 or not 1 <= query_batch <= MAX_NQ or tie_margin < 0:
@@ -142,6 +149,8 @@ class MilvusIndex:
         self._next_position = 0
         self._ready = False
         self._dirty = False
+        self.has_attributes = attributes
+        """Whether rows carry the JSON ``attributes`` field (read from the schema when a collection is reused)."""
         self.server_version = str(client.get_server_version())
         self.is_lite = self.server_version.startswith("milvus_lite")
         self._check_supported(self.config.index_type)
@@ -216,6 +225,8 @@ class MilvusIndex:
         schema.add_field("label", DataType.VARCHAR, max_length=LABEL_MAX_LENGTH)
         schema.add_field("split", DataType.VARCHAR, max_length=SPLIT_MAX_LENGTH)
         schema.add_field("position", DataType.INT64)
+        if self.has_attributes:
+            schema.add_field(ATTRIBUTES_FIELD, DataType.JSON)
         return schema
 
     def _check_existing_schema(self) -> None:
@@ -225,6 +236,7 @@ class MilvusIndex:
             raise MilvusIndexError(
                 f"collection {self.collection!r} in {self.where} lacks field(s) {missing}: it was not written by "
                 "shelfsight; choose another collection name or pass overwrite=True")
+        self.has_attributes = ATTRIBUTES_FIELD in fields
         stored = int(fields[VECTOR_FIELD].get("params", {}).get("dim", -1))
         if stored != self.dim:
             raise MilvusIndexError(
@@ -274,17 +286,22 @@ class MilvusIndex:
 
     @uses_numpy_faiss
     def add(self, ids: Sequence[str], vectors: np.ndarray, labels: Sequence[str] | None = None,
-            splits: Sequence[str] | None = None) -> None:
+            splits: Sequence[str] | None = None, attributes: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Insert new items; ``attributes`` (one JSON object per item) needs a collection made with attributes=True."""
         ids = [str(i) for i in ids]
         vectors = self._check_vectors(vectors, len(ids), what="vectors")
         labels_ = _column(labels, len(ids), "labels", LABEL_MAX_LENGTH)
         splits_ = _column(splits, len(ids), "splits", SPLIT_MAX_LENGTH)
+        extra = self._attribute_column(attributes, len(ids))
         self._check_new_ids(ids)
         client = self._client()
         for start in range(0, len(ids), self.insert_batch):
             stop = min(start + self.insert_batch, len(ids))
             rows = [{"id": ids[i], VECTOR_FIELD: vectors[i], "label": labels_[i], "split": splits_[i],
                      "position": self._next_position + i - start} for i in range(start, stop)]
+            if extra is not None:
+                for row, values in zip(rows, extra[start:stop], strict=True):
+                    row[ATTRIBUTES_FIELD] = values
             self._ready, self._dirty = False, True
             client.insert(self.collection, rows)
             self._ids.update(ids[start:stop])  # batch by batch: a failure leaves the mirror true to the server
@@ -324,6 +341,20 @@ class MilvusIndex:
         return SearchResult(indices=indices, scores=scores, ids=ids)
 
     @uses_numpy_faiss
+    def get(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``label``, ``split``, ``position`` (and ``attributes``) of the ids present; absent ids are left out."""
+        ids = [str(i) for i in ids]
+        fields = ["id", "label", "split", "position"] + ([ATTRIBUTES_FIELD] if self.has_attributes else [])
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), _GET_BATCH):
+            chunk = ids[start:start + _GET_BATCH]
+            rows = self._client().query(self.collection, filter=f"id in [{', '.join(quote(i) for i in chunk)}]",
+                                        output_fields=fields, consistency_level="Strong")
+            for row in rows:
+                found[str(row["id"])] = {name: row[name] for name in fields if name != "id"}
+        return found
+
+    @uses_numpy_faiss
     def delete(self, ids: Sequence[str]) -> None:
         ids = [str(i) for i in ids]
         client = self._client()
@@ -336,6 +367,10 @@ class MilvusIndex:
     def __len__(self) -> int:
         self._ensure_ready()
         return self._count("")
+
+    def __contains__(self, item_id: object) -> bool:
+        """Whether an id is stored (from the id mirror: no round trip), e.g. to resume a bulk load."""
+        return str(item_id) in self._ids
 
     def close(self) -> None:
         """Close the connection; for Milvus Lite also stop its in-process server when the last user leaves."""
@@ -488,6 +523,18 @@ class MilvusIndex:
         if unit and len(array) and not np.allclose(norms, 1.0, atol=1e-3):
             raise ValueError(f"{what} must be L2-normalised (norms range {norms.min():.4g}..{norms.max():.4g})")
         return array
+
+    def _attribute_column(self, attributes: Sequence[Mapping[str, Any]] | None,
+                          rows: int) -> list[dict[str, Any]] | None:
+        if attributes is None:
+            return [{} for _ in range(rows)] if self.has_attributes else None
+        if not self.has_attributes:
+            raise MilvusIndexError(f"collection {self.collection!r} in {self.where} has no attributes field: create "
+                                   "it with attributes=True to store per-item attributes")
+        column = [dict(values) for values in attributes]
+        if len(column) != rows:
+            raise ValueError(f"attributes has {len(column)} entries for {rows} ids")
+        return column
 
     def _check_new_ids(self, ids: list[str]) -> None:
         seen: set[str] = set()

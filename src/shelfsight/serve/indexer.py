@@ -1,0 +1,222 @@
+"""Build or extend the Milvus collection a service searches: ``shelfsight index``.
+
+Vectors come from the cached ``embed_catalog``, so indexing a catalogue the bench already embedded
+reads the cache instead of recomputing, and the service's own embeddings (same preprocessing, same
+prepared model) land next to them. Each row stores the item id, label, split and a JSON ``attributes``
+object: the image's root key and path relative to that root (so the service can serve it and refuse
+anything outside), and the item's metadata (coarse label, product id).
+
+**Which vectors?** By default the collection stores the raw backbone embeddings, even when a
+top-tuned head is given: new products of classes the head never saw can be added and found, and a
+retrained head only changes tagging, not the index. ``vectors="head"`` stores the head's penultimate
+(top-tuned) embeddings instead, usually better for retrieval inside the head's classes (the paper's
+top-tuning result), at the price of re-indexing whenever the head changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shelfsight.adapt import embed_with_head, load_head
+from shelfsight.backbones import Backbone, load_backbone
+from shelfsight.catalog.types import Catalog, CatalogItem
+from shelfsight.embeddings import embed_catalog
+from shelfsight.search.milvus import MilvusIndex
+from shelfsight.serve.encoder import ensure_onnx
+from shelfsight.serve.manifest import (
+    CatalogueRecord,
+    IndexLayout,
+    MilvusTarget,
+    ServeError,
+    ServiceManifest,
+    VectorKind,
+    normalised_identity,
+    read_manifest,
+    write_manifest,
+)
+
+ADD_BATCH = 1000
+
+
+@dataclass
+class IndexReport:
+    """What one ``build_index`` call did."""
+
+    folder: Path
+    items: int
+    added: int
+    already_indexed: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(item id, reason) of items that were not indexed: unreadable images, degenerate embeddings."""
+    outside_root: int = 0
+    """Items indexed whose image lies outside the catalogue root: searchable, but their image is not served."""
+    total: int = 0
+    dim: int = 0
+    vectors: str = "backbone"
+    onnx: Path | None = None
+    seconds: float = 0.0
+
+
+def head_digest(folder: str | os.PathLike[str]) -> str:
+    """SHA-256 of a saved head's files: a changed head is noticed by the indexer and the service."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("head.*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def open_collection(layout: IndexLayout, manifest: ServiceManifest, *, token: str = "",
+                    overwrite: bool = False) -> MilvusIndex:
+    """The manifest's collection (created when absent, replaced with ``overwrite``), with the attributes field."""
+    target = manifest.milvus
+    options: dict[str, Any] = {"index_type": target.index_type, "metric": target.metric, "reuse": not overwrite,
+                               "overwrite": overwrite, "attributes": True}
+    if target.uri is None:
+        index = MilvusIndex.lite(layout.milvus_lite, target.collection, manifest.dim, **options)
+    else:
+        index = MilvusIndex.server(target.uri, token, target.collection, manifest.dim, **options)
+    if not index.has_attributes:
+        index.close()
+        raise ServeError(f"collection {target.collection!r} ({index.where}) was not written by `shelfsight index` "
+                         "(no attributes field): choose another --collection or pass --overwrite")
+    return index
+
+
+def build_index(
+    model: str, catalog: Catalog, index_dir: str | os.PathLike[str], *, head: str | os.PathLike[str] | None = None,
+    vectors: VectorKind = "backbone", pretrained: bool = True, weights: str | os.PathLike[str] | None = None,
+    preprocess: dict[str, Any] | None = None, uri: str | None = None, token: str = "",
+    collection: str = "catalogue", index_type: str = "FLAT", overwrite: bool = False, export_onnx: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None, batch_size: int | None = None, num_workers: int | None = None,
+    progress: bool = True,
+) -> IndexReport:
+    """Embed ``catalog`` (through the cache) and add its items to the index folder's collection.
+
+    A second call on the same folder extends it: items already indexed are left alone, so re-running
+    after new photos arrive adds only those. The backbone must be the one the folder was built with;
+    a different head may be given when the collection stores backbone vectors (it changes tagging only).
+    """
+    started = time.perf_counter()
+    if vectors == "head" and head is None:
+        raise ServeError("vectors='head' stores top-tuned embeddings and needs a head: pass --head HEAD_FOLDER")
+    layout = IndexLayout.at(index_dir)
+    backbone = load_backbone(model, pretrained=pretrained, weights=weights, preprocess=preprocess)
+    head_path = Path(head).expanduser().resolve() if head is not None else None
+    head_module = None
+    if head_path is not None:
+        head_module, _, _ = load_head(head_path)
+    embedded = embed_catalog(catalog, backbone, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+                             progress=progress)
+    if embedded.dim and head_module is not None and head_module.in_dim != embedded.dim:
+        raise ServeError(f"head {head_path} takes {head_module.in_dim}-d embeddings but {model} gives "
+                         f"{embedded.dim}-d: train the head on this backbone's embeddings")
+    backbone_dim = embedded.dim or _probe_dim(backbone)
+    dim = head_module.embed_dim if vectors == "head" and head_module is not None else backbone_dim
+    manifest = _manifest_for(layout, backbone, model=model, pretrained=pretrained, weights=weights,
+                             backbone_dim=backbone_dim, dim=dim, vectors=vectors, head=head_path,
+                             target=MilvusTarget(uri=uri, collection=collection, index_type=index_type.upper()),
+                             overwrite=overwrite)
+    rows = embedded.vectors
+    if vectors == "head" and head_module is not None and len(rows):
+        rows = embed_with_head(head_module, rows)
+    report = IndexReport(folder=layout.folder, items=len(catalog), added=0, already_indexed=0, dim=dim,
+                         vectors=vectors, skipped=[(s.item_id, s.reason) for s in embedded.skipped])
+    if overwrite and layout.uploads.is_dir():
+        shutil.rmtree(layout.uploads)  # the images of API-added items go with the collection they belonged to
+    layout.uploads.mkdir(parents=True, exist_ok=True)
+    index = open_collection(layout, manifest, token=token, overwrite=overwrite)
+    try:
+        _add_items(index, catalog, embedded.ids, rows, manifest, report)
+        report.total = len(index)
+    finally:
+        index.close()
+    manifest.catalogues.append(CatalogueRecord(source=catalog.name, root=manifest.root_key(catalog.root.resolve()),
+                                               items=len(catalog), added=report.added))
+    write_manifest(layout, manifest)
+    if export_onnx:
+        report.onnx, _ = ensure_onnx(backbone, layout.onnx)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _probe_dim(backbone: Backbone) -> int:
+    """The embedding size when the catalogue gave no vector to read it from (every image unreadable)."""
+    import torch
+
+    size = backbone.preprocess.input_size
+    with torch.inference_mode():
+        return int(backbone.encoder.eval()(torch.zeros(1, 3, size, size)).shape[1])
+
+
+def _manifest_for(layout: IndexLayout, backbone: Backbone, *, model: str, pretrained: bool,
+                  weights: str | os.PathLike[str] | None, backbone_dim: int, dim: int, vectors: VectorKind,
+                  head: Path | None, target: MilvusTarget, overwrite: bool) -> ServiceManifest:
+    """A new manifest, or the folder's existing one after checking that it was built the same way."""
+    identity = normalised_identity(backbone.cache_identity())
+    digest = head_digest(head) if head is not None else None
+    if layout.exists() and not overwrite:
+        manifest = read_manifest(layout)
+        where = f"index {layout.folder}"
+        if manifest.backbone != identity:
+            raise ServeError(f"{where} was built with {manifest.model} ({manifest.backbone.get('weights')}), not "
+                             f"{model} ({identity.get('weights')}): its vectors would not be comparable. Use another "
+                             "--index-dir, or --overwrite to rebuild it")
+        if manifest.vectors != vectors:
+            raise ServeError(f"{where} stores {manifest.vectors} vectors, not {vectors}: pass --vectors "
+                             f"{manifest.vectors}, or --overwrite to rebuild it")
+        if vectors == "head" and manifest.head_digest != digest:
+            raise ServeError(f"{where} stores the top-tuned vectors of head {manifest.head}; a different head needs "
+                             "a rebuild (--overwrite)")
+        if (manifest.milvus.uri, manifest.milvus.collection) != (target.uri, target.collection):
+            raise ServeError(f"{where} lives in collection {manifest.milvus.collection!r} at "
+                             f"{manifest.milvus.uri or 'Milvus Lite'}; pass the same --uri/--collection or "
+                             "--overwrite")
+        if head is not None:
+            manifest.head, manifest.head_digest = str(head), digest
+        return manifest
+    return ServiceManifest(
+        model=model, pretrained=pretrained, weights=str(Path(weights).expanduser().resolve()) if weights else None,
+        preprocess=backbone.preprocess.as_dict(), backbone=identity, backbone_dim=backbone_dim, vectors=vectors,
+        dim=dim, head=str(head) if head is not None else None, head_digest=digest, milvus=target)
+
+
+def _add_items(index: MilvusIndex, catalog: Catalog, ids: list[str], rows: np.ndarray, manifest: ServiceManifest,
+               report: IndexReport) -> None:
+    """Insert the items not yet in the collection, in batches, with their image location and metadata."""
+    by_id = {item.item_id: item for item in catalog}
+    root = catalog.root.resolve()
+    root_key = manifest.root_key(root)
+    norms = np.linalg.norm(rows, axis=1) if len(rows) else np.zeros(0)
+    for start in range(0, len(ids), ADD_BATCH):
+        chunk = ids[start:start + ADD_BATCH]
+        present = index.get(chunk)
+        keep = [i for i, item_id in enumerate(chunk, start) if item_id not in present and norms[i] > 0.5]
+        report.already_indexed += sum(1 for item_id in chunk if item_id in present)
+        report.skipped.extend((ids[i], "degenerate (all-zero) top-tuned embedding")
+                              for i in range(start, start + len(chunk)) if ids[i] not in present and norms[i] <= 0.5)
+        if not keep:
+            continue
+        items = [by_id[ids[i]] for i in keep]
+        attributes = [_attributes(item, root, root_key) for item in items]
+        report.outside_root += sum(1 for a in attributes if a["path"] is None)
+        index.add([item.item_id for item in items], rows[keep], [item.label for item in items],
+                  [item.split for item in items], attributes)
+        report.added += len(keep)
+
+
+def _attributes(item: CatalogItem, root: Path, root_key: str) -> dict[str, Any]:
+    try:
+        relative: str | None = item.image_path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        relative = None
+    metadata = {key: value for key, value in (("coarse_label", item.coarse_label), ("product_id", item.product_id))
+                if value is not None}
+    return {"root": root_key, "path": relative, "metadata": metadata}

@@ -1,0 +1,166 @@
+"""The index folder and its sidecar: what ``shelfsight serve`` needs to rebuild the model that made the vectors.
+
+An index folder holds::
+
+    service.json      this manifest (model, preprocessing, head, vector kind, Milvus target, image roots)
+    milvus.db         the Milvus Lite store (absent when the collection lives on a Milvus server)
+    uploads/          images added through the API (the service owns this folder)
+    encoder.onnx      the exported backbone (ONNX Runtime path), with encoder.onnx.json naming its key
+
+The manifest is validated once, on read, so a hand-edited or foreign file fails with a message that
+names the file and the field rather than deep inside a request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shelfsight.errors import ShelfsightError
+
+MANIFEST_NAME = "service.json"
+MANIFEST_FORMAT: Literal["shelfsight-service"] = "shelfsight-service"
+UPLOADS_ROOT = "uploads"
+"""Root key of the images added through the API (a folder of the index, owned by the service)."""
+VectorKind = Literal["backbone", "head"]
+
+
+class ServeError(ShelfsightError):
+    """An index folder cannot be built or served as asked; the message says what to do."""
+
+
+class MilvusTarget(BaseModel):
+    """Where the collection lives: Milvus Lite inside the index folder (``uri`` None) or a server."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: str | None = None
+    collection: str = "catalogue"
+    index_type: str = "FLAT"
+    metric: Literal["IP"] = "IP"
+
+
+class CatalogueRecord(BaseModel):
+    """One ``shelfsight index`` run that added items: provenance, not configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    root: str
+    """Key into ``ServiceManifest.roots``."""
+    items: int
+    added: int
+
+
+class ServiceManifest(BaseModel):
+    """The sidecar of an index folder (``service.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["shelfsight-service"] = MANIFEST_FORMAT
+    version: Literal[1] = 1
+    model: str
+    pretrained: bool = True
+    weights: str | None = None
+    preprocess: dict[str, Any]
+    backbone: dict[str, Any]
+    """The backbone's cache identity (library, checkpoint, weights digest, preprocessing) at indexing time."""
+    backbone_dim: int = Field(gt=0)
+    vectors: VectorKind = "backbone"
+    """What the collection stores: raw backbone embeddings, or the head's top-tuned (penultimate) embeddings."""
+    dim: int = Field(gt=0)
+    head: str | None = None
+    head_digest: str | None = None
+    milvus: MilvusTarget = Field(default_factory=MilvusTarget)
+    roots: dict[str, str] = Field(default_factory=dict)
+    """Image roots by key: each item stores its root key and a path relative to that root."""
+    catalogues: list[CatalogueRecord] = Field(default_factory=list)
+
+    def root_key(self, folder: Path) -> str:
+        """The key of ``folder`` among the roots, registering it when new."""
+        text = str(folder)
+        for key, value in self.roots.items():
+            if value == text:
+                return key
+        key = f"catalogue-{len(self.roots)}"
+        self.roots[key] = text
+        return key
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """Paths inside an index folder."""
+
+    folder: Path
+
+    @classmethod
+    def at(cls, folder: str | os.PathLike[str]) -> IndexLayout:
+        return cls(Path(folder).expanduser().resolve())
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / MANIFEST_NAME
+
+    @property
+    def milvus_lite(self) -> Path:
+        return self.folder / "milvus.db"
+
+    @property
+    def uploads(self) -> Path:
+        return self.folder / UPLOADS_ROOT
+
+    @property
+    def incoming(self) -> Path:
+        """Where uploads are spooled before they are decoded (same file system as ``uploads``, so moves are atomic)."""
+        return self.uploads / ".incoming"
+
+    @property
+    def onnx(self) -> Path:
+        return self.folder / "encoder.onnx"
+
+    def exists(self) -> bool:
+        return self.manifest.is_file()
+
+
+def read_manifest(layout: IndexLayout) -> ServiceManifest:
+    """The validated manifest, or a ServeError naming the file and what is wrong."""
+    path = layout.manifest
+    if not path.is_file():
+        raise ServeError(f"{layout.folder} is not a shelfsight index (no {MANIFEST_NAME}): build one with "
+                         f"`shelfsight index --model MODEL --catalog CATALOGUE --index-dir {layout.folder}`")
+    try:
+        return ServiceManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as error:
+        raise ServeError(f"{path}: not valid JSON (line {error.lineno}): {error.msg}") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ServeError(f"{path}: field {where}: {first['msg']}; rebuild the index with `shelfsight index`") from None
+
+
+def write_manifest(layout: IndexLayout, manifest: ServiceManifest) -> Path:
+    """Write atomically (temporary file, then rename): a crash never leaves half a manifest."""
+    layout.folder.mkdir(parents=True, exist_ok=True)
+    text = manifest.model_dump_json(indent=2) + "\n"
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=layout.folder)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, layout.manifest)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return layout.manifest
+
+
+def preprocess_overrides(manifest: ServiceManifest) -> dict[str, Any]:
+    """The stored preprocessing as ``load_backbone(preprocess=...)`` overrides (JSON lists back to tuples)."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in manifest.preprocess.items()}
+
+
+def normalised_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """A cache identity as it reads back from JSON, so a live one compares equal to a stored one."""
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))  # type: ignore[no-any-return]

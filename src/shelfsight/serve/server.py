@@ -1,0 +1,62 @@
+"""Running the app under uvicorn: in the foreground (``shelfsight serve``) or in a thread (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from shelfsight.serve.app import ServeSettings, create_app
+from shelfsight.serve.manifest import ServeError
+from shelfsight.serve.service import VisualSearchService
+
+
+def run_server(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve until interrupted. The index is opened first, so a wrong folder or a changed model is a
+    ShelfsightError (a clear message from the CLI), not a failed uvicorn startup."""
+    service = VisualSearchService.open(settings.index_dir, encoder=settings.encoder, token=settings.token,
+                                       max_upload_bytes=settings.max_upload_bytes)
+    uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=10)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0,
+                    startup_timeout: float = 300.0) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a background thread and yield its base URL; stopped (with the app's
+    shutdown) on exit. ``port=0`` binds a free port first, so there is no race for it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as error:  # noqa: BLE001 - reported to the caller below
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name="shelfsight-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()
+            reason = repr(failure[0]) if failure else "startup failed or timed out (see the log above)"
+            raise ServeError(f"uvicorn did not start on {host}:{bound}: {reason}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
