@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +135,50 @@ def copy_tree(tmp_path: Path):  # type: ignore[no-untyped-def]
         return target
 
     return copy
+
+
+# ── a real `milvus-lite server` process, for tests that need a network server ───────────────
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_until_listening(process: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"milvus-lite server exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"milvus-lite server did not listen on port {port} within {timeout:.0f} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C first (the server then closes its database cleanly), a kill if it does not go."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`milvus-lite server --data-dir D --port P` on a free loopback port; always terminated."""
+    folder = tmp_path_factory.mktemp("milvus-server")
+    port, log = _free_port(), folder / "server.log"
+    command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(folder / "data"),
+               "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_listening(process, port, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)

@@ -41,7 +41,7 @@ def split_for(protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddi
     rows = {item_id: row for row, item_id in enumerate(embeddings.ids)}
 
     def side(splits: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:
-        ids = [i for i in embeddings.ids if items[i].split in splits]
+        ids = [i for i in embeddings.ids if items[i].split in splits and protocol.takes_part(items[i])]
         keys = np.array([protocol.key(items[i]) for i in ids], dtype=object)
         return ids, embeddings.vectors[[rows[i] for i in ids]], keys
 

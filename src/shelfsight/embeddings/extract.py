@@ -124,10 +124,8 @@ def embed_catalog(
         raise ValueError("batch_size and chunk_size must be at least 1")
     resolved_precision = resolve_precision(precision, torch_device)
     encoder, fused = prepare_for_inference(backbone.encoder, torch_device)
-    key = cache_key({
-        "backbone": backbone.cache_identity(), "catalog": catalog.fingerprint(), "draft": draft,
-        "precision": resolved_precision, "chunk_size": chunk_size, "fused": fused,
-    })
+    key = embedding_cache_key(catalog, backbone, draft=draft, precision=resolved_precision, chunk_size=chunk_size,
+                              fused=fused)
     cache = EmbeddingCache(paths.cache_dir(cache_dir), key)
     n_chunks = math.ceil(len(catalog) / chunk_size)
     missing = [i for i in range(n_chunks) if not (use_cache and cache.has_chunk(i))]
@@ -170,6 +168,15 @@ def embed_catalog(
         device=str(torch_device), precision=resolved_precision, cache_folder=cache.folder if use_cache else None,
         extraction_rate=manifest.get("images_per_second"),  # type: ignore[arg-type]
     )
+
+
+def embedding_cache_key(catalog: Catalog, backbone: Backbone, *, draft: bool, precision: str, chunk_size: int,
+                        fused: bool) -> str:
+    """The cache key of a catalogue embedded by a backbone: shared by every engine (one process, Ray)."""
+    return cache_key({
+        "backbone": backbone.cache_identity(), "catalog": catalog.fingerprint(), "draft": draft,
+        "precision": precision, "chunk_size": chunk_size, "fused": fused,
+    })
 
 
 class _ImageDataset(Dataset[tuple[int, torch.Tensor | None, str | None]]):

@@ -1,0 +1,310 @@
+"""Catalogue-sized extraction on Ray Data: the same numbers and the same cache as ``embed_catalog``.
+
+The pipeline has three stages, each where it scales:
+
+1. decode and preprocess (CPU tasks, as many as the cluster has cores): path -> uint8 pixels, or the
+   reason the file was skipped;
+2. the backbone (an actor pool: one actor per GPU, or CPU actors), which normalises, runs the model
+   and L2-normalises exactly as single-machine extraction does (on a CPU-only cluster the two stages
+   ask for the same resources and Ray Data fuses them into the actors, which saves moving pixels
+   through the object store; GPU actors keep decoding on the CPU tasks);
+3. the driver, which streams the vectors back, cuts them into the cache's chunks along catalogue
+   order and writes each chunk (and a Parquet shard of it for bulk indexing) as soon as it is whole.
+
+The cache key is the single-machine one, so a Ray run fills the cache that ``embed_catalog`` reads
+(and the reverse), and an interrupted Ray run resumes chunk by chunk. Ray retries a failed decode task
+and restarts a dead actor; the driver keys rows by catalogue position, so a retried block can neither
+duplicate nor drop an item. (Ray Data's defaults already retry tasks and restart actors without
+limit on system failures: a killed worker process or node.)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shelfsight import paths
+from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform, load_backbone
+from shelfsight.catalog.types import Catalog
+from shelfsight.embeddings.cache import Chunk, EmbeddingCache, SkippedItem
+from shelfsight.embeddings.extract import (
+    DEFAULT_CHUNK_SIZE,
+    Embeddings,
+    Precision,
+    embedding_cache_key,
+    prepare_for_inference,
+    resolve_device,
+    resolve_precision,
+)
+from shelfsight.embeddings.shards import write_shard
+from shelfsight.errors import ShelfsightError
+
+
+class RayEngineError(ShelfsightError):
+    """Ray is missing or the cluster cannot run the job; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BackboneRecipe:
+    """How to rebuild a backbone inside a Ray actor: what ``load_backbone`` was called with."""
+
+    name: str
+    pretrained: bool = True
+    weights: str | None = None
+    preprocess: dict[str, Any] | None = None
+    seed: int = 0
+
+    def load(self) -> Backbone:
+        return load_backbone(self.name, pretrained=self.pretrained, weights=self.weights,
+                             preprocess=self.preprocess, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run. ``address=None`` starts a local cluster sized by ``num_cpus``."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    actors: int | None = None
+    """Backbone actors; default: one per GPU, else one per ``cpus_per_actor`` CPUs of the cluster."""
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    decode_batch: int = 32
+    shards: bool = True
+    """Also write each chunk as ``shards/chunk-NNNNN.parquet`` (ids and vectors) for bulk indexing."""
+
+
+@dataclass
+class _PendingChunk:
+    expected: int
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.vectors) + len(self.reasons) == self.expected
+
+
+def _decode_batch(batch: dict[str, np.ndarray], preprocess: dict[str, Any], draft: bool) -> dict[str, np.ndarray]:
+    """Ray Data task: paths -> uint8 CHW pixels (zeros plus a reason for a file that cannot be used)."""
+    from shelfsight.catalog.images import decode_image
+    from shelfsight.errors import ImageDecodeError
+
+    resolved = Preprocess(**preprocess)
+    transform = build_pixel_transform(resolved)
+    draft_size = resolved.resize_size if draft else None
+    pixels = np.zeros((len(batch["path"]), 3, resolved.input_size, resolved.input_size), dtype=np.uint8)
+    reasons = np.full(len(batch["path"]), "", dtype=object)
+    for row, path in enumerate(batch["path"]):
+        try:
+            pixels[row] = transform(decode_image(str(path), draft_size=draft_size)).numpy()
+        except ImageDecodeError as exc:
+            reasons[row] = exc.reason
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a catalogue-sized run
+            reasons[row] = f"preprocessing failed ({type(exc).__name__}: {exc})"
+    return {"position": batch["position"], "pixels": pixels, "reason": reasons.astype(str)}
+
+
+class _Embed:
+    """Ray Data actor: loads the backbone once, then uint8 pixels -> L2-normalised float32 vectors."""
+
+    def __init__(self, recipe: BackboneRecipe, device: str, precision: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)  # the actor's CPU share, not every core of the node
+        self.backbone = recipe.load()
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.encoder, _ = prepare_for_inference(self.backbone.encoder, self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from shelfsight.embeddings.extract import _forward
+
+        good = batch["reason"] == ""
+        dim = None
+        vectors: np.ndarray | None = None
+        if good.any():
+            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
+            computed = _forward(self.encoder, pixels, self.backbone.preprocess, self.device, self.precision)
+            dim = computed.shape[1]
+            vectors = np.zeros((len(good), dim), dtype=np.float32)
+            vectors[good] = computed
+        if vectors is None:
+            vectors = np.zeros((len(good), dim or 1), dtype=np.float32)
+        return {"position": batch["position"], "vector": vectors, "reason": batch["reason"]}
+
+
+def embed_catalog_ray(
+    catalog: Catalog,
+    recipe: BackboneRecipe,
+    *,
+    options: RayOptions | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: Precision = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    draft: bool = True,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Embeddings:
+    """Embed ``catalog`` on a Ray cluster into the shared cache, then read it back like ``embed_catalog``.
+
+    Only chunks missing from the cache are computed. ``device``/``precision`` are resolved the same way
+    as on one machine (``auto`` means a GPU when actors get one).
+    """
+    ray = _import_ray()
+    options = options or RayOptions()
+    backbone = recipe.load()
+    torch_device = resolve_device("cuda" if options.gpus_per_actor > 0 and device == "auto" else device)
+    resolved_precision = resolve_precision(precision, torch_device)
+    _, fused = prepare_for_inference(backbone.encoder, resolve_device("cpu"))
+    key = embedding_cache_key(catalog, backbone, draft=draft, precision=resolved_precision, chunk_size=chunk_size,
+                              fused=fused)
+    cache = EmbeddingCache(paths.cache_dir(cache_dir), key)
+    n_chunks = math.ceil(len(catalog) / chunk_size)
+    missing = [i for i in range(n_chunks) if not cache.has_chunk(i)]
+    manifest = {
+        "catalog": catalog.name, "items": len(catalog), "chunk_size": chunk_size, "chunks": n_chunks,
+        "backbone": backbone.spec.name, "identity": backbone.cache_identity(), "precision": resolved_precision,
+        "draft": draft, "device": str(torch_device), "engine": "ray", **cache.read_manifest_rate(),
+    }
+    started = time.perf_counter()
+    computed = 0
+    if missing:
+        cache.write_manifest(manifest)
+        _start_ray(ray, options)
+        computed = _run_pipeline(ray, catalog, recipe, backbone, cache, missing, options=options,
+                                 chunk_size=chunk_size, batch_size=batch_size or (128 if torch_device.type == "cuda"
+                                                                                    else 16),
+                                 device=str(torch_device), precision=resolved_precision, draft=draft,
+                                 progress=progress, on_chunk=on_chunk)
+    seconds = time.perf_counter() - started
+    if computed:
+        manifest.update({"images_per_second": computed / seconds, "rate_batch_size": batch_size or 16})
+        cache.write_manifest(manifest)
+    chunks = [cache.read_chunk(i) for i in range(n_chunks)]
+    vectors = [c.vectors for c in chunks if len(c.ids)]
+    dim = vectors[0].shape[1] if vectors else 0
+    return Embeddings(
+        ids=[item_id for c in chunks for item_id in c.ids],
+        vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32),
+        skipped=[s for c in chunks for s in c.skipped], key=key, computed=computed, seconds=seconds,
+        device=str(torch_device), precision=resolved_precision, cache_folder=cache.folder,
+        extraction_rate=manifest.get("images_per_second"),  # type: ignore[arg-type]
+    )
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise RayEngineError("the Ray engine needs Ray Data: pip install 'ray[data]' (or `pip install "
+                             "'shelfsight[ray]'`), then run again") from None
+    return ray
+
+
+def _start_ray(ray: Any, options: RayOptions) -> None:
+    """Connect to ``address`` (a running cluster), or start a local one bounded to ``num_cpus``."""
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+    if options.address:
+        kwargs["address"] = options.address
+    else:
+        kwargs["num_cpus"] = options.num_cpus or os.cpu_count() or 1
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise RayEngineError(f"cannot reach the Ray cluster at {options.address!r} ({exc}); start it with "
+                             "`ray start --head` or pass the address printed by it") from None
+
+
+def _actor_count(ray: Any, options: RayOptions) -> int:
+    if options.actors:
+        return options.actors
+    resources = ray.cluster_resources()
+    if options.gpus_per_actor > 0:
+        return max(1, int(resources.get("GPU", 0) / options.gpus_per_actor))
+    return max(1, int(resources.get("CPU", 1) // max(options.cpus_per_actor, 1e-9)))
+
+
+def _run_pipeline(
+    ray: Any, catalog: Catalog, recipe: BackboneRecipe, backbone: Backbone, cache: EmbeddingCache,
+    missing: list[int], *, options: RayOptions, chunk_size: int, batch_size: int, device: str, precision: str,
+    draft: bool, progress: bool, on_chunk: Callable[[int], None] | None,
+) -> int:
+    """Stream the missing chunks through decode tasks and backbone actors; write chunks as they complete."""
+    import ray.data
+
+    items = catalog.items
+    positions = [p for c in missing for p in range(c * chunk_size, min(len(items), (c + 1) * chunk_size))]
+    rows = [{"position": p, "path": str(items[p].image_path)} for p in positions]
+    blocks = max(1, min(len(rows) // max(1, options.decode_batch), 4096))
+    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+    decoded = dataset.map_batches(
+        _decode_batch, fn_kwargs={"preprocess": backbone.preprocess.as_dict(), "draft": draft},
+        batch_size=options.decode_batch, num_cpus=1)
+    embedded = decoded.map_batches(
+        _Embed, fn_constructor_kwargs={"recipe": recipe, "device": device, "precision": precision,
+                               "threads": max(1, round(options.cpus_per_actor))},
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=_actor_count(ray, options)),
+        num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
+    pending = {c: _PendingChunk(expected=min(chunk_size, len(items) - c * chunk_size)) for c in missing}
+    written = 0
+    with _progress(progress, len(items), len(items) - len(rows), f"embed {catalog.name} · {backbone.spec.name} "
+                   "· ray") as advance:
+        for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+            fresh = 0
+            for position, vector, reason in zip(batch["position"], batch["vector"], batch["reason"], strict=True):
+                chunk = pending.get(int(position) // chunk_size)
+                if chunk is None or int(position) in chunk.vectors or int(position) in chunk.reasons:
+                    continue  # a retried block re-delivers rows already kept
+                fresh += 1
+                if reason:
+                    chunk.reasons[int(position)] = str(reason)
+                else:
+                    chunk.vectors[int(position)] = np.asarray(vector, dtype=np.float32)
+            advance(fresh)
+            for index in [c for c, state in pending.items() if state.complete]:
+                _write_chunk(cache, index, pending.pop(index), items, shards=options.shards)
+                written += 1
+                if on_chunk is not None:
+                    on_chunk(index)
+    if pending:
+        raise RayEngineError(f"the Ray pipeline ended with {len(pending)} chunk(s) incomplete "
+                             f"({sorted(pending)[:5]}); run again to compute them (finished chunks are kept)")
+    return len(rows)
+
+
+def _write_chunk(cache: EmbeddingCache, index: int, state: _PendingChunk, items: tuple[Any, ...],
+                 *, shards: bool) -> None:
+    """In catalogue order, skipped items sorted by id: byte for byte the layout of ``embed_catalog``."""
+    order = sorted(state.vectors)
+    vectors = np.stack([state.vectors[p] for p in order]) if order else np.zeros((0, 0), np.float32)
+    skipped = sorted((SkippedItem(items[p].item_id, str(items[p].image_path), r) for p, r in state.reasons.items()),
+                     key=lambda s: s.item_id)
+    chunk = Chunk(ids=[items[p].item_id for p in order], vectors=vectors, skipped=skipped)
+    cache.write_chunk(index, chunk)
+    if shards and chunk.ids:
+        write_shard(cache.folder / "shards" / f"chunk-{index:05d}.parquet", chunk.ids, chunk.vectors)
+
+
+def _progress(enabled: bool, total: int, completed: int, description: str) -> Any:
+    from shelfsight.embeddings.extract import _progress_bar
+
+    return _progress_bar(enabled, total, completed, description)
+
+
+def shard_paths(cache_folder: Path) -> list[Path]:
+    """The Parquet shards of a cache folder, in chunk order."""
+    return sorted((cache_folder / "shards").glob("chunk-*.parquet"))
