@@ -218,6 +218,8 @@ def _start_ray(ray: Any, options: RayOptions) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+    # a local start on a busy machine can need more than Ray's default 30 s to bring up its control store
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     if options.address:
         kwargs["address"] = options.address
     else:
