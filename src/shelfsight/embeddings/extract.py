@@ -159,14 +159,22 @@ def embed_catalog(
         if use_cache:
             cache.write_manifest(manifest)
     chunks = [computed_chunks[i] if i in computed_chunks else cache.read_chunk(i) for i in range(n_chunks)]
+    return embeddings_from_chunks(
+        chunks, key=key, computed=computed, seconds=seconds, device=str(torch_device), precision=resolved_precision,
+        cache_folder=cache.folder if use_cache else None, extraction_rate=manifest.get("images_per_second"))
+
+
+def embeddings_from_chunks(chunks: list[Chunk], *, key: str, computed: int, seconds: float, device: str,
+                           precision: str, cache_folder: Path | None, extraction_rate: object) -> Embeddings:
+    """Concatenate cache chunks (in catalogue order) into one ``Embeddings``: shared by every engine."""
     vectors = [c.vectors for c in chunks if len(c.ids)]
     dim = vectors[0].shape[1] if vectors else 0
     return Embeddings(
         ids=[item_id for c in chunks for item_id in c.ids],
         vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32),
         skipped=[s for c in chunks for s in c.skipped], key=key, computed=computed, seconds=seconds,
-        device=str(torch_device), precision=resolved_precision, cache_folder=cache.folder if use_cache else None,
-        extraction_rate=manifest.get("images_per_second"),  # type: ignore[arg-type]
+        device=device, precision=precision, cache_folder=cache_folder,
+        extraction_rate=extraction_rate,  # type: ignore[arg-type]
     )
 
 

@@ -38,7 +38,9 @@ from shelfsight.embeddings.extract import (
     DEFAULT_CHUNK_SIZE,
     Embeddings,
     Precision,
+    default_batch_size,
     embedding_cache_key,
+    embeddings_from_chunks,
     prepare_for_inference,
     resolve_device,
     resolve_precision,
@@ -166,6 +168,7 @@ def embed_catalog_ray(
     options = options or RayOptions()
     backbone = recipe.load()
     torch_device = resolve_device("cuda" if options.gpus_per_actor > 0 and device == "auto" else device)
+    batch_size = batch_size or default_batch_size(torch_device)
     resolved_precision = resolve_precision(precision, torch_device)
     _, fused = prepare_for_inference(backbone.encoder, resolve_device("cpu"))
     key = embedding_cache_key(catalog, backbone, draft=draft, precision=resolved_precision, chunk_size=chunk_size,
@@ -184,24 +187,16 @@ def embed_catalog_ray(
         cache.write_manifest(manifest)
         _start_ray(ray, options)
         computed = _run_pipeline(ray, catalog, recipe, backbone, cache, missing, options=options,
-                                 chunk_size=chunk_size, batch_size=batch_size or (128 if torch_device.type == "cuda"
-                                                                                    else 16),
-                                 device=str(torch_device), precision=resolved_precision, draft=draft,
-                                 progress=progress, on_chunk=on_chunk)
+                                 chunk_size=chunk_size, batch_size=batch_size, device=str(torch_device),
+                                 precision=resolved_precision, draft=draft, progress=progress, on_chunk=on_chunk)
     seconds = time.perf_counter() - started
     if computed:
-        manifest.update({"images_per_second": computed / seconds, "rate_batch_size": batch_size or 16})
+        manifest.update({"images_per_second": computed / seconds, "rate_batch_size": batch_size})
         cache.write_manifest(manifest)
-    chunks = [cache.read_chunk(i) for i in range(n_chunks)]
-    vectors = [c.vectors for c in chunks if len(c.ids)]
-    dim = vectors[0].shape[1] if vectors else 0
-    return Embeddings(
-        ids=[item_id for c in chunks for item_id in c.ids],
-        vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32),
-        skipped=[s for c in chunks for s in c.skipped], key=key, computed=computed, seconds=seconds,
+    return embeddings_from_chunks(
+        [cache.read_chunk(i) for i in range(n_chunks)], key=key, computed=computed, seconds=seconds,
         device=str(torch_device), precision=resolved_precision, cache_folder=cache.folder,
-        extraction_rate=manifest.get("images_per_second"),  # type: ignore[arg-type]
-    )
+        extraction_rate=manifest.get("images_per_second"))
 
 
 def _import_ray() -> Any:
