@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from shelfsight.bench import ConfigError, load_config, print_leaderboard, read_table, run_bench
-from shelfsight.bench.results import Cell, CellResult, aggregate
+from shelfsight.bench.aggregate import aggregate
+from shelfsight.bench.results import Cell, CellResult
 from shelfsight.bench.tracking import metric_key
 
 SMALL_MODEL = {"name": "efficientnet_lite0", "preprocess": {"input_size": 64}, "alias": "lite0-64"}
@@ -70,10 +71,10 @@ def test_bench_runs_resumes_and_keeps_the_table(grocery_root: Path, tmp_path: Pa
         run_bench(config, run_dir, progress=False, on_cell=stop)
     assert len(list((run_dir / "cells").glob("*.json"))) == 1
     resumed = run_bench(config, run_dir, progress=False)
-    assert len(resumed.skipped) == 1 and len(resumed.computed) == 1
+    assert len(resumed.reused) == 1 and len(resumed.computed) == 1
     first_table = read_table(run_dir)
     again = run_bench(config, run_dir, progress=False)
-    assert again.computed == [] and len(again.skipped) == 2
+    assert again.computed == [] and len(again.reused) == 2
     pd.testing.assert_frame_equal(read_table(run_dir), first_table)
 
     table = first_table.set_index(["model", "protocol", "metric"])["mean"]
@@ -101,8 +102,8 @@ def test_bench_runs_resumes_and_keeps_the_table(grocery_root: Path, tmp_path: Pa
 def test_a_failing_cell_records_its_error_and_the_run_goes_on(grocery_root: Path, tmp_path: Path) -> None:
     config = load_config(_config(tmp_path, models=[{"name": "vit_b16"}, SMALL_MODEL]))  # vit_b16: no weights offline
     summary = run_bench(config, tmp_path / "run", progress=False)
-    assert summary.failed == ["vit_b16__grocery-store__pretrained__seed0"]
-    assert summary.computed == ["lite0-64__grocery-store__pretrained__seed0"]
+    assert summary.failed == ["vit_b16__grocery-store__pretrained"]  # deterministic: one cell, no seed
+    assert summary.computed == ["lite0-64__grocery-store__pretrained"]
     failed = CellResult.from_json((tmp_path / "run" / "cells" / f"{summary.failed[0]}.json").read_text())
     assert failed.status == "error" and "Cannot load weights" in (failed.error or "")
     assert set(read_table(tmp_path / "run")["model"]) == {"lite0-64"}
@@ -130,6 +131,22 @@ def test_milvus_lite_backend_and_mlflow_tracking(grocery_root: Path, tmp_path: P
     artifacts = [a.path for a in client.list_artifacts(summary_run.info.run_id)]
     assert "results.csv" in artifacts
     assert (tmp_path / "run" / "mlflow-artifacts").is_dir() and not (tmp_path / "mlruns").exists()
+    assert _collections(tmp_path / "run" / "milvus.db") == []  # each cell's collections are dropped once scored
+
+    kept = load_config(_config(tmp_path, index={"backend": "milvus-lite", "type": "FLAT", "keep_collections": True}))
+    assert run_bench(kept, tmp_path / "kept", progress=False).failed == []
+    assert _collections(tmp_path / "kept" / "milvus.db") == [
+        f"c_lite0_64__grocery_store__pretrained_{p}" for p in ("coarse", "fine", "iconic")]
+
+
+def _collections(path: Path) -> list[str]:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(str(path))
+    try:
+        return sorted(client.list_collections())
+    finally:
+        client.close()
 
 
 def test_leaderboard_marks_the_best_value(tmp_path: Path) -> None:
@@ -160,7 +177,7 @@ def test_strategies_side_by_side_with_costs(grocery_root: Path, tmp_path: Path) 
         assert table[(strategy, "classification", "accuracy")] > 5 * chance
         assert 0 <= table[(strategy, "classification", "macro_f1")] <= 1
     assert ("pretrained", "classification", "accuracy") not in table.index
-    assert table[("toptune", "cost", "trials")] == 2
+    assert table[("toptune", "cost", "trials_completed")] + table[("toptune", "cost", "trials_pruned")] == 2
     for path in (tmp_path / "run" / "cells").glob("*.json"):
         cell = CellResult.from_json(path.read_text())
         if cell.cell.strategy == "pretrained":

@@ -83,7 +83,7 @@ def test_retrieval_on_a_milvus_server_with_bulk_indexed_shards_equals_milvus_lit
     def lite(collection: str, dim: int) -> MilvusIndex:
         return MilvusIndex.lite(tmp_path / "lite.db", collection, dim, overwrite=True)
 
-    expected, _ = evaluate_protocol(protocol, catalog, embeddings, make_index=lite, collection="fine", k=20)
+    expected = evaluate_protocol(protocol, catalog, embeddings, make_index=lite, collection="fine", k=20).metrics
     with MilvusIndex.server(milvus_server, "", "grocery_fine", embeddings.dim, overwrite=True) as server:
         report = bulk_index(server, shards, catalog=catalog, keep_ids=set(data.gallery_ids), batch_rows=100)
         assert report.inserted == len(data.gallery_ids) == len(server)

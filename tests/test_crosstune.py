@@ -71,8 +71,9 @@ def test_strategy_entries_filters_and_the_cell_plan() -> None:
     config = load_config(_config(None, models=models, datasets=["grocery-store", "fashion-mnist"],
                                  strategies=strategies, repeats=2))
     plan = [(c.model, c.dataset, c.strategy, c.seed) for c, _, _ in plan_cells(config)]
-    assert plan[:6] == [("efficientnet_lite0", "grocery-store", s, seed)
-                        for s in ("pretrained", "toptune", "finetune") for seed in (0, 1)]
+    # pretrained is deterministic: one cell; the tuned strategies run once per seed
+    assert plan[:5] == [("efficientnet_lite0", "grocery-store", "pretrained", None)] + [
+        ("efficientnet_lite0", "grocery-store", s, seed) for s in ("toptune", "finetune") for seed in (0, 1)]
     assert ("efficientnet_lite2", "grocery-store", "finetune", 0) not in plan
     crossed = [cell for cell in plan if "@" in cell[2]]
     assert plan[-len(crossed):] == crossed  # after every cell that produces what they carry across
@@ -123,7 +124,18 @@ def test_crosstune_matrix_of_top_tuned_heads(data_root: Path, tmp_path: Path) ->
     assert (table[("grocery-store", "fine", "toptune", "mMP@5")]
             > table[("grocery-store", "fine", "toptune@fashion-mnist", "mMP@5")])
     again = run_bench(config, run_dir, progress=False)
-    assert again.computed == [] and len(again.skipped) == 6
+    assert again.computed == [] and len(again.reused) == 6
+
+    # a changed top-tuning budget recomputes the toptune cells and the cross-tuning cells that carry their
+    # heads across, and nothing else
+    changed = load_config(_config(data_root, strategies=["pretrained", "toptune", "crosstune"],
+                                  toptune={**TOPTUNE, "trials": 3}))
+    rerun = run_bench(changed, run_dir, progress=False)
+    assert sorted(rerun.computed) == sorted(f"lite0-64__{d}__{s}__seed0" for d, s in (
+        ("grocery-store", "toptune"), ("fashion-mnist", "toptune"), ("grocery-store", "toptune-fashion-mnist"),
+        ("fashion-mnist", "toptune-grocery-store")))
+    assert rerun.reasons["lite0-64__grocery-store__toptune-fashion-mnist__seed0"].startswith(
+        "inputs changed: strategy.source")
 
     # without the diagonal cells, cross-tuning trains the source heads itself, where those cells would
     alone = load_config(_config(data_root, strategies=["crosstune"]))
@@ -141,9 +153,9 @@ def test_finetune_cells_and_a_finetuned_backbone_carried_across(data_root: Path,
     summary = run_bench(config, run_dir, progress=False)
     assert summary.failed == []
     assert sorted(summary.computed) == sorted(
-        f"lite0-64__{d}__{s}__seed0" for d, s in (("grocery-store", "pretrained"), ("grocery-store", "finetune"),
-                                                  ("fashion-mnist", "pretrained"),
-                                                  ("fashion-mnist", "finetune-grocery-store")))
+        ["lite0-64__grocery-store__pretrained", "lite0-64__fashion-mnist__pretrained"]
+        + [f"lite0-64__{d}__{s}__seed0" for d, s in (("grocery-store", "finetune"),
+                                                    ("fashion-mnist", "finetune-grocery-store"))])
     cells = _cells(run_dir)
     tuned, pretrained = cells["grocery-store/finetune"], cells["grocery-store/pretrained"]
     assert tuned.details["embedding_key"] != pretrained.details["embedding_key"]

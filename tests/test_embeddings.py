@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 import signal
@@ -13,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
+from conftest import gradient
+from shelfsight import paths
 from shelfsight.backbones import Backbone, load_backbone
 from shelfsight.catalog import load_catalog, load_image_folder
-from shelfsight.embeddings import embed_catalog
+from shelfsight.embeddings import EmbeddingCache, embed_catalog
+from shelfsight.embeddings.cache import NON_FINITE, Chunk, SkippedItem, make_chunk
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +178,81 @@ def test_manifest_with_broken_files_is_skipped_and_reported(messy_catalog: Path,
     assert reasons["deleted_since.jpg"] == "file not found"
     assert {"truncated.jpg", "empty.jpg", "not_an_image.jpg", "corrupt.png", "bomb.png"} <= set(reasons)
     assert len(result.ids) == 12 and len(result.ids) + len(result.skipped) == len(catalog) == 18
+
+
+# ── non-finite embeddings are skipped items, never vectors ──────────────────────────────────────────
+
+
+class _NonFiniteFor(torch.nn.Module):
+    """An encoder that breaks on some images: NaN features for bright ones, infinite ones for dark ones."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = self.inner(pixels)
+        brightness = pixels.mean(dim=(1, 2, 3))[:, None]  # normalised to [-1, 1] for EfficientNet-Lite
+        features = torch.where(brightness > 0.5, torch.full_like(features, float("nan")), features)
+        return torch.where(brightness < -0.5, torch.full_like(features, float("inf")), features)
+
+
+def _light_and_dark_catalogue(root: Path) -> Path:
+    for k in range(5):
+        (root / "goods").mkdir(parents=True, exist_ok=True)
+        gradient(80, 60, seed=k).save(root / "goods" / f"g{k}.jpg", quality=90)
+    (root / "glare").mkdir()
+    Image.new("RGB", (64, 64), "white").save(root / "glare" / "white.png")
+    Image.new("RGB", (64, 64), "white").save(root / "glare" / "white2.png")
+    (root / "night").mkdir()
+    Image.new("RGB", (64, 64), "black").save(root / "night" / "black.png")
+    (root / "night" / "empty.jpg").write_bytes(b"")
+    return root
+
+
+def test_non_finite_embeddings_become_skipped_items(tmp_path: Path, small_backbone: Backbone) -> None:
+    catalog = load_image_folder(_light_and_dark_catalogue(tmp_path / "catalogue"))
+    broken = dataclasses.replace(small_backbone, encoder=_NonFiniteFor(small_backbone.encoder))
+    options = {"batch_size": 2, "num_workers": 0, "chunk_size": 4, "progress": False}
+    result = embed_catalog(catalog, broken, **options)  # type: ignore[arg-type]
+    reasons = {s.item_id: s.reason for s in result.skipped}
+    assert reasons == {"glare/white.png": NON_FINITE, "glare/white2.png": NON_FINITE,
+                       "night/black.png": NON_FINITE, "night/empty.jpg": "empty file"}
+    assert {s.item_id: Path(s.path) for s in result.skipped}["glare/white.png"] == tmp_path / "catalogue" / \
+        "glare" / "white.png"
+    assert result.ids == [f"goods/g{k}.jpg" for k in range(5)]
+    assert result.vectors.shape == (5, 1280) and np.isfinite(result.vectors).all()
+    assert len(result.ids) + len(result.skipped) == len(catalog)
+    warm = embed_catalog(catalog, broken, **options)  # type: ignore[arg-type]
+    assert warm.computed == 0 and warm.skipped == result.skipped and np.array_equal(warm.vectors, result.vectors)
+    for chunk in sorted(result.cache_folder.glob("chunk-*.npz")):  # type: ignore[union-attr]
+        with np.load(chunk) as stored:
+            assert np.isfinite(stored["vectors"]).all()  # never written to the cache either
+
+
+def test_a_cached_non_finite_vector_is_refused_on_reading(messy_catalog: Path, small_backbone: Backbone) -> None:
+    """A chunk cached before extraction refused non-finite vectors still never yields one."""
+    catalog = load_image_folder(messy_catalog).select_splits("all").subset(
+        [f"shoes/shoes_{k}.jpg" for k in range(3)])
+    first = embed_catalog(catalog, small_backbone, num_workers=0, progress=False)
+    cache = EmbeddingCache(paths.cache_dir(), first.key)
+    stale = cache.read_chunk(0)
+    poisoned = stale.vectors.copy()
+    poisoned[1, 7] = np.nan
+    cache.write_chunk(0, Chunk(ids=stale.ids, vectors=poisoned, skipped=stale.skipped))
+    again = embed_catalog(catalog, small_backbone, num_workers=0, progress=False)
+    assert again.computed == 0
+    assert again.ids == ["shoes/shoes_0.jpg", "shoes/shoes_2.jpg"]
+    assert again.skipped == [SkippedItem("shoes/shoes_1.jpg", str(messy_catalog.resolve() / "shoes" / "shoes_1.jpg"),
+                                         NON_FINITE)]
+    assert np.array_equal(again.vectors, first.vectors[[0, 2]])
+
+
+def test_make_chunk_moves_non_finite_rows_to_skipped() -> None:
+    vectors = np.array([[1.0, 0.0], [np.inf, 0.0], [0.0, 1.0], [np.nan, np.nan]], np.float32)
+    earlier = SkippedItem("a", "/a.jpg", "empty file")
+    chunk = make_chunk(["d", "c", "b", "e"], ["/d", "/c", "/b", "/e"], vectors, [earlier])
+    assert chunk.ids == ["d", "b"] and np.array_equal(chunk.vectors, vectors[[0, 2]])
+    assert chunk.skipped == [earlier, SkippedItem("c", "/c", NON_FINITE), SkippedItem("e", "/e", NON_FINITE)]
+    with pytest.raises(ValueError, match="do not line up"):
+        make_chunk(["x"], ["/x"], vectors, [])

@@ -273,3 +273,34 @@ def test_classification_report_matches_scikit_learn() -> None:
     for name in report.labels:
         assert report.per_class[name] == pytest.approx(sk[name])
     assert report.macro_f1 == pytest.approx(sk["macro avg"]["f1-score"])
+
+
+def test_a_neighbour_listed_twice_is_refused_and_per_query_scores_match_the_means() -> None:
+    labels = np.array(["a", "b"])
+    gallery = np.array(["a", "a", "b"])
+    with pytest.raises(ValueError, match="query 1 lists gallery item 2 more than once"):
+        retrieval_report(labels, gallery, np.array([[0, 1], [2, 2]]), same_set=False, ks=(1,))
+    padded = retrieval_report(labels, gallery, np.array([[0, -1, -1], [2, -1, -1]]), same_set=False, ks=(1,))
+    assert padded.metrics["R@1"] == 1.0  # padding may repeat
+    report = retrieval_report(labels, gallery, np.array([[2, 0], [2, 1]]), same_set=False, ks=(1, 2))
+    assert report.per_query["R@1"].tolist() == [0.0, 1.0] and report.per_query["mMP@2"].tolist() == [0.5, 1.0]
+    for name, values in report.per_query.items():
+        assert report.metrics[name] == pytest.approx(float(np.nanmean(values))), name
+
+
+def test_a_protocol_without_any_relevant_item_scores_nan_everywhere_map_too(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from shelfsight.bench.evaluate import evaluate_protocol
+    from shelfsight.catalog import Catalog, CatalogItem
+    from shelfsight.embeddings import Embeddings
+    from shelfsight.protocols import RetrievalProtocol
+
+    items = tuple(CatalogItem(f"i{n}", tmp_path / f"{n}.jpg", label, split)
+                  for n, (label, split) in enumerate([("a", "test"), ("b", "test"), ("c", "train"), ("d", "train")]))
+    catalog = Catalog("t", tmp_path, items)
+    vectors = np.eye(4, dtype=np.float32)
+    embeddings = Embeddings(ids=catalog.ids, vectors=vectors, skipped=[], key="k")
+    result = evaluate_protocol(RetrievalProtocol("p", ("test",), ("train",)), catalog, embeddings,
+                               make_index=lambda name, dim: ExactIndex(), collection="c", k=2, ks=(1,))
+    scored = {name: value for name, value in result.metrics.items() if not name.startswith("index_recall")}
+    assert scored and all(math.isnan(value) for value in scored.values()), scored  # MAP is NaN, not 0
+    assert result.details["excluded_queries"] == 2 and result.per_query["query"].tolist() == ["i0", "i1"]

@@ -16,7 +16,7 @@ import pytest
 from shelfsight.bench import load_config, read_table, run_bench
 from shelfsight.report import build, load_run, recommend, render_html, render_markdown, write_report
 from shelfsight.report.analysis import adaptation_gains, cost_frame, cross_tuning, family_gains, pareto_front
-from shelfsight.report.recommend import AUTO_TAGGING, VISUAL_SEARCH, describe
+from shelfsight.report.recommend import AUTO_TAGGING, VISUAL_SEARCH, Choice, PairedTest, Tester, describe
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -64,40 +64,54 @@ def known_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _tester(ties: tuple[tuple[str, str], ...] = ()) -> Tester:
+    """Paired tests with a known answer: every pair is significantly apart except the ``ties``."""
+    tied = [set(pair) for pair in ties]
+
+    def test(dataset: str, protocol: str, metric: str, a: Choice, b: Choice) -> PairedTest:
+        difference = a.mean - b.mean
+        same = {a.label, b.label} in tied
+        return PairedTest(difference, difference - 0.01, difference + 0.01, 0.4 if same else 0.001,
+                          0.8 if same else 0.004, not same, "stub")
+
+    return test
+
+
 def test_recommendation_names_the_dominant_models_with_their_numbers() -> None:
-    recs = recommend(known_table())
+    recs = recommend(known_table(), _tester(ties=(("resnet · toptune", "dino · toptune"),)))
     search = recs.get(VISUAL_SEARCH, "catalogue", "any budget")
     assert search.best is not None and (search.best.model, search.best.strategy) == ("clip-b", "toptune")
     assert search.best.mean == 0.812 and search.best.family == "contrastive"
     assert search.runner_up is not None and search.runner_up.label == "clip-b · finetune"
-    assert search.margin == pytest.approx(0.022) and search.decisive is True  # 0.022 > std 0.010
+    assert search.margin == pytest.approx(0.022) and search.decisive is True
     text = describe(search)
     assert "clip-b · toptune (contrastive), test-train mMP@5 0.812 ± 0.010 (n=3, R@1 0.862)" in text
-    assert "ahead of clip-b · finetune 0.790 ± 0.010 (n=3) by 0.022, more than the spread" in text
+    assert "significantly ahead of clip-b · finetune 0.790 ± 0.010 (n=3): difference +0.022, 95% CI +0.012 to " \
+        "+0.032, p=0.001 (Holm 0.004)" in text
     assert "tuning 30 s" in text and "86.0 M parameters" in text
 
     tagging = recs.get(AUTO_TAGGING, "catalogue", "any budget")
     assert tagging.best is not None and tagging.best.label == "resnet · finetune"
     text = describe(tagging)
     assert "resnet · finetune (supervised), classification accuracy 0.934 ± 0.004 (n=3, macro_f1 0.914)" in text
-    assert "ahead of dino · finetune 0.880" in text and "by 0.054" in text
+    assert "ahead of dino · finetune 0.880" in text and "difference +0.054" in text
 
     # cheaper budgets: no training means the frozen embedding (retrieval) or a kNN vote (tagging)
     assert recs.get(VISUAL_SEARCH, "catalogue", "no training").best.label == "clip-b · pretrained"  # type: ignore[union-attr]
     assert recs.get(AUTO_TAGGING, "catalogue", "no training").best.label == "dino · knn"  # type: ignore[union-attr]
     assert recs.get(AUTO_TAGGING, "catalogue", "head only").best.label == "resnet · toptune"  # type: ignore[union-attr]
     head_only = recs.get(AUTO_TAGGING, "catalogue", "head only")
-    assert head_only.decisive is False and "within the spread over repeats" in describe(head_only)  # 0.810 vs 0.807
+    assert head_only.decisive is False and "tied within noise with dino · toptune 0.807" in describe(head_only)
 
     assert len(recs.checks) == 4  # one dataset, four claims
     retrieval, helps, classification, middle = recs.checks
     assert retrieval.verdict == "agree" and "clip-b · toptune 0.812" in retrieval.evidence
-    assert helps.verdict == "agree" and "3 of 3 backbones" in helps.evidence and "0.700 → 0.812 (+0.112)" in \
-        helps.evidence
+    assert helps.verdict == "agree" and "better than pre-trained for 3 of 3 backbones" in helps.evidence
+    assert "0.700 → 0.812 (difference +0.112" in helps.evidence
     assert classification.verdict == "agree" and "resnet · finetune 0.934" in classification.evidence
     # clip-b top-tunes above its fine-tune, so top-tuning is no "middle" there; it is for dino and resnet
     assert middle.verdict == "agree" and "holds for 2 of 3 backbones" in middle.evidence
-    assert "toptune 0.812 in 30.0 s, finetune 0.790 in 600.0 s" in middle.evidence
+    assert "toptune 0.812 in 30.0 s (a significant gain), finetune 0.790 in 600.0 s" in middle.evidence
 
 
 def test_guidance_that_the_run_cannot_test_is_not_measured_and_disagreement_is_shown() -> None:
@@ -116,7 +130,10 @@ def test_guidance_that_the_run_cannot_test_is_not_measured_and_disagreement_is_s
     retrieval = recommend(boosted).checks[0]
     assert retrieval.verdict == "disagree"
     assert "best contrastive toptune: clip-b · toptune 0.812" in retrieval.evidence
-    assert "below resnet · finetune 0.900" in retrieval.evidence and "by 0.088" in retrieval.evidence
+    assert "below resnet · finetune 0.900" in retrieval.evidence
+    assert "+0.088, no paired test (per-query scores missing)" in retrieval.evidence  # no tester: means only
+    tied = recommend(boosted, _tester(ties=(("resnet · finetune", "clip-b · toptune"),))).checks[0]
+    assert tied.verdict == "tied within noise" and "p=0.4 (Holm 0.8)" in tied.evidence
 
 
 def test_pareto_front_by_hand() -> None:

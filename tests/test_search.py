@@ -360,3 +360,47 @@ def test_indexes_survive_faiss_torch_utils(tmp_path: Path, random_items: Items) 
         index.add(random_items.ids, random_items.vectors)
         assert index.search(random_items.vectors[:20], K).ids == expected.ids
     assert faiss.IndexFlatIP.search is torch_search
+
+
+# ── non-finite vectors are refused by every backend, through one shared check ────────────────
+
+
+def _poisoned(items: Items, rows: list[int], value: float) -> np.ndarray:
+    vectors = items.vectors.copy()
+    vectors[rows, 3] = value
+    return vectors
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss", "milvus-lite"])
+def test_non_finite_vectors_are_refused_naming_the_items(backend: str, tmp_path: Path, random_items: Items) -> None:
+    items, dim = random_items, random_items.vectors.shape[1]
+    options: dict[str, object] = {"exact": {}, "faiss": {"dim": dim},
+                                  "milvus-lite": {"path": tmp_path / "nan.db", "collection": "c", "dim": dim}}[backend]
+    index = open_index(backend, **options)
+    try:
+        bad_rows = [5, 17, 18, 40, 41, 42, 99]  # 7: the message names the first 5 and counts the rest
+        vectors = _poisoned(items, bad_rows, np.nan)
+        vectors[41, 0] = np.inf
+        with pytest.raises(ValueError, match=r"7 of 200 vectors to add hold NaN or infinite values") as caught:
+            index.add(items.ids[:200], vectors[:200], items.labels[:200], items.splits[:200])
+        message = str(caught.value)
+        assert all(repr(items.ids[r]) in message for r in bad_rows[:5])
+        assert repr(items.ids[bad_rows[5]]) not in message and "and 2 more" in message
+        assert len(index) == 0  # refused before anything was stored
+        index.add(items.ids[:200], items.vectors[:200], items.labels[:200], items.splits[:200])
+        queries = _poisoned(items, [1, 3], -np.inf)[:6]
+        queries[4, 0] = np.nan
+        with pytest.raises(ValueError, match=r"3 of 6 query vectors hold NaN or infinite values: rows 1, 3, 4$"):
+            index.search(queries, K)
+        assert index.search(items.vectors[:6], K).ids[0][0] == items.ids[0]
+    finally:
+        index.close()
+
+
+def test_the_finiteness_check_is_shared_by_every_backend() -> None:
+    from shelfsight.search import base, exact, faiss_index, milvus
+
+    assert exact.check_finite is faiss_index.check_finite is milvus.check_finite is base.check_finite
+    base.check_finite(np.zeros((0, 4), np.float32), [])  # nothing to check is fine
+    with pytest.raises(ValueError, match="rows 0$"):
+        base.check_finite(np.array([[np.nan, 0.0]], np.float32))

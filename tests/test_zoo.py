@@ -179,6 +179,28 @@ def test_spec_is_complete(spec: BackboneSpec) -> None:
     assert spec.description and "\n" not in spec.description
 
 
+# Revisions pinned in the zoo, and where each was found (never invented: a spec without a known real
+# revision stays unpinned and is identified by the digest of its weights file once fetched).
+PINNED = {
+    # a Hugging Face cache snapshot folder, models--timm--resnet50.tv_in1k/snapshots/<commit>, in public code
+    "resnet50": "78f3ecfdb38e06d9b8397f662e7ab8fee96026fa",
+    # a Hugging Face cache snapshot folder, models--timm--vit_base_patch14_dinov2.lvd142m/snapshots/<commit>
+    "dinov2_vit_b14": "4685c99dabffe5affac90bd99dbffd25801ae58d",
+    # github.com/facebookresearch/dino/blob/<commit>/... permalinks cited by public code
+    "dino_resnet50": "7c446df5b9f45747937fb0d72314eb9f7b66930a",
+}
+
+
+def test_pinned_revisions_are_commits_where_the_library_takes_one() -> None:
+    assert {s.name: s.revision for s in ALL if s.revision} == PINNED
+    for spec in ALL:
+        if spec.revision is not None:
+            assert re.fullmatch(r"[0-9a-f]{40}", spec.revision), f"{spec.name}: pin a commit, not a branch"
+            assert spec.library in ("timm", "transformers", "torchhub")
+        if spec.library == "torchhub":  # the ref lives in revision, not in the checkpoint
+            assert spec.checkpoint.count(":") == 1, spec.checkpoint
+
+
 def test_every_spec_is_checked_by_a_library_test() -> None:
     checked = TIMM + OPEN_CLIP_TAGGED + OPEN_CLIP_HUB + TORCHHUB + EFFICIENTNET_LITE
     assert sorted(ids(checked)) == sorted(ids(list(ALL)))
@@ -272,7 +294,7 @@ def _maws_vit_b16() -> tuple[int, int]:
 
 # checkpoint -> (the architecture's (width, parameters), the repository's evaluation transform)
 TORCHHUB_REFERENCE: dict[str, tuple[Callable[[], tuple[int, int]], dict[str, Any]]] = {
-    "facebookresearch/dino:main:dino_resnet50": (
+    "facebookresearch/dino:dino_resnet50": (
         _dino_resnet50,  # eval_linear.py: Resize(256, interpolation=3), CenterCrop(224)
         dict(input_size=224, crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD),
     ),
@@ -309,3 +331,11 @@ def test_efficientnet_lite_spec(spec: BackboneSpec) -> None:
     assert spec.embed_dim == model._fc.in_features
     assert_params(spec, count(model) - count(model._fc))
     assert spec.family == "supervised" and spec.licence == "Apache-2.0"
+
+
+@pytest.mark.parametrize("spec", EFFICIENTNET_LITE, ids=ids(EFFICIENTNET_LITE))
+def test_efficientnet_lite_params_m_is_the_measured_embedding_network(spec: BackboneSpec) -> None:
+    """``params_m`` (``shelfsight models``) and ``Backbone.num_parameters`` (the cost rows) agree."""
+    from shelfsight.backbones import load_backbone
+
+    assert_params(spec, load_backbone(spec.name).num_parameters)

@@ -274,22 +274,57 @@ def bench_command(
     run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<config name>).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: SQLite in the run folder).")] = None,
     data_dir: DataDir = None,
+    recompute: Annotated[list[str] | None, typer.Option(
+        "--recompute", help="Glob of cell ids to compute again whatever is stored (repeatable), e.g. '*toptune*'.",
+    )] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Run every cell of an experiment; finished cells are skipped, so an interrupted run resumes."""
+    """Run every cell of an experiment. A stored cell is reused only when its inputs (weights, preprocessing,
+    catalogue, strategy settings, index, seed) are unchanged, so an interrupted run resumes and a changed
+    config recomputes exactly what it changed."""
     from shelfsight.bench import load_config, print_leaderboard, run_bench
 
     settings = load_config(config)
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": str(data_dir)})
     target = run_dir or Path("runs") / settings.name
-    summary = run_bench(settings, target, tracking_uri=tracking_uri, progress=not quiet, console=console)
-    console.print(f"{len(summary.computed)} computed, {len(summary.skipped)} already done, "
+    summary = run_bench(settings, target, tracking_uri=tracking_uri, progress=not quiet, console=console,
+                        recompute=recompute or ())
+    console.print(f"{len(summary.computed)} computed, {len(summary.reused)} reused, "
                   f"{len(summary.failed)} failed · {target / 'results.csv'}")
     if summary.table is not None and len(summary.table):
         print_leaderboard(target, console=console)
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("compare")
+def compare_command(
+    run_dir: Annotated[Path, typer.Argument(help="A bench run folder.")],
+    a: Annotated[str, typer.Argument(help="First cell, MODEL:STRATEGY (e.g. efficientnet_lite2:pretrained).")],
+    b: Annotated[str, typer.Argument(help="Second cell, MODEL:STRATEGY.")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset (needed when the cells ran on several).")] = None,
+    protocol: Annotated[str | None, typer.Option(help="Protocol, or 'classification' (default: the first "
+                                                      "retrieval protocol).")] = None,
+    metric: Annotated[str | None, typer.Option(help="Metric (default: mMP@5, or accuracy).")] = None,
+    permutations: Annotated[int, typer.Option(help="Permutations of the paired test.")] = 10000,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the interval.")] = 1000,
+) -> None:
+    """A - B on the same queries: the difference, its 95% interval and the paired test's p-value."""
+    from shelfsight.bench.compare import compare
+
+    found = compare(run_dir, a, b, metric=metric, protocol=protocol, dataset=dataset, n_permutations=permutations,
+                    n_resamples=resamples)
+    r = found.result
+    table = Table(title=f"{found.dataset} · {found.protocol} · {found.metric}", show_header=False)
+    for row in (("A", f"{found.a}: {found.mean_a:.4f}"), ("B", f"{found.b}: {found.mean_b:.4f}"),
+                ("A - B", f"{r.difference:+.4f}"), ("95% interval", f"{r.low:+.4f} to {r.high:+.4f}"),
+                ("p-value", f"{r.p_value:.4g} ({r.method})"), ("queries", f"{r.n_queries}"),
+                ("seeds", f"A {r.seeds_a}, B {r.seeds_b}"),
+                ("verdict", "significant at 0.05 (p < 0.05 and the interval excludes 0)" if found.significant()
+                 else "tied within noise (p >= 0.05 or the interval holds 0)")):
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command("leaderboard")

@@ -5,6 +5,10 @@ every test item queries all others), explicit query and gallery splits (DeepFash
 and photo to catalogue (test photos query the training photos or catalogue images). A protocol
 may also keep a subset of the items: Cars196's metric-learning split evaluates classes 99..196
 only, across the official train and test images.
+
+A protocol whose evaluation classes must be unseen in training (Cars196, SOP, In-shop) declares the
+items a tuned strategy may learn from (``train``); the bench refuses a tuned cell whose training items
+or classes overlap the evaluated ones, so its numbers compare with the metric-learning literature.
 """
 
 from __future__ import annotations
@@ -31,11 +35,24 @@ class ItemSubset:
 
 
 @dataclass(frozen=True)
+class TrainingItems:
+    """The items a tuned strategy may learn from for a class-disjoint protocol: those of ``splits`` that
+    ``subset`` includes, labelled by the protocol's relevance field."""
+
+    splits: tuple[str, ...]
+    subset: ItemSubset | None = None
+
+    def includes(self, item: CatalogItem) -> bool:
+        return item.split in self.splits and (self.subset is None or self.subset.includes(item))
+
+
+@dataclass(frozen=True)
 class RetrievalProtocol:
     """``query_splits`` search ``gallery_splits``; an item is relevant when ``relevance`` matches.
 
     With ``leave_one_out`` the gallery is the query set itself and a query never retrieves itself.
-    With a ``subset``, only the items it includes are queries or gallery items.
+    With a ``subset``, only the items it includes are queries or gallery items. With ``train``, the
+    evaluated classes must be unseen: tuned models learn from those items only (``disjoint``).
     """
 
     name: str
@@ -44,6 +61,16 @@ class RetrievalProtocol:
     relevance: Relevance = "label"
     description: str = ""
     subset: ItemSubset | None = None
+    train: TrainingItems | None = None
+
+    @property
+    def disjoint(self) -> bool:
+        """Evaluated classes must be unseen by any tuned model (the metric-learning protocols)."""
+        return self.train is not None
+
+    def evaluated(self, item: CatalogItem) -> bool:
+        """Whether ``item`` is a query or a gallery item of this protocol."""
+        return item.split in self.splits and self.takes_part(item)
 
     def takes_part(self, item: CatalogItem) -> bool:
         """Whether ``item`` may query or be retrieved, its split aside."""
@@ -82,16 +109,20 @@ PROTOCOLS: dict[str, tuple[RetrievalProtocol, ...]] = {
     ),
     sop.NAME: (
         RetrievalProtocol("product", ("test",), ("test",), "product_id",
-                          "leave-one-out over the test split; relevant = same product (11,316 products)"),
+                          "leave-one-out over the test split; relevant = same product (11,316 products)",
+                          train=TrainingItems(("train",))),
     ),
     cars196.NAME: (
         RetrievalProtocol("metric-learning", ("train", "test"), ("train", "test"), "label",
                           "classes 99..196, leave-one-out over all their images (8,131); relevant = same model",
-                          subset=ItemSubset("product_id", frozenset(cars196.RETRIEVAL_CLASSES))),
+                          subset=ItemSubset("product_id", frozenset(cars196.RETRIEVAL_CLASSES)),
+                          train=TrainingItems(("train", "test"),
+                                              ItemSubset("product_id", frozenset(cars196.TRAINING_CLASSES)))),
     ),
     inshop.NAME: (
         RetrievalProtocol("item", ("query",), ("gallery",), "product_id",
-                          "query images search the gallery; relevant = same clothing item (3,985 items)"),
+                          "query images search the gallery; relevant = same clothing item (3,985 items)",
+                          train=TrainingItems(("train",))),
     ),
     products10k.NAME: (
         RetrievalProtocol("sku", ("test",), ("train",), "product_id",

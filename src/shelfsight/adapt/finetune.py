@@ -61,6 +61,7 @@ from shelfsight.adapt.splits import labelled_splits
 from shelfsight.backbones import Backbone, build_pixel_transform, finetuned_name, normalize_pixels
 from shelfsight.backbones.finetuned import read_record, spec_to_dict, write_finetuned
 from shelfsight.catalog import Catalog
+from shelfsight.protocols import ClassificationSplits
 
 __all__ = [
     "CosineSoftmax", "EpochStats", "FinetuneConfig", "FinetuneError", "FinetuneNet", "FinetuneResult",
@@ -201,9 +202,9 @@ class _Progress:
 def finetune(catalog: Catalog, backbone: Backbone, *, dataset: str, output: str | os.PathLike[str],
              config: FinetuneConfig | None = None, name: str | None = None, resume: bool = True,
              progress: bool = True, on_epoch: EpochCallback | None = None,
-             console: Console | None = None) -> FinetuneResult:
-    """Fine-tune ``backbone`` on ``catalog`` (train split; early stopping on validation accuracy) and save it
-    in ``output`` as a backbone named ``name`` (default ``BASE@finetune:DATASET``).
+             console: Console | None = None, splits: ClassificationSplits | None = None) -> FinetuneResult:
+    """Fine-tune ``backbone`` on ``catalog`` (train split, or ``splits`` when given; early stopping on validation
+    accuracy) and save it in ``output`` as a backbone named ``name`` (default ``BASE@finetune:DATASET``).
 
     A finished ``output`` is read back, not retrained. Otherwise, with ``resume``, training continues after
     the last checkpoint in ``output/checkpoints``. ``backbone`` itself is left untouched (a copy is trained).
@@ -218,8 +219,9 @@ def finetune(catalog: Catalog, backbone: Backbone, *, dataset: str, output: str 
     devices = [processes.device.index or 0] if processes.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):  # the caller's random state is left as it was
-            return _Trainer(catalog, backbone, dataset, folder, config, name, processes, progress, console).run(
-                resume, on_epoch)
+            trainer = _Trainer(catalog, backbone, dataset, folder, config, name, processes, progress, console,
+                               splits)
+            return trainer.run(resume, on_epoch)
     finally:
         if processes.owns_group:
             dist.destroy_process_group()
@@ -239,13 +241,14 @@ class _Trainer:
     """One fine-tuning run; small methods over shared state rather than one long function."""
 
     def __init__(self, catalog: Catalog, backbone: Backbone, dataset: str, folder: Path, config: FinetuneConfig,
-                 name: str, processes: _Processes, progress: bool, console: Console | None) -> None:
+                 name: str, processes: _Processes, progress: bool, console: Console | None,
+                 splits: ClassificationSplits | None = None) -> None:
         self.backbone, self.dataset, self.folder, self.config, self.name = backbone, dataset, folder, config, name
         self.processes = processes
         self.device = processes.device
         self.progress = progress and processes.main  # one process speaks for all
         self.console = (console or Console(stderr=True)) if self.progress else Console(quiet=True)
-        self.splits = labelled_splits(dataset, catalog, config.seed)
+        self.splits = labelled_splits(dataset, catalog, config.seed, splits=splits)
         if len(self.splits.train) < 2 * processes.world or not self.splits.val:
             raise FinetuneError(f"{dataset}: fine-tuning needs at least two training images per process and a "
                                 f"validation set; got {len(self.splits.train)} and {len(self.splits.val)}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shelfsight.catalog import Catalog, CatalogItem
-from shelfsight.protocols import classification_for
+from shelfsight.protocols import ClassificationSplits, classification_for
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,12 @@ def validation_mask(labels: np.ndarray, seed: int, fraction: float = 0.1) -> np.
     return mask
 
 
-def labelled_splits(dataset: str, catalog: Catalog, seed: int, ids: Sequence[str] | None = None) -> LabelledSplits:
-    """The dataset's declared splits (``protocols.classification_for``); without a validation split, a
-    stratified seeded 10% of train. ``ids`` restricts to some items (the embedded ones), in their order."""
-    splits = classification_for(dataset, catalog)
+def labelled_splits(dataset: str, catalog: Catalog, seed: int, ids: Sequence[str] | None = None,
+                    splits: ClassificationSplits | None = None) -> LabelledSplits:
+    """The dataset's declared splits (``protocols.classification_for``), or ``splits`` when given (a
+    class-disjoint protocol's training items); without a validation split, a stratified seeded 10% of
+    train. ``ids`` restricts to some items (the embedded ones), in their order."""
+    splits = splits or classification_for(dataset, catalog)
     if splits is None:
         raise ValueError(f"{dataset}: no train/test splits, so no classification strategy applies; "
                          "give the catalogue a split column with train and test")

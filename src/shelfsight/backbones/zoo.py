@@ -16,6 +16,13 @@ Where the values come from (``tests/test_zoo.py`` checks them against the librar
   OpenAI and Apple DFN weights were trained with QuickGELU, so they use the ``-quickgelu`` arch:
   open_clip 3.x builds plain ``ViT-B-16`` with nn.GELU, which would silently mismatch the weights.
 * torch.hub: ``owner/repo[:ref]:entrypoint``; the last colon separates the entry point.
+* ``revision``: where a real revision of the checkpoint's repository is known, it is pinned (a
+  commit hash, never a branch): ``resnet50`` at ``timm/resnet50.tv_in1k@78f3ecfd...`` and
+  ``dinov2_vit_b14`` at ``timm/vit_base_patch14_dinov2.lvd142m@4685c99d...`` (Hugging Face cache
+  snapshot folders of those repositories, quoted in public code), ``dino_resnet50`` at
+  ``facebookresearch/dino`` commit ``7c446df5...`` (the commit public code cites in its permalinks to
+  the DINO repository). The others follow their repository's default branch (open_clip takes no
+  revision at all); every loaded backbone is identified by the digest of the weights file it read.
 * ``params_m``: parameters of the image tower in millions (2 decimals), counted on the
   randomly-initialised architecture; the EfficientNet-Lite counts leave out the 1000-class head.
 """
@@ -57,6 +64,7 @@ _SUPERVISED: tuple[BackboneSpec, ...] = (
         description=("ResNet-50, torchvision's original ImageNet-1k weights: the classic off-the-shelf "
                      "baseline; timm's a1_in1k BCE recipe tunes top-1 at the cost of feature transfer"),
         in_paper=True,
+        revision="78f3ecfdb38e06d9b8397f662e7ab8fee96026fa",  # timm/resnet50.tv_in1k
     ),
     BackboneSpec(
         name="convnext_base",
@@ -102,7 +110,7 @@ _SELF_SUPERVISED: tuple[BackboneSpec, ...] = (
         name="dino_resnet50",
         family="self-supervised",
         library="torchhub",
-        checkpoint="facebookresearch/dino:main:dino_resnet50",
+        checkpoint="facebookresearch/dino:dino_resnet50",
         # DINO's evaluation transform: Resize(256, bicubic), CenterCrop(224), ImageNet statistics.
         preprocess=Preprocess(input_size=224, crop_pct=0.875, interpolation="bicubic",
                               mean=IMAGENET_MEAN, std=IMAGENET_STD),
@@ -111,6 +119,7 @@ _SELF_SUPERVISED: tuple[BackboneSpec, ...] = (
         licence="Apache-2.0",
         description="ResNet-50 trained with DINO self-distillation on ImageNet-1k, no labels (Meta)",
         in_paper=True,
+        revision="7c446df5b9f45747937fb0d72314eb9f7b66930a",  # facebookresearch/dino (torch.hub ref)
     ),
     BackboneSpec(
         name="dino_vit_b16",
@@ -137,6 +146,7 @@ _SELF_SUPERVISED: tuple[BackboneSpec, ...] = (
         licence="Apache-2.0",
         description="ViT-B/14 DINOv2, self-supervised on the curated LVD-142M images (Meta)",
         in_paper=True,
+        revision="4685c99dabffe5affac90bd99dbffd25801ae58d",  # timm/vit_base_patch14_dinov2.lvd142m
     ),
     BackboneSpec(
         name="mae_vit_b16",

@@ -71,6 +71,8 @@ class IndexConfig(_Strict):
     params: dict[str, int] = Field(default_factory=dict)
     uri: str | None = None
     token: str | None = None
+    keep_collections: bool = Field(
+        default=False, description="Keep each cell's Milvus collections after scoring (default: dropped).")
 
     @model_validator(mode="after")
     def _server_needs_uri(self) -> IndexConfig:
@@ -136,6 +138,16 @@ class StrategyEntry(_Strict):
                 and (self.datasets is None or dataset in self.datasets))
 
 
+class StatsConfig(_Strict):
+    """Uncertainty: bootstrap intervals over queries (and seeds), paired permutation tests between cells,
+    Holm correction over the comparisons one table or report makes."""
+
+    bootstrap: int = Field(default=1000, ge=100, description="Bootstrap resamples per interval.")
+    permutations: int = Field(default=10000, ge=100, description="Permutations per paired test.")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="Family-wise error rate after Holm correction.")
+    seed: int = 0
+
+
 class TrackingConfig(_Strict):
     enabled: bool = True
     uri: str | None = None
@@ -156,6 +168,7 @@ class BenchConfig(_Strict):
     finetune: FinetuneConfig = FinetuneConfig()
     """Full fine-tuning settings (``adapt.FinetuneConfig``); the seed comes from ``seed`` and ``repeats``."""
     knn_k: int = Field(default=5, ge=1)
+    stats: StatsConfig = StatsConfig()
     tracking: TrackingConfig = TrackingConfig()
     data_dir: str | None = None
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from shelfsight.catalog import Catalog
 from shelfsight.embeddings import Embeddings
@@ -85,22 +86,29 @@ def retrieval_examples(data: ProtocolSplit, answer: SearchResult, catalog: Catal
     return examples
 
 
+@dataclass(frozen=True)
+class ProtocolScores:
+    """One protocol's scores: metric means, details for the cell's record, and the per-query scores
+    (one row per query with a ``query`` id column) that intervals and paired tests read."""
+
+    metrics: dict[str, float]
+    details: dict[str, object]
+    per_query: pd.DataFrame
+
+
 def evaluate_protocol(
     protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings, *, make_index: IndexFactory,
     collection: str, k: int = 100, ks: tuple[int, ...] = (1, 5, 10), full_map: bool = True,
-) -> tuple[dict[str, float], dict[str, object]]:
-    """Metric name -> value, and details (counts, warnings) for the cell's record."""
+    keep_collection: bool = False,
+) -> ProtocolScores:
+    """Index the gallery, search the queries, score every metric. The index is dropped afterwards (a
+    Milvus collection per cell would otherwise pile up) unless ``keep_collection``."""
     data = split_for(protocol, catalog, embeddings)
     same_set = protocol.leave_one_out
     exclude = data.query_ids if same_set else None
     available = len(data.gallery_ids) - (1 if same_set else 0)
     depth = max(min(k, available), max(ks))  # beyond the gallery, results are padded
-    index = make_index(collection, embeddings.dim)
-    try:
-        index.add(data.gallery_ids, data.gallery_vectors, labels=[str(x) for x in data.gallery_keys])
-        answer = index.search(data.query_vectors, depth, exclude_ids=exclude)
-    finally:
-        index.close()
+    answer = _search_index(make_index(collection, embeddings.dim), data, depth, exclude, keep_collection)
     relevant = count_relevant(data.query_keys, data.gallery_keys, same_set=same_set)
     deep = int(relevant.max()) if len(relevant) else 0
     exact = ExactIndex()
@@ -111,20 +119,42 @@ def evaluate_protocol(
     reference = SearchResult(indices=deep_answer.indices[:, :depth], scores=deep_answer.scores[:, :depth],
                              ids=[row[:depth] for row in deep_answer.ids])
     report = retrieval_report(data.query_keys, data.gallery_keys, answer.indices, same_set=same_set, ks=ks)
-    metrics = {name: value for name, value in report.metrics.items() if name not in ("MAP@R", "R-precision")}
-    metrics[f"index_recall@{depth}"] = recall_against_exact(answer, reference)
+    per_query = {name: values for name, values in report.per_query.items() if name not in DEEP_METRICS}
+    # MAP@R and R-precision need each query's R ranks, which the exact search always holds: exact, not bounds
     deep_report = retrieval_report(data.query_keys, data.gallery_keys, deep_answer.indices, same_set=same_set,
                                    ks=ks)
-    metrics["MAP@R"] = deep_report.metrics["MAP@R"]
-    metrics["R-precision"] = deep_report.metrics["R-precision"]
+    per_query |= {name: deep_report.per_query[name] for name in DEEP_METRICS}
     if full_map:
-        ap = full_ranking_average_precision(data.query_vectors, data.gallery_vectors, data.query_keys,
-                                            data.gallery_keys, exclude_self=same_set)
-        metrics["MAP"] = float(np.mean(ap[relevant > 0])) if (relevant > 0).any() else 0.0
+        per_query["MAP"] = full_ranking_average_precision(data.query_vectors, data.gallery_vectors, data.query_keys,
+                                                          data.gallery_keys, exclude_self=same_set)
+    metrics = {name: _nan_mean(values) for name, values in per_query.items()}
+    metrics[f"index_recall@{depth}"] = recall_against_exact(answer, reference)
     details: dict[str, object] = {"queries": len(data.query_ids), "gallery": len(data.gallery_ids), "k": depth,
                "excluded_queries": report.n_excluded, "max_relevant": deep, "leave_one_out": same_set,
                "relevance": protocol.relevance,
                "examples": retrieval_examples(data, answer, catalog, protocol.name)}
-    if report.warning:
-        details["warning"] = report.warning
-    return metrics, details
+    frame = pd.DataFrame({"query": data.query_ids, **per_query})
+    return ProtocolScores(metrics=metrics, details=details, per_query=frame)
+
+
+DEEP_METRICS = ("MAP@R", "R-precision")
+"""Metrics read from the exact search to each query's R-th neighbour, however deep that is."""
+
+
+def _search_index(index: VectorIndex, data: ProtocolSplit, depth: int, exclude: list[str] | None,
+                  keep: bool) -> SearchResult:
+    try:
+        index.add(data.gallery_ids, data.gallery_vectors, labels=[str(x) for x in data.gallery_keys])
+        return index.search(data.query_vectors, depth, exclude_ids=exclude)
+    finally:
+        drop = getattr(index, "drop", None)
+        if not keep and callable(drop):
+            drop()
+        else:
+            index.close()
+
+
+def _nan_mean(values: np.ndarray) -> float:
+    """Mean over the queries that have a relevant item; NaN when none has (every metric alike)."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else float("nan")

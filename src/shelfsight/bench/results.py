@@ -9,33 +9,49 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-TABLE_COLUMNS = ["model", "family", "dataset", "protocol", "strategy", "metric", "mean", "std", "n"]
+TABLE_COLUMNS = ["model", "family", "dataset", "protocol", "strategy", "metric", "mean", "std", "n", "repeats",
+                 "ci_low", "ci_high"]
+"""``std`` is empty (NaN) when n=1; ``repeats`` says whether n counts seeds or the cell is deterministic;
+``ci_low``/``ci_high`` are the 95% bootstrap interval over queries (and seeds, where there are several)."""
+DETERMINISTIC = "deterministic"
+SEEDS = "seeds"
+QUERIES_SUFFIX = ".queries.parquet"
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the matrix: a model on a dataset with a strategy and a seed."""
+    """One point of the matrix: a model on a dataset with a strategy, and a seed when the cell is
+    stochastic (``None``: deterministic, run once)."""
 
     model: str
     dataset: str
     strategy: str
-    seed: int
+    seed: int | None = None
 
     @property
     def cell_id(self) -> str:
-        raw = f"{self.model}__{self.dataset}__{self.strategy}__seed{self.seed}"
+        raw = f"{self.model}__{self.dataset}__{self.strategy}" + (f"__seed{self.seed}" if self.seed is not None else "")
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw)
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """What the seeds of a stochastic cell are repeats of."""
+        return self.model, self.dataset, self.strategy
 
 
 @dataclass
 class CellResult:
-    """What one cell produced: metric values per protocol, costs, provenance, or the error."""
+    """What one cell produced: metric values per protocol, costs, provenance, or the error.
+
+    ``key`` digests ``inputs`` (``bench.identity``): a stored cell is reused only under the same key.
+    """
 
     cell: Cell
     status: str  # "ok" or "error"
@@ -45,6 +61,8 @@ class CellResult:
     costs: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    key: str = ""
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
@@ -57,7 +75,9 @@ class CellResult:
 
 
 class ResultStore:
-    """``RUN/cells/<cell_id>.json`` files, written atomically, and the combined tables."""
+    """``RUN/cells/<cell_id>.json`` files with their per-query scores beside them
+    (``<cell_id>.queries.parquet``: a ``protocol`` and a ``query`` column, then one column per metric;
+    classification rows hold ``y_true`` and ``y_pred``), written atomically, and the combined tables."""
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
@@ -66,47 +86,58 @@ class ResultStore:
     def path(self, cell: Cell) -> Path:
         return self.cells_dir / f"{cell.cell_id}.json"
 
-    def is_done(self, cell: Cell) -> bool:
-        """Finished successfully; failed cells are tried again on the next run."""
-        path = self.path(cell)
-        return path.is_file() and CellResult.from_json(path.read_text()).status == "ok"
+    def queries_path(self, cell: Cell) -> Path:
+        return self.cells_dir / f"{cell.cell_id}{QUERIES_SUFFIX}"
 
-    def save(self, result: CellResult) -> Path:
+    def load(self, cell: Cell) -> CellResult | None:
+        path = self.path(cell)
+        return CellResult.from_json(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def save(self, result: CellResult, per_query: pd.DataFrame | None = None) -> Path:
+        """Per-query scores first, then the JSON that makes the cell count as done."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
+        queries = self.queries_path(result.cell)
+        if per_query is not None:
+            atomic_write(queries, lambda target: per_query.to_parquet(target, index=False))
+        else:
+            queries.unlink(missing_ok=True)
         target = self.path(result.cell)
-        descriptor, temporary = tempfile.mkstemp(prefix=".cell-", dir=self.cells_dir)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(result.to_json())
-        os.replace(temporary, target)
+        atomic_write(target, lambda path: path.write_text(result.to_json(), encoding="utf-8"))
         return target
 
-    def load_all(self) -> list[CellResult]:
-        return [CellResult.from_json(p.read_text()) for p in sorted(self.cells_dir.glob("*.json"))]
+    def per_query(self, cell: Cell) -> pd.DataFrame | None:
+        path = self.queries_path(cell)
+        return pd.read_parquet(path) if path.is_file() else None
 
-    def write_tables(self) -> pd.DataFrame:
-        """Aggregate seeds into mean, std and n per (model, dataset, protocol, strategy, metric)."""
-        table = aggregate(self.load_all())
+    def load_all(self, cells: list[Cell] | None = None) -> list[CellResult]:
+        """Every stored cell, or only those of ``cells`` (the current plan) that are stored."""
+        if cells is None:
+            return [CellResult.from_json(p.read_text(encoding="utf-8")) for p in sorted(self.cells_dir.glob("*.json"))]
+        return [r for r in (self.load(c) for c in cells) if r is not None]
+
+    def write_tables(self, cells: list[Cell] | None = None, *, n_resamples: int = 1000, seed: int = 0,
+                     progress: bool = False) -> pd.DataFrame:
+        """Aggregate seeds into mean, std, n and a bootstrap interval per (model, dataset, protocol,
+        strategy, metric), over the cells of the plan (every stored cell when ``cells`` is None)."""
+        from shelfsight.bench.aggregate import aggregate
+
+        table = aggregate(self.load_all(cells), self, n_resamples=n_resamples, seed=seed, progress=progress)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         table.to_csv(self.run_dir / "results.csv", index=False)
         table.to_parquet(self.run_dir / "results.parquet", index=False)
         return table
 
 
-def aggregate(results: list[CellResult]) -> pd.DataFrame:
-    rows = [
-        {"model": r.cell.model, "family": r.family, "dataset": r.cell.dataset, "protocol": protocol,
-         "strategy": r.cell.strategy, "seed": r.cell.seed, "metric": metric, "value": value}
-        for r in results if r.status == "ok"
-        for protocol, values in {**r.metrics, "cost": r.costs}.items() for metric, value in values.items()
-    ]
-    if not rows:
-        return pd.DataFrame(columns=TABLE_COLUMNS)
-    frame = pd.DataFrame(rows)
-    keys = ["model", "family", "dataset", "protocol", "strategy", "metric"]
-    grouped = frame.groupby(keys, sort=True)["value"]
-    table = grouped.agg(mean="mean", std="std", n="count").reset_index()
-    table["std"] = table["std"].fillna(0.0)
-    return table[TABLE_COLUMNS]
+def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+    os.close(descriptor)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, target)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 def read_table(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -115,4 +146,8 @@ def read_table(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         from shelfsight.errors import ShelfsightError
 
         raise ShelfsightError(f"{path}: no results table. Run `shelfsight bench CONFIG --run-dir {run_dir}` first.")
-    return pd.read_csv(path)
+    table = pd.read_csv(path)
+    for column in TABLE_COLUMNS:
+        if column not in table:  # a table written before intervals existed
+            table[column] = DETERMINISTIC if column == "repeats" else float("nan")
+    return table

@@ -49,7 +49,8 @@ class Tracker:
             return None
         mlflow = self._setup()
         with mlflow.start_run(run_name=result.cell.cell_id) as run:
-            mlflow.set_tags({"shelfsight.cell": result.cell.cell_id, "shelfsight.status": result.status})
+            mlflow.set_tags({"shelfsight.cell": result.cell.cell_id, "shelfsight.status": result.status,
+                             "shelfsight.cell_key": result.key})
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             metrics = {metric_key(p, m): v for p, values in result.metrics.items() for m, v in values.items()}
             metrics.update({metric_key("cost", k): v for k, v in result.costs.items()})

@@ -32,6 +32,7 @@ SPLITS = ("train", "test")
 N_CLASSES = 196
 RETRIEVAL_CLASSES = tuple(str(c) for c in range(99, N_CLASSES + 1))
 """The metric-learning split: train on classes 1..98, evaluate retrieval on classes 99..196."""
+TRAINING_CLASSES = tuple(str(c) for c in range(1, 99))
 ANNOS = "cars_annos.mat"
 DEVKIT_TRAIN, DEVKIT_TEST, DEVKIT_META = "devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat", \
     "devkit/cars_meta.mat"

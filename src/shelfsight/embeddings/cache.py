@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 FORMAT_VERSION = 1
+NON_FINITE = "non-finite embedding"
+"""The skip reason of an item whose vector holds NaN or infinity: it is reported, never stored."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,23 @@ class Chunk:
     ids: list[str]
     vectors: np.ndarray
     skipped: list[SkippedItem]
+
+
+def make_chunk(ids: list[str], paths: list[str], vectors: np.ndarray, skipped: list[SkippedItem]) -> Chunk:
+    """One chunk from embedded items (``ids``, their ``paths`` and ``vectors``, aligned) and skipped ones.
+
+    Shared by every engine and by reads of the cache: an item whose vector holds NaN or infinity is not a
+    vector but a ``SkippedItem`` with reason ``"non-finite embedding"`` (like an unreadable file), so no
+    index, metric or shard ever sees it. Skipped items are sorted by id.
+    """
+    if vectors.ndim != 2 or len(vectors) != len(ids) or len(paths) != len(ids):
+        raise ValueError(f"{len(ids)} ids, {len(paths)} paths and vectors of shape {vectors.shape} do not line up")
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        skipped = [*skipped, *(SkippedItem(ids[i], paths[i], NON_FINITE) for i in np.flatnonzero(~finite))]
+        ids = [item_id for item_id, keep in zip(ids, finite, strict=True) if keep]
+        vectors = vectors[finite]
+    return Chunk(ids=list(ids), vectors=vectors, skipped=sorted(skipped, key=lambda s: s.item_id))
 
 
 def cache_key(parts: dict[str, Any]) -> str:

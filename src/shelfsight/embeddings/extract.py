@@ -21,7 +21,7 @@ from shelfsight import paths
 from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform, normalize_pixels
 from shelfsight.catalog.images import decode_image
 from shelfsight.catalog.types import Catalog
-from shelfsight.embeddings.cache import Chunk, EmbeddingCache, SkippedItem, cache_key
+from shelfsight.embeddings.cache import Chunk, EmbeddingCache, SkippedItem, cache_key, make_chunk
 from shelfsight.errors import ImageDecodeError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -30,7 +30,10 @@ DEFAULT_CHUNK_SIZE = 1024
 
 @dataclass
 class Embeddings:
-    """L2-normalised float32 vectors aligned with ``ids`` (catalogue order, skipped items left out)."""
+    """L2-normalised float32 vectors aligned with ``ids`` (catalogue order, skipped items left out).
+
+    Every vector is finite: an item whose embedding came out NaN or infinite is in ``skipped`` (reason
+    ``"non-finite embedding"``), as an unreadable file is."""
 
     ids: list[str]
     vectors: np.ndarray
@@ -161,12 +164,20 @@ def embed_catalog(
     chunks = [computed_chunks[i] if i in computed_chunks else cache.read_chunk(i) for i in range(n_chunks)]
     return embeddings_from_chunks(
         chunks, key=key, computed=computed, seconds=seconds, device=str(torch_device), precision=resolved_precision,
-        cache_folder=cache.folder if use_cache else None, extraction_rate=manifest.get("images_per_second"))
+        cache_folder=cache.folder if use_cache else None, extraction_rate=manifest.get("images_per_second"),
+        catalog=catalog)
 
 
 def embeddings_from_chunks(chunks: list[Chunk], *, key: str, computed: int, seconds: float, device: str,
-                           precision: str, cache_folder: Path | None, extraction_rate: object) -> Embeddings:
-    """Concatenate cache chunks (in catalogue order) into one ``Embeddings``: shared by every engine."""
+                           precision: str, cache_folder: Path | None, extraction_rate: object,
+                           catalog: Catalog | None = None) -> Embeddings:
+    """Concatenate cache chunks (in catalogue order) into one ``Embeddings``: shared by every engine.
+
+    Non-finite vectors are refused here too (a chunk cached before they were refused at extraction may hold
+    some): such items move to ``skipped``, with their path from ``catalog``."""
+    if any(len(c.ids) and not np.isfinite(c.vectors).all() for c in chunks):
+        where = {item.item_id: str(item.image_path) for item in catalog} if catalog is not None else {}
+        chunks = [make_chunk(c.ids, [where.get(i, "") for i in c.ids], c.vectors, c.skipped) for c in chunks]
     vectors = [c.vectors for c in chunks if len(c.ids)]
     dim = vectors[0].shape[1] if vectors else 0
     return Embeddings(
@@ -255,8 +266,9 @@ def _compute_chunks(
             if len(done_ids) + len(skipped) == expected[chunk]:
                 del pending[chunk]
                 dim_vectors = np.concatenate(done_vectors) if done_vectors else np.zeros((0, 0), np.float32)
-                skipped.sort(key=lambda s: s.item_id)
-                yield chunk, Chunk(ids=[items[i].item_id for i in done_ids], vectors=dim_vectors, skipped=skipped)
+                yield chunk, make_chunk([items[i].item_id for i in done_ids], [str(items[i].image_path)
+                                                                               for i in done_ids],
+                                        dim_vectors, skipped)
 
 
 def prepare_for_inference(encoder: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, bool]:

@@ -33,7 +33,7 @@ import numpy as np
 from shelfsight import paths
 from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform, load_backbone
 from shelfsight.catalog.types import Catalog
-from shelfsight.embeddings.cache import Chunk, EmbeddingCache, SkippedItem
+from shelfsight.embeddings.cache import EmbeddingCache, SkippedItem, make_chunk
 from shelfsight.embeddings.extract import (
     DEFAULT_CHUNK_SIZE,
     Embeddings,
@@ -196,7 +196,7 @@ def embed_catalog_ray(
     return embeddings_from_chunks(
         [cache.read_chunk(i) for i in range(n_chunks)], key=key, computed=computed, seconds=seconds,
         device=str(torch_device), precision=resolved_precision, cache_folder=cache.folder,
-        extraction_rate=manifest.get("images_per_second"))
+        extraction_rate=manifest.get("images_per_second"), catalog=catalog)
 
 
 def _import_ray() -> Any:
@@ -285,12 +285,13 @@ def _run_pipeline(
 
 def _write_chunk(cache: EmbeddingCache, index: int, state: _PendingChunk, items: tuple[Any, ...],
                  *, shards: bool) -> None:
-    """In catalogue order, skipped items sorted by id: byte for byte the layout of ``embed_catalog``."""
+    """In catalogue order, skipped items (non-finite vectors among them) sorted by id: byte for byte the
+    layout of ``embed_catalog``, through the same ``make_chunk``."""
     order = sorted(state.vectors)
     vectors = np.stack([state.vectors[p] for p in order]) if order else np.zeros((0, 0), np.float32)
-    skipped = sorted((SkippedItem(items[p].item_id, str(items[p].image_path), r) for p, r in state.reasons.items()),
-                     key=lambda s: s.item_id)
-    chunk = Chunk(ids=[items[p].item_id for p in order], vectors=vectors, skipped=skipped)
+    skipped = [SkippedItem(items[p].item_id, str(items[p].image_path), r) for p, r in state.reasons.items()]
+    chunk = make_chunk([items[p].item_id for p in order], [str(items[p].image_path) for p in order], vectors,
+                       skipped)
     cache.write_chunk(index, chunk)
     if shards and chunk.ids:
         write_shard(cache.folder / "shards" / f"chunk-{index:05d}.parquet", chunk.ids, chunk.vectors)

@@ -10,7 +10,8 @@ Conventions:
     values are NaN for it) and counted in ``RetrievalReport.n_excluded``;
   * in the same-set (leave-one-out) protocol a query is never its own neighbour: the caller
     searches with the query excluded (``exclude_ids``), and ``count_relevant`` subtracts 1;
-  * neighbour index ``-1`` is padding (fewer hits than k) and is never relevant.
+  * neighbour index ``-1`` is padding (fewer hits than k) and is never relevant;
+  * a neighbour listed twice in one row is refused: it would count one relevant item twice.
 """
 
 from __future__ import annotations
@@ -259,9 +260,10 @@ def _ranked_average_precision(scores: np.ndarray, relevant: np.ndarray, n_releva
 class RetrievalReport:
     """Averaged metrics over the ``n_queries`` queries that have a relevant item; ``n_excluded`` had none.
 
-    ``k`` is the number of neighbour columns the metrics read (``MAP@K`` averages AP over those K ranks).
-    ``warning`` says when some query has more relevant items than K, so MAP@R and R-precision are
-    truncated (lower bounds) rather than exact.
+    ``per_query`` holds each metric's ``(Q,)`` scores (NaN for excluded queries) so that intervals and
+    paired tests can be computed over queries. ``k`` is the number of neighbour columns the metrics read
+    (``MAP@K`` averages AP over those K ranks). ``warning`` says when some query has more relevant items
+    than K, so MAP@R and R-precision computed from these columns are truncated (lower bounds).
     """
 
     metrics: dict[str, float]
@@ -269,6 +271,7 @@ class RetrievalReport:
     n_excluded: int
     k: int
     warning: str | None = field(default=None)
+    per_query: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def retrieval_report(query_labels: np.ndarray | Sequence[object], gallery_labels: np.ndarray | Sequence[object],
@@ -279,28 +282,45 @@ def retrieval_report(query_labels: np.ndarray | Sequence[object], gallery_labels
     ``same_set=True`` is the leave-one-out protocol (queries are the gallery, in the same order): the
     caller must already have excluded each query from its own neighbours (``exclude_ids`` in the index
     search); a query found among its own neighbours raises. Its own copy is not counted as relevant.
+    A row naming one gallery item twice raises too.
     """
     query_codes, gallery_codes = encode_labels(query_labels, gallery_labels)
     indices = np.asarray(neighbour_indices)
     if same_set:
         _reject_self_matches(indices)
+    _reject_repeated_neighbours(indices)
     rel = _relevance_from_codes(query_codes, gallery_codes, indices)
     n_rel = _count_from_codes(query_codes, gallery_codes, same_set=same_set)
     if ks and max(ks) > rel.shape[1]:
         raise ValueError(f"ks={tuple(ks)} needs at least {max(ks)} neighbour columns, got {rel.shape[1]}")
-    metrics = _metrics_at_ks(rel, n_rel, ks)
-    metrics |= {"MAP@R": map_at_r(rel, n_rel), "R-precision": r_precision(rel, n_rel), "MRR": mrr(rel, n_rel),
-                "MAP@K": average_precision(rel, n_rel)}
+    per_query = _per_query_at_ks(rel, n_rel, ks)
+    per_query |= {"MAP@R": map_at_r_per_query(rel, n_rel), "R-precision": r_precision_per_query(rel, n_rel),
+                  "MRR": mrr_per_query(rel, n_rel), "MAP@K": average_precision_per_query(rel, n_rel)}
     kept = n_rel > 0
-    return RetrievalReport(metrics=metrics, n_queries=int(kept.sum()), n_excluded=int((~kept).sum()),
-                           k=rel.shape[1], warning=_truncation_warning(n_rel, rel.shape[1]))
+    return RetrievalReport(metrics={name: _mean(values) for name, values in per_query.items()},
+                           n_queries=int(kept.sum()), n_excluded=int((~kept).sum()), k=rel.shape[1],
+                           warning=_truncation_warning(n_rel, rel.shape[1]), per_query=per_query)
 
 
-def _metrics_at_ks(rel: np.ndarray, n_rel: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    for name, metric in (("mMP", mmp_at_k), ("R", recall_at_k), ("P", precision_at_k), ("NDCG", ndcg_at_k)):
-        metrics |= {f"{name}@{k}": metric(rel, n_rel, k) for k in ks}
-    return metrics
+def _per_query_at_ks(rel: np.ndarray, n_rel: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    scores: dict[str, np.ndarray] = {}
+    for name, metric in (("mMP", mmp_at_k_per_query), ("R", recall_at_k_per_query),
+                         ("P", precision_at_k_per_query), ("NDCG", ndcg_at_k_per_query)):
+        scores |= {f"{name}@{k}": metric(rel, n_rel, k) for k in ks}
+    return scores
+
+
+def _reject_repeated_neighbours(indices: np.ndarray) -> None:
+    """A row listing one gallery item twice would count it twice: refuse it (padding ``-1`` may repeat)."""
+    if indices.ndim != 2 or indices.shape[1] < 2:
+        return
+    ordered = np.sort(indices, axis=1)
+    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    if repeated.any():
+        query = int(np.argmax(repeated.any(axis=1)))
+        item = int(ordered[query, 1:][repeated[query]][0])
+        raise ValueError(f"query {query} lists gallery item {item} more than once among its neighbours; "
+                         "a search result must name each item at most once")
 
 
 def _reject_self_matches(indices: np.ndarray) -> None:

@@ -12,12 +12,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shelfsight.bench.leaderboard import leaderboard_frames
+from shelfsight.bench.compare import read_significance
+from shelfsight.bench.leaderboard import TIED, leaderboard_frames, metric_columns
 from shelfsight.report import figures
 from shelfsight.report.analysis import ADAPTATIONS, adaptation_gains, cross_tuning, family_gains, quality_and_cost
 from shelfsight.report.data import RunData, datasets, main_metric, main_protocol, retrieval_protocols
 from shelfsight.report.images import Thumbnails
-from shelfsight.report.recommend import AUTO_TAGGING, TIERS, VISUAL_SEARCH, Recommendations, recommend, task_metric
+from shelfsight.report.recommend import (
+    AUTO_TAGGING,
+    TIERS,
+    VISUAL_SEARCH,
+    PairedTests,
+    Recommendations,
+    recommend,
+    task_metric,
+)
 
 MAX_GRID_ROWS = 12
 """Model x strategy rows per retrieval grid: the best ones by the main metric, so the page stays light."""
@@ -40,6 +49,15 @@ class BoardCell:
     value: float
     std: float
     best: bool
+    low: float = math.nan
+    high: float = math.nan
+    """The 95% interval, shown for the ranking metric (the first column)."""
+    tied: bool = False
+    """Not significantly below the column's best (paired test, Holm-corrected)."""
+
+    @property
+    def has_interval(self) -> bool:
+        return not (math.isnan(self.low) or math.isnan(self.high))
 
 
 @dataclass(frozen=True)
@@ -152,9 +170,9 @@ def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report
     colours = figures.strategy_colours([*strategies, *ADAPTATIONS])
     absent: dict[str, str] = {}
     say("recommendation")
-    recs = recommend(table)
+    recs = recommend(table, _paired_tests(run))
     say("leaderboard")
-    boards = _boards(table)
+    boards = _boards(table, read_significance(run.run_dir))
     say("charts")
     bars = [Plot(f"bars-{slug(d)}", d, png) for d in datasets(table)
             if (png := figures.dataset_bars(table, d, colours)) is not None]
@@ -195,19 +213,32 @@ def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report
                   absent=absent)
 
 
-def _boards(table: pd.DataFrame) -> list[Board]:
+def _paired_tests(run: RunData) -> PairedTests | None:
+    """Paired tests over the run's per-query scores, with the run's own statistics settings."""
+    stats = run.config.get("stats") or {}
+    return PairedTests(str(run.run_dir), alpha=float(stats.get("alpha", 0.05)),
+                       n_permutations=int(stats.get("permutations", 10000)),
+                       n_resamples=int(stats.get("bootstrap", 1000)), seed=int(stats.get("seed", 0)))
+
+
+def _boards(table: pd.DataFrame, significance: pd.DataFrame | None) -> list[Board]:
     """The leaderboard's frames, in protocol order (main retrieval first, then classification, then cost)."""
-    frames = leaderboard_frames(table)
+    frames = leaderboard_frames(table, significance)
     boards = []
     for dataset in datasets(table):
         for protocol in [*retrieval_protocols(table, dataset), "classification", "cost"]:
             frame = frames.get((dataset, protocol))
             if frame is None:
                 continue
-            metrics = [c for c in frame.columns if not str(c).endswith(" std")]
+            metrics = metric_columns(frame)
             best = {m: (math.nan if protocol == "cost" else frame[m].max()) for m in metrics}
+            ranked = protocol != "cost"
             rows = [(str(model), str(strategy),
-                     [BoardCell(m, float(row[m]), float(row[f"{m} std"]), bool(row[m] == best[m])) for m in metrics])
+                     [BoardCell(m, float(row[m]), float(row[f"{m} std"]), bool(row[m] == best[m]),
+                                float(row[f"{m} low"]) if ranked and i == 0 else math.nan,
+                                float(row[f"{m} high"]) if ranked and i == 0 else math.nan,
+                                bool(row[TIED]) and ranked and i == 0 and row[m] != best[m])
+                      for i, m in enumerate(metrics)])
                     for (model, strategy), row in frame.iterrows()]
             boards.append(Board(dataset, protocol, [str(m) for m in metrics], rows))
     return boards

@@ -44,7 +44,7 @@ class RunData:
         """The successful cells of one (model, dataset, strategy), by seed."""
         found = [c for c in self.cells if c.status == "ok" and
                  (c.cell.model, c.cell.dataset, c.cell.strategy) == (model, dataset, strategy)]
-        return sorted(found, key=lambda c: c.cell.seed)
+        return sorted(found, key=lambda c: -1 if c.cell.seed is None else c.cell.seed)
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -102,8 +102,8 @@ def main_metric(table: pd.DataFrame, dataset: str, protocol: str) -> str | None:
 
 
 def metric_rows(table: pd.DataFrame, dataset: str, protocol: str, metric: str) -> pd.DataFrame:
-    """Rows (model, family, strategy, mean, std, n) of one metric, best first."""
+    """Rows (model, family, strategy, mean, std, n, ci_low, ci_high) of one metric, best first."""
     rows = table[(table["dataset"] == dataset) & (table["protocol"] == protocol) & (table["metric"] == metric)]
-    columns = ["model", "family", "strategy", "mean", "std", "n"]
-    return rows[columns].sort_values(["mean", "model", "strategy"], ascending=[False, True, True]).reset_index(
-        drop=True)
+    columns = ["model", "family", "strategy", "mean", "std", "n", "ci_low", "ci_high"]
+    ordered = rows.reindex(columns=columns).sort_values(["mean", "model", "strategy"], ascending=[False, True, True])
+    return ordered.reset_index(drop=True)

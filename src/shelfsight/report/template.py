@@ -25,7 +25,8 @@ TEMPLATE = r"""<!DOCTYPE html>
   th { background: var(--soft); text-align: left; }
   td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
   td.best { font-weight: 700; background: #dafbe1; }
-  .std { color: var(--muted); font-weight: 400; font-size: 0.8em; }
+  .std, .ci { color: var(--muted); font-weight: 400; font-size: 0.8em; }
+  .tie { color: #9a6700; font-weight: 700; }
   .headline { background: #ddf4ff; border: 1px solid #54aeff; border-radius: 6px; padding: 10px 16px;
               margin: 14px 0; }
   .headline li { margin: 4px 0; }
@@ -122,15 +123,17 @@ checked on this run's numbers:</p>
 
 <section id="leaderboard">
 <h2>Leaderboard</h2>
-<p>Mean over seeds (± standard deviation when repeated); the best value of each column is highlighted. Costs are shown,
-not ranked.</p>
+<p>Mean over seeds (± standard deviation when repeated; deterministic cells run once). The ranking metric (first
+column) shows its 95% bootstrap interval over queries in brackets; the best value of each column is highlighted, and
+<span class="tie">≈</span> marks a cell not significantly below the best (paired permutation test on the same queries,
+Holm-corrected over the table). Costs are shown, not ranked.</p>
 {% for board in r.boards %}
 <h3 id="board-{{ slug(board.dataset, board.protocol) }}">{{ board.dataset }} · {{ board.protocol }}</h3>
 <table class="leaderboard" data-dataset="{{ board.dataset }}" data-protocol="{{ board.protocol }}">
 <tr><th>model</th><th>strategy</th>{% for m in board.metrics %}<th>{{ m }}</th>{% endfor %}</tr>
 {% for model, strategy, cells in board.rows %}
 <tr><td>{{ model }}</td><td>{{ strategy }}</td>
-{% for c in cells %}<td class="num{{ ' best' if c.best }}" data-metric="{{ c.metric }}" data-value="{{ c.value | tojson }}">{{ number(c.value) }}{% if c.std > 0 %} <span class="std">± {{ "%.3f" | format(c.std) }}</span>{% endif %}</td>{% endfor %}
+{% for c in cells %}<td class="num{{ ' best' if c.best }}" data-metric="{{ c.metric }}" data-value="{{ c.value | tojson }}">{{ number(c.value) }}{% if c.std > 0 %} <span class="std">± {{ "%.3f" | format(c.std) }}</span>{% endif %}{% if c.has_interval %} <span class="ci">[{{ "%.3f" | format(c.low) }}, {{ "%.3f" | format(c.high) }}]</span>{% endif %}{% if c.tied %} <span class="tie" title="not significantly below the best">≈</span>{% endif %}</td>{% endfor %}
 </tr>
 {% endfor %}
 </table>

@@ -24,9 +24,37 @@ class SearchResult:
     ids: list[list[str]]
 
 
+SHOWN = 5
+"""How many offending ids or rows an error message names before it counts the rest."""
+
+
+def check_finite(vectors: np.ndarray, ids: Sequence[str] | None = None) -> None:
+    """Refuse NaN or infinite vectors before an index stores or searches them (every backend calls this).
+
+    With ``ids`` (vectors to add, aligned with them) the ``ValueError`` names the first few offending ids
+    and how many there are; without (queries) it names the offending query rows. A NaN would otherwise be
+    stored and silently rank last, or first, depending on the backend.
+    """
+    array = np.asarray(vectors)
+    if array.ndim != 2 or array.size == 0:
+        return
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if len(bad) == 0:
+        return
+    more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+    if ids is not None:
+        named = ", ".join(repr(str(ids[i])) for i in bad[:SHOWN])
+        raise ValueError(f"{len(bad)} of {len(array)} vectors to add hold NaN or infinite values: ids {named}{more}; "
+                         "embed those items again or leave them out (extraction reports them as skipped)")
+    rows = ", ".join(str(int(i)) for i in bad[:SHOWN])
+    raise ValueError(f"{len(bad)} of {len(array)} query vectors hold NaN or infinite values: rows {rows}{more}")
+
+
 @runtime_checkable
 class VectorIndex(Protocol):
-    """Add L2-normalised float32 vectors with ids and labels; search them for the top k."""
+    """Add L2-normalised float32 vectors with ids and labels; search them for the top k.
+
+    Every backend refuses non-finite vectors, to add or to search, with ``check_finite``'s ``ValueError``."""
 
     def add(self, ids: Sequence[str], vectors: np.ndarray, labels: Sequence[str] | None = None,
             splits: Sequence[str] | None = None) -> None: ...

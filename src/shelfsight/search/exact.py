@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from shelfsight.search.base import ItemTable, SearchResult
+from shelfsight.search.base import ItemTable, SearchResult, check_finite
 
 
 class ExactIndex:
@@ -32,6 +32,7 @@ class ExactIndex:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(ids):
             raise ValueError(f"expected {len(ids)} vectors as a 2-d array, got shape {vectors.shape}")
+        check_finite(vectors, ids)
         self._items.add(ids, labels, splits)
         self._chunks.append(vectors)
         self._matrix = None
@@ -44,7 +45,9 @@ class ExactIndex:
 
     def search(self, vectors: np.ndarray, k: int, *, label: str | None = None, split: str | None = None,
                exclude_ids: Sequence[str | None] | None = None) -> SearchResult:
-        queries = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=self.device)
+        array = np.asarray(vectors, dtype=np.float32)
+        check_finite(array)
+        queries = torch.as_tensor(array, device=self.device)
         gallery = self._gallery()
         allowed = torch.as_tensor(self._items.allowed(label, split), device=self.device)
         k_eff = max(0, min(k, int(allowed.sum())))

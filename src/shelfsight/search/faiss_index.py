@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from shelfsight.search.base import ItemTable, SearchResult
+from shelfsight.search.base import ItemTable, SearchResult, check_finite
 from shelfsight.search.faiss_compat import uses_numpy_faiss
 
 
@@ -39,6 +39,7 @@ class FaissFlatIndex:
         if vectors.ndim != 2 or len(vectors) != len(ids) or (self.dim and vectors.shape[1] != self.dim):
             expected = f"({len(ids)}, {self.dim or 'D'})"
             raise ValueError(f"expected vectors of shape {expected}, got {vectors.shape}")
+        check_finite(vectors, ids)
         self._items.add(ids, labels, splits)
         if self._index is None:
             self.dim = int(vectors.shape[1])
@@ -59,6 +60,7 @@ class FaissFlatIndex:
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if queries.ndim != 2:
             raise ValueError(f"expected queries as a 2-d array, got shape {queries.shape}")
+        check_finite(queries)
         excluded = self._items.excluded_positions(exclude_ids, len(queries))
         if k < 0:
             raise ValueError(f"need k >= 0, got {k}")

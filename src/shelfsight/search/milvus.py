@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from shelfsight.errors import ShelfsightError
-from shelfsight.search.base import SearchResult
+from shelfsight.search.base import SearchResult, check_finite
 from shelfsight.search.faiss_compat import uses_numpy_faiss
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class MilvusIndex:
             splits: Sequence[str] | None = None, attributes: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Insert new items; ``attributes`` (one JSON object per item) needs a collection made with attributes=True."""
         ids = [str(i) for i in ids]
-        vectors = self._check_vectors(vectors, len(ids), what="vectors")
+        vectors = self._check_vectors(vectors, len(ids), what="vectors", ids=ids)
         labels_ = _column(labels, len(ids), "labels", LABEL_MAX_LENGTH)
         splits_ = _column(splits, len(ids), "splits", SPLIT_MAX_LENGTH)
         extra = self._attribute_column(attributes, len(ids))
@@ -382,6 +382,13 @@ class MilvusIndex:
         finally:
             if self._lite_key is not None:
                 _release_lite(self._lite_key)
+
+    def drop(self) -> None:
+        """Drop the collection and close: for one-off collections (a bench cell's), so the store does not
+        grow without bound."""
+        if self.client is not None:
+            self.client.drop_collection(self.collection)
+        self.close()
 
     def tune(self, *, nprobe: int | None = None, ef: int | None = None, search_list: int | None = None) -> None:
         """Change search-time knobs (IVF nprobe, HNSW ef, DiskANN search list); build parameters are fixed."""
@@ -511,14 +518,15 @@ class MilvusIndex:
         found.sort(key=lambda f: (-f[0], f[1]))
         return found[:k]
 
-    def _check_vectors(self, vectors: np.ndarray, rows: int | None, *, what: str, unit: bool = True) -> np.ndarray:
-        """Shape, finiteness and, for stored vectors, unit norm: scores are cosines only for unit vectors."""
+    def _check_vectors(self, vectors: np.ndarray, rows: int | None, *, what: str, unit: bool = True,
+                       ids: Sequence[str] | None = None) -> np.ndarray:
+        """Shape, finiteness (``check_finite``: ``ids`` name stored vectors, rows name queries) and, for stored
+        vectors, unit norm: scores are cosines only for unit vectors."""
         array = np.ascontiguousarray(vectors, dtype=np.float32)
         if array.ndim != 2 or array.shape[1] != self.dim or (rows is not None and len(array) != rows):
             expected = f"({rows if rows is not None else 'Q'}, {self.dim})"
             raise ValueError(f"expected {what} of shape {expected}, got {array.shape}")
-        if not np.isfinite(array).all():
-            raise ValueError(f"{what} hold NaN or infinite values")
+        check_finite(array, ids)
         norms = np.linalg.norm(array, axis=1)
         if unit and len(array) and not np.allclose(norms, 1.0, atol=1e-3):
             raise ValueError(f"{what} must be L2-normalised (norms range {norms.min():.4g}..{norms.max():.4g})")
