@@ -1,4 +1,5 @@
-"""Shared fixtures: real data from $SHELFSIGHT_DATA_DIR and a catalogue of broken files."""
+"""Shared fixtures: real Grocery Store photos (the full dataset from $SHELFSIGHT_DATA_DIR, else the small copy
+committed in tests/fixtures) and a catalogue of broken files."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +38,90 @@ def data_root() -> Path | None:
     return Path(value) if value else None
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+"""A data root holding ``grocery-store/``: six real classes in the official layout (see its README.md)."""
+FULL_DATA = "full_data"
+FULL_DATA_HELP = "the full Grocery Store Dataset (set SHELFSIGHT_DATA_DIR)"
+REQUIRE_FULL_DATA_ENV = "SHELFSIGHT_REQUIRE_FULL_DATA"
+
+
+@dataclass(frozen=True)
+class GroceryExpected:
+    """What the Grocery Store copy in use holds: per-split image counts, fine and coarse classes."""
+
+    counts: dict[str, int]
+    fine_classes: int
+    coarse_classes: int
+
+
+GROCERY_FULL = GroceryExpected(counts={"train": 2640, "val": 296, "test": 2485, "iconic": 81},
+                               fine_classes=81, coarse_classes=43)
+GROCERY_FIXTURE = GroceryExpected(counts={"train": 60, "val": 32, "test": 60, "iconic": 6},
+                                  fine_classes=6, coarse_classes=5)
+
+
+def full_grocery_root() -> Path | None:
+    """The data root of $SHELFSIGHT_DATA_DIR when it holds the Grocery Store Dataset, else None."""
+    root = data_root()
+    if root is None or root.resolve() == FIXTURES or not (root / "grocery-store" / "dataset" / "classes.csv").is_file():
+        return None
+    return root
+
+
+def grocery_data_root() -> Path:
+    """The full dataset's data root where there is one (CI), else the committed fixture's (a fresh clone)."""
+    return full_grocery_root() or FIXTURES
+
+
+_DESELECTED_FULL_DATA = pytest.StashKey[list[str]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``full_data`` run only beside the full dataset. Without it they are deselected and named at
+    the end of the run, unless $SHELFSIGHT_REQUIRE_FULL_DATA is set (CI): then they run and fail at once."""
+    if full_grocery_root() is not None or os.environ.get(REQUIRE_FULL_DATA_ENV):
+        return
+    needing = [item for item in items if item.get_closest_marker(FULL_DATA)]
+    if needing:
+        config.hook.pytest_deselected(items=needing)
+        items[:] = [item for item in items if not item.get_closest_marker(FULL_DATA)]
+        config.stash[_DESELECTED_FULL_DATA] = [item.nodeid for item in needing]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    deselected = config.stash.get(_DESELECTED_FULL_DATA, [])
+    if deselected:
+        need = "1 test needs" if len(deselected) == 1 else f"{len(deselected)} tests need"
+        terminalreporter.write_sep("=", f"{need} {FULL_DATA_HELP}, deselected", yellow=True)
+        for nodeid in deselected:
+            terminalreporter.write_line(nodeid)
+
+
+@pytest.fixture(autouse=True)
+def _full_data_or_fail(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker(FULL_DATA) and full_grocery_root() is None:
+        pytest.fail(f"this test needs {FULL_DATA_HELP}; SHELFSIGHT_DATA_DIR="
+                    f"{os.environ.get('SHELFSIGHT_DATA_DIR') or '(unset)'} holds no full copy of it", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def grocery_root() -> Path:
-    """The data root holding the real Grocery Store Dataset (CI sets SHELFSIGHT_DATA_DIR)."""
-    root = data_root()
-    if root is None or not (root / "grocery-store" / "dataset" / "classes.csv").is_file():
-        pytest.skip("Grocery Store Dataset not found: set SHELFSIGHT_DATA_DIR to the shared datasets folder")
-    return root
+    """A data root holding ``grocery-store/``: the real dataset where $SHELFSIGHT_DATA_DIR holds it (CI), else
+    tests/fixtures, the committed six-class copy, so that no test skips on a fresh clone."""
+    return grocery_data_root()
+
+
+def grocery_expected(grocery_root: Path) -> GroceryExpected:
+    """The counts of the copy ``grocery_root`` points at, for tests that check exact numbers."""
+    return GROCERY_FIXTURE if grocery_root.resolve() == FIXTURES else GROCERY_FULL
+
+
+@pytest.fixture(autouse=True)
+def _grocery_data_dir(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that uses ``grocery_root`` sees SHELFSIGHT_DATA_DIR pointing at it, so code that reads the data root
+    from the environment (bench configs without data_dir, CLI subprocesses) finds the same copy."""
+    if "grocery_root" in request.fixturenames:
+        monkeypatch.setenv("SHELFSIGHT_DATA_DIR", str(request.getfixturevalue("grocery_root")))
 
 
 @pytest.fixture(scope="session")

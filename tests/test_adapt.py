@@ -15,6 +15,7 @@ from shelfsight.adapt import (
     HeadConfig,
     MLPHead,
     TopTuneConfig,
+    build_head_optimizer,
     embed_with_head,
     knn_classifier,
     linear_probe,
@@ -70,6 +71,16 @@ def test_head_config_is_validated() -> None:
         HeadConfig(norm="group")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dropout"):
         HeadConfig(dropout=1.0)
+
+
+def test_build_head_optimizer_builds_the_named_one() -> None:
+    head = MLPHead(8, 3, HeadConfig(width=4))
+    for name, kind in (("SGD", torch.optim.SGD), ("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW)):
+        optimizer = build_head_optimizer({"optimizer": name, "lr": 0.5, "weight_decay": 0.25}, head)
+        assert type(optimizer) is kind
+        assert optimizer.defaults["lr"] == 0.5 and optimizer.defaults["weight_decay"] == 0.25
+    with pytest.raises(ValueError, match="unknown optimizer 'Lion'"):
+        build_head_optimizer({"optimizer": "Lion"}, head)
 
 
 def test_embed_is_the_penultimate_layer() -> None:

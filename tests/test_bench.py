@@ -14,7 +14,8 @@ from shelfsight.bench.results import Cell, CellResult
 from shelfsight.bench.tracking import metric_key
 
 SMALL_MODEL = {"name": "efficientnet_lite0", "preprocess": {"input_size": 64}, "alias": "lite0-64"}
-SMALL_GROCERY = {"name": "grocery-store", "per_class": {"train": 2, "val": 1, "test": 1}}
+SMALL_GROCERY = {"name": "grocery-store", "per_class": {"train": 3, "val": 1, "test": 2}}
+"""Also fits the six-class fixture: a gallery of 24 (> k = 20) and 12 queries (> the 8 example queries)."""
 
 
 def _config(tmp_path: Path, **overrides: object) -> dict[str, object]:
@@ -82,7 +83,7 @@ def test_bench_runs_resumes_and_keeps_the_table(grocery_root: Path, tmp_path: Pa
     assert table[("lite0-64", "cost", "gflops_per_image")] > 0 and table[("lite0-64", "cost", "embed_dim")] == 1280
     assert set(first_table.columns) >= {"model", "dataset", "protocol", "strategy", "metric", "mean", "std", "n"}
     for protocol in ("fine", "coarse", "iconic"):
-        assert table[("lite0-64", protocol, "index_recall@20")] == 1.0 or protocol == "iconic"
+        assert protocol == "iconic" or table[("lite0-64", protocol, "index_recall@20")] == 1.0
         # real ImageNet features beat random weights on every protocol
         assert table[("lite0-64", protocol, "mMP@5")] > table[("lite0-64-random", protocol, "mMP@5")]
     assert (run_dir / "results.parquet").is_file() and (run_dir / "provenance.json").is_file()
@@ -165,6 +166,8 @@ def test_leaderboard_marks_the_best_value(tmp_path: Path) -> None:
 
 def test_strategies_side_by_side_with_costs(grocery_root: Path, tmp_path: Path) -> None:
     """pretrained, linear, knn and toptune cells on one small real subset, scored and costed."""
+    from shelfsight.catalog import load_catalog
+
     toptune = {"trials": 2, "trial_epochs": 3, "trial_repeats": 1, "final_max_epochs": 30, "patience": 5}
     config = load_config(_config(tmp_path, strategies=["pretrained", "linear", "knn", "toptune"], toptune=toptune,
                                  datasets=[{"name": "grocery-store",
@@ -172,9 +175,10 @@ def test_strategies_side_by_side_with_costs(grocery_root: Path, tmp_path: Path) 
     summary = run_bench(config, tmp_path / "run", progress=False)
     assert summary.failed == []
     table = read_table(tmp_path / "run").set_index(["strategy", "protocol", "metric"])["mean"]
-    chance = 1 / 81
+    n_classes = len(load_catalog("grocery-store", data_dir=grocery_root).classes)  # 81, or 6 on the fixture
+    chance = 1 / n_classes
     for strategy in ("linear", "knn", "toptune"):
-        assert table[(strategy, "classification", "accuracy")] > 5 * chance
+        assert table[(strategy, "classification", "accuracy")] > min(5 * chance, 0.5)  # 5/81; 1/2 for 6 classes
         assert 0 <= table[(strategy, "classification", "macro_f1")] <= 1
     assert ("pretrained", "classification", "accuracy") not in table.index
     assert table[("toptune", "cost", "trials_completed")] + table[("toptune", "cost", "trials_pruned")] == 2
@@ -184,8 +188,8 @@ def test_strategies_side_by_side_with_costs(grocery_root: Path, tmp_path: Path) 
             continue
         confusion = cell.details["confusion"]
         matrix = confusion["matrix"]
-        assert len(confusion["classes"]) == len(matrix) == 81
-        accuracy = sum(matrix[i][i] for i in range(81)) / sum(map(sum, matrix))
+        assert len(confusion["classes"]) == len(matrix) == n_classes
+        accuracy = sum(matrix[i][i] for i in range(n_classes)) / sum(map(sum, matrix))
         assert accuracy == pytest.approx(table[(cell.cell.strategy, "classification", "accuracy")])
     assert table[("toptune", "cost", "tune_seconds")] > 0
     assert table[("toptune", "fine", "mMP@5")] > 0  # top-tuned embeddings are evaluated for retrieval

@@ -9,11 +9,10 @@ import pytest
 
 from shelfsight.backbones import load_backbone
 from shelfsight.bench.evaluate import evaluate_protocol, split_for
-from shelfsight.catalog import Catalog, CatalogItem, load_catalog
+from shelfsight.catalog import DATASETS, Catalog, CatalogItem, load_catalog
 from shelfsight.embeddings import embed_catalog
 from shelfsight.embeddings.shards import export_shards, read_shard, write_shard
 from shelfsight.metrics import retrieval_report
-from shelfsight.protocols import PROTOCOLS
 from shelfsight.search import ExactIndex, MilvusIndex
 from shelfsight.search.bulk import bulk_index
 
@@ -76,7 +75,7 @@ def test_retrieval_on_a_milvus_server_with_bulk_indexed_shards_equals_milvus_lit
     catalog = full.subset([i for split in ("train", "val", "test") for i in full.select_splits(split).per_class(2).ids])
     backbone = load_backbone("efficientnet_lite0", preprocess={"input_size": 64})
     embeddings = embed_catalog(catalog, backbone, cache_dir=tmp_path / "cache", num_workers=0, progress=False)
-    protocol = PROTOCOLS["grocery-store"][0]
+    protocol = DATASETS["grocery-store"].protocols[0]
     data = split_for(protocol, catalog, embeddings)
     shards = export_shards(embeddings.ids, embeddings.vectors, tmp_path / "shards", rows_per_shard=64)
 

@@ -118,11 +118,14 @@ def test_unknown_source_suggests_close_dataset_names(tmp_path: Path) -> None:
 
 
 def test_grocery_store_real_counts_and_labels(grocery_root: Path) -> None:
+    from conftest import grocery_expected
+
+    expected = grocery_expected(grocery_root)  # the full dataset: 2640/296/2485/81, 81 fine and 43 coarse classes
     catalog = load_catalog("grocery-store", data_dir=grocery_root)
     counts = {split: len(catalog.select_splits(split)) for split in catalog.splits}
-    assert counts == {"train": 2640, "val": 296, "test": 2485, "iconic": 81}
-    assert len(catalog.classes) == 81
-    assert len({i.coarse_label for i in catalog}) == 43
+    assert counts == expected.counts
+    assert len(catalog.classes) == expected.fine_classes
+    assert len({i.coarse_label for i in catalog}) == expected.coarse_classes
     first = catalog.items[0]
     assert (first.label, first.coarse_label, first.split) == ("Golden-Delicious", "Apple", "train")
     banana = next(i for i in catalog if i.item_id.startswith("test/Fruit/Banana/"))
@@ -133,8 +136,10 @@ def test_grocery_store_real_counts_and_labels(grocery_root: Path) -> None:
 
 
 def test_grocery_store_accepts_the_dataset_folder_and_split_filter(grocery_root: Path) -> None:
+    from conftest import grocery_expected
+
     catalog = load_catalog("grocery-store", data_dir=grocery_root / "grocery-store", splits=("val",))
-    assert len(catalog) == 296 and catalog.splits == ("val",)
+    assert len(catalog) == grocery_expected(grocery_root).counts["val"] and catalog.splits == ("val",)
 
 
 def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -164,7 +164,12 @@ def test_finetune_cells_and_a_finetuned_backbone_carried_across(data_root: Path,
     assert tuned.details["backbone"].startswith("efficientnet_lite0@finetune:")
     matrix = tuned.details["confusion"]["matrix"]
     accuracy = sum(matrix[i][i] for i in range(len(matrix))) / sum(map(sum, matrix))
-    assert accuracy == pytest.approx(tuned.metrics["classification"]["accuracy"]) and accuracy > 5 / 81
+    from shelfsight.catalog import load_catalog
+
+    n_classes = len(load_catalog("grocery-store", data_dir=data_root).classes)  # 81, or 6 on the fixture
+    assert len(matrix) == n_classes
+    assert accuracy == pytest.approx(tuned.metrics["classification"]["accuracy"])
+    assert accuracy > min(5 / n_classes, 0.5), accuracy  # 5 x chance; half right for the fixture's 6 classes
     carried = cells["fashion-mnist/finetune@grocery-store"]
     folder = Path(tuned.details["finetuned"])
     assert carried.details["source"] == str(folder) and carried.details["tuned"] == "finetune"

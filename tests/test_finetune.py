@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from shelfsight.adapt import FinetuneConfig, FinetuneError, finetune, load_finetune_config, predict_classes
-from shelfsight.adapt.finetune import FinetuneNet, build_criterion, build_optimizer
+from shelfsight.adapt.finetune import FinetuneNet, build_backbone_optimizer, build_criterion
 from shelfsight.backbones import get_spec, load_backbone
 from shelfsight.backbones.finetuned import FINETUNED_DIR_ENV, default_output
 from shelfsight.backbones.loaders import FeatureEncoder
@@ -74,6 +74,17 @@ def test_settings_are_validated_with_the_field_named(tmp_path: Path) -> None:
         load_finetune_config(settings)
     with pytest.raises(FinetuneError, match="loss: Input should be 'ce', 'arcface' or 'proxy_anchor'"):
         load_finetune_config({"loss": "triplet"})
+
+
+def test_public_names_stay_importable_where_they_were() -> None:
+    import importlib
+
+    import shelfsight.adapt as adapt
+
+    module = importlib.import_module("shelfsight.adapt.finetune")  # the attribute of that name is the function
+    assert [name for name in module.__all__ if not hasattr(module, name)] == []
+    assert [name for name in adapt.__all__ if not hasattr(adapt, name)] == []
+    assert module.build_backbone_optimizer is not adapt.build_head_optimizer
 
 
 def test_resume_repeats_the_uninterrupted_run(tiny: Catalog, tmp_path: Path) -> None:
@@ -163,7 +174,7 @@ def test_metric_learning_losses_learn_their_class_vectors(loss: str) -> None:
         dim = backbone.encoder(torch.zeros(1, 3, 32, 32)).shape[1]
     net = FinetuneNet(backbone.encoder.train(), build_criterion(config, dim, 3))
     before = net.class_weights().detach().clone()
-    optimizer, _ = build_optimizer(net, config)
+    optimizer, _ = build_backbone_optimizer(net, config)
     for group in optimizer.param_groups:
         group["lr"] = config.lr * group["lr_scale"]
     pixels, labels = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(6) % 3
@@ -182,7 +193,7 @@ def test_metric_learning_losses_learn_their_class_vectors(loss: str) -> None:
 def test_layer_decay_follows_the_backbone_layers() -> None:
     config = FinetuneConfig(layer_decay=0.5, head_lr_scale=10.0)
     net = FinetuneNet(lite0().encoder, build_criterion(config, 1280, 5))
-    optimizer, layered = build_optimizer(net, config)
+    optimizer, layered = build_backbone_optimizer(net, config)
     assert layered
     scale = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
     model = net.encoder.model
@@ -193,7 +204,7 @@ def test_layer_decay_follows_the_backbone_layers() -> None:
     assert scale[id(net.criterion.weight)] == pytest.approx(10.0)
 
     plain = FeatureEncoder(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1)), "plain")
-    optimizer, layered = build_optimizer(FinetuneNet(plain, build_criterion(config, 4, 2)), config)
+    optimizer, layered = build_backbone_optimizer(FinetuneNet(plain, build_criterion(config, 4, 2)), config)
     assert not layered and {g["lr_scale"] for g in optimizer.param_groups} == {1.0, 10.0}
 
 

@@ -18,11 +18,10 @@ from scipy.io import savemat
 from typer.testing import CliRunner
 
 from conftest import gradient
-from shelfsight.catalog import DATASETS, load_catalog
+from shelfsight.catalog import DATASETS, classification_for, load_catalog, protocols_for
 from shelfsight.catalog.check import check_dataset
 from shelfsight.cli import app
 from shelfsight.errors import CatalogError, DatasetNotFoundError
-from shelfsight.protocols import classification_for, protocols_for
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}

@@ -46,19 +46,21 @@ def grocery_subset(grocery_root: Path) -> Catalog:
 def test_ray_extraction_equals_one_process_and_fills_the_same_cache(ray_cluster: None, grocery_subset: Catalog,
                                                                      tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    distributed = embed_catalog_ray(grocery_subset, RECIPE, options=RayOptions(actors=2), chunk_size=32,
+    chunk = min(32, len(grocery_subset) // 3)  # three chunks: 32 of the 96 photos; 4 of the fixture's 12
+    distributed = embed_catalog_ray(grocery_subset, RECIPE, options=RayOptions(actors=2), chunk_size=chunk,
                                     cache_dir=cache, progress=False)
     assert distributed.computed == len(grocery_subset) == len(distributed.ids)
-    single = embed_catalog(grocery_subset, RECIPE.load(), chunk_size=32, use_cache=False, num_workers=0,
+    single = embed_catalog(grocery_subset, RECIPE.load(), chunk_size=chunk, use_cache=False, num_workers=0,
                            progress=False)
     assert distributed.key == single.key  # one cache key, whichever engine computed it
     assert distributed.ids == single.ids == grocery_subset.ids
     np.testing.assert_allclose(distributed.vectors, single.vectors, atol=1e-6)
     # the single-machine engine reads the chunks the Ray run wrote: nothing recomputed
-    warm = embed_catalog(grocery_subset, RECIPE.load(), chunk_size=32, cache_dir=cache, num_workers=0, progress=False)
+    warm = embed_catalog(grocery_subset, RECIPE.load(), chunk_size=chunk, cache_dir=cache, num_workers=0,
+                         progress=False)
     assert warm.computed == 0 and warm.ids == single.ids
     # and a second Ray run finds everything cached without starting any work
-    again = embed_catalog_ray(grocery_subset, RECIPE, chunk_size=32, cache_dir=cache, progress=False)
+    again = embed_catalog_ray(grocery_subset, RECIPE, chunk_size=chunk, cache_dir=cache, progress=False)
     assert again.computed == 0
     shards = shard_paths(distributed.cache_folder or Path())
     assert len(shards) == 3
@@ -108,12 +110,13 @@ def test_a_killed_worker_is_replaced_and_no_item_is_lost_or_duplicated(ray_clust
             if not killed:
                 killed.append(_kill_one_backbone_actor())
 
-    result = embed_catalog_ray(grocery_subset, RECIPE, options=RayOptions(actors=2), chunk_size=8,
+    chunk = max(1, min(8, len(grocery_subset) // 12))  # twelve chunks: 8 of the 96 photos; 1 of the fixture's 12
+    result = embed_catalog_ray(grocery_subset, RECIPE, options=RayOptions(actors=2), chunk_size=chunk,
                                cache_dir=tmp_path / "cache", progress=False, on_chunk=kill_once)
     assert killed, "the run finished before a worker could be killed"
     assert result.ids == grocery_subset.ids  # every id once, in catalogue order
     assert len(set(result.ids)) == len(result.ids) and not result.skipped
-    single = embed_catalog(grocery_subset, RECIPE.load(), chunk_size=8, use_cache=False, num_workers=0,
+    single = embed_catalog(grocery_subset, RECIPE.load(), chunk_size=chunk, use_cache=False, num_workers=0,
                            progress=False)
     np.testing.assert_allclose(result.vectors, single.vectors, atol=1e-6)
 

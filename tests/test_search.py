@@ -15,6 +15,7 @@ from shelfsight.search import (
     ExactIndex,
     FaissFlatIndex,
     MilvusIndex,
+    MilvusIndexConfig,
     MilvusIndexError,
     SearchResult,
     UnsupportedIndexError,
@@ -55,7 +56,7 @@ def random_items() -> Items:
 @pytest.fixture(scope="module")
 def grocery_items(grocery_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Items:
     """Real EfficientNet-Lite0 embeddings of two validation photos per Grocery Store class."""
-    catalog = shelfsight.load_catalog("grocery-store", splits=("val",)).per_class(2)
+    catalog = shelfsight.load_catalog("grocery-store", data_dir=grocery_root, splits=("val",)).per_class(2)
     backbone = shelfsight.load_backbone("efficientnet_lite0", preprocess={"input_size": 64})
     embeddings = shelfsight.embed_catalog(catalog, backbone, num_workers=0, progress=False,
                                           cache_dir=tmp_path_factory.mktemp("embedding-cache"))
@@ -245,6 +246,29 @@ def test_an_index_type_milvus_lite_lacks_is_a_clear_error(tmp_path: Path) -> Non
         MilvusIndex.lite(tmp_path / "x.db", "items", 8, index_type="DISKANN")
     with pytest.raises(ValueError, match="unknown index type 'IVF_PQ'"):
         MilvusIndex.lite(tmp_path / "x.db", "items", 8, index_type="IVF_PQ")
+
+
+def test_an_unknown_option_is_refused_naming_it_before_anything_opens(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="unknown MilvusIndex option 'nprobes'"):
+        MilvusIndex.lite(tmp_path / "x.db", "items", 8, nprobes=4)
+    assert not (tmp_path / "x.db").exists()  # no Lite server was started
+    with pytest.raises(TypeError, match="unknown MilvusIndex option 'index'"):  # refused before connecting
+        open_index("milvus", uri="http://127.0.0.1:9", collection="items", dim=8, index="HNSW")
+    with pytest.raises(TypeError, match="'nlist' given together with config="):
+        MilvusIndex.lite(tmp_path / "x.db", "items", 8, config=MilvusIndexConfig(), nlist=4)
+    with pytest.raises(ValueError, match="nprobe must be a positive integer, got 0"):
+        MilvusIndexConfig(nprobe=0)
+
+
+def test_the_config_object_is_the_index_built(tmp_path: Path, random_items: Items) -> None:
+    config = MilvusIndexConfig(index_type="ivf_flat", metric="ip", nlist=8, nprobe=8)
+    assert (config.index_type, config.metric) == ("IVF_FLAT", "IP")
+    with _lite(tmp_path, random_items, config=config) as index:
+        assert index.config == config and len(index) == len(random_items.ids)  # readiness builds the index
+        info = index._index_info() or {}
+        assert (info["index_type"], info["params"]["nlist"]) == ("IVF_FLAT", 8)
+        index.tune(nprobe=2)
+        assert index.config.nprobe == 2 and index.config.nlist == 8
 
 
 def test_bad_input_is_refused_before_reaching_milvus(tmp_path: Path, random_items: Items) -> None:

@@ -2,6 +2,8 @@
 
 The index holds 5 training photos of 14 fine classes spread over the 81 (70 items); the queries are
 3 test photos of each (42), a fixed sample. Measured top-1 fine-class rate: 35/42 = 0.83 (chance 1/14).
+On the six-class fixture (tests/fixtures, no $SHELFSIGHT_DATA_DIR): 5 classes indexed (25 items), the sixth
+supplies the new products; 15 queries, top-1 measured 15/15 (chance 1/5).
 """
 
 from __future__ import annotations
@@ -57,13 +59,19 @@ class GrocerySubset:
     others: list[CatalogItem]
     """Test photos of classes that are not in the index (new products to add)."""
 
+    @property
+    def classes(self) -> list[str]:
+        return sorted({item.label for item in self.index})
+
 
 def grocery_subset(data_root: Path, n_classes: int = N_CLASSES, per_class: int = TRAIN_PER_CLASS,
                    queries_per_class: int = QUERIES_PER_CLASS) -> GrocerySubset:
-    """Every sixth fine class (alphabetically), so the sample spans fruit, vegetables and packages."""
+    """Every sixth fine class (alphabetically), so the sample spans fruit, vegetables and packages; from a
+    catalogue of fewer classes (the fixture), every class but the last, whose photos are the new products."""
     catalog = load_catalog("grocery-store", data_dir=data_root, splits=("train", "test"))
     classes = sorted(catalog.classes)
-    chosen = set(classes[::6][:n_classes])
+    step = min(6, -(-len(classes) // n_classes))  # 6 for the 81 classes
+    chosen = set(classes[::step][:min(n_classes, len(classes) - 1)])
     counts: dict[tuple[str, str], int] = {}
     picked: list[CatalogItem] = []
     for item in catalog:
@@ -74,7 +82,8 @@ def grocery_subset(data_root: Path, n_classes: int = N_CLASSES, per_class: int =
             picked.append(item)
     index = catalog.subset([i.item_id for i in picked if i.split == "train"], name="grocery-serve-subset")
     others = [i for i in catalog if i.split == "test" and i.label not in chosen]
-    return GrocerySubset(index, [i for i in picked if i.split == "test"], others[::40][:8])
+    spread = min(40, max(1, len(others) // 8))  # 40 for the 81 classes
+    return GrocerySubset(index, [i for i in picked if i.split == "test"], others[::spread][:8])
 
 
 def train_subset_head(catalog: Catalog, folder: Path, cache_dir: Path) -> Path:
@@ -112,7 +121,8 @@ def index_dir(subset: GrocerySubset, head_dir: Path, module_cache: Path,
     folder = tmp_path_factory.mktemp("index") / "grocery"
     report = build_index(MODEL, subset.index, folder, head=head_dir, cache_dir=module_cache, num_workers=0,
                          progress=False, export_onnx=False)
-    assert (report.added, report.total, report.dim, report.skipped) == (70, 70, 1280, [])
+    n = len(subset.index)  # 70; 25 on the fixture
+    assert (report.added, report.total, report.dim, report.skipped) == (n, n, 1280, [])
     return folder
 
 
@@ -179,10 +189,10 @@ def test_tags_come_from_the_head(client: TestClient, subset: GrocerySubset) -> N
     assert correct / len(subset.queries) >= TOP1_THRESHOLD
 
 
-def test_health_and_openapi(client: TestClient) -> None:
+def test_health_and_openapi(client: TestClient, subset: GrocerySubset) -> None:
     health = client.get("/health").json()
-    assert health["items"] == 70 and health["model"] == MODEL and health["encoder"] == "torch"
-    assert health["tagging"] and len(health["classes"]) == N_CLASSES and health["vectors"] == "backbone"
+    assert health["items"] == len(subset.index) and health["model"] == MODEL and health["encoder"] == "torch"
+    assert health["tagging"] and health["classes"] == subset.classes and health["vectors"] == "backbone"
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/tag", "/items", "/items/{item_id}/image", "/health"} <= set(paths)
     page = client.get("/")
@@ -200,7 +210,7 @@ def test_add_then_search_finds_the_item_and_delete_removes_it(client: TestClient
     added = client.post("/items", files=upload(photo.image_path),
                         data={"id": item_id, "label": "New-Product", "metadata": json.dumps({"price": 1.5})})
     assert added.status_code == 201, added.text
-    assert client.get("/health").json()["items"] == 71
+    assert client.get("/health").json()["items"] == len(subset.index) + 1
     best = client.post("/search", files=upload(photo.image_path), data={"k": "3"}).json()["results"][0]
     assert (best["id"], best["label"], best["split"], best["metadata"]) == (item_id, "New-Product", "uploaded",
                                                                            {"price": 1.5})
@@ -211,9 +221,9 @@ def test_add_then_search_finds_the_item_and_delete_removes_it(client: TestClient
     assert client.post("/items", files=upload(photo.image_path), data={"id": item_id}).status_code == 409
 
     assert client.delete(best["image_url"].removesuffix("/image")).status_code == 200
-    assert client.get("/health").json()["items"] == 70
+    assert client.get("/health").json()["items"] == len(subset.index)
     again = client.post("/search", files=upload(photo.image_path), data={"k": "100"}).json()["results"]
-    assert item_id not in {r["id"] for r in again} and len(again) == 70
+    assert item_id not in {r["id"] for r in again} and len(again) == len(subset.index)
     assert client.get(best["image_url"]).status_code == 404
     assert client.delete(best["image_url"].removesuffix("/image")).status_code == 404
     assert [p.name for p in IndexLayout.at(index_dir).uploads.iterdir()] == [".incoming"]
@@ -323,7 +333,7 @@ def test_bad_uploads_get_their_status_and_the_service_keeps_running(client: Test
     assert client.post("/search", data={"k": "3"}).status_code == 422  # no image at all
     assert client.post("/search", files=upload(subset.queries[0].image_path), data={"k": "0"}).status_code == 422
 
-    assert client.get("/health").json()["items"] == 70  # nothing bad was added
+    assert client.get("/health").json()["items"] == len(subset.index)  # nothing bad was added
     assert client.post("/search", files=upload(subset.queries[0].image_path)).status_code == 200
     assert [p.name for p in IndexLayout.at(index_dir).uploads.iterdir()] == [".incoming"]
     assert list(IndexLayout.at(index_dir).incoming.iterdir()) == []  # no spooled upload left behind
@@ -365,7 +375,7 @@ def test_images_are_served_only_from_inside_their_catalogue(client: TestClient, 
     assert refused.status_code == 403 and secret[:5] not in refused.content
     for item_id in (*crafted, "linked"):
         assert client.delete(f"/items/{item_id}").status_code == 200
-    assert client.get("/health").json()["items"] == 70
+    assert client.get("/health").json()["items"] == len(subset.index)
 
 
 # ── ONNX Runtime path ────────────────────────────────────────────────────────────────────────────────

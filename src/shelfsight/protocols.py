@@ -6,6 +6,10 @@ and photo to catalogue (test photos query the training photos or catalogue image
 may also keep a subset of the items: Cars196's metric-learning split evaluates classes 99..196
 only, across the official train and test images.
 
+Each public dataset declares its own protocols and classification split (``PROTOCOLS`` and
+``CLASSIFICATION`` in its ``catalog`` module; ``catalog.protocols_for`` looks them up); this module holds
+the types and the rules that derive them for a user catalogue.
+
 A protocol whose evaluation classes must be unseen in training (Cars196, SOP, In-shop) declares the
 items a tuned strategy may learn from (``train``); the bench refuses a tuned cell whose training items
 or classes overlap the evaluated ones, so its numbers compare with the metric-learning literature.
@@ -14,11 +18,12 @@ or classes overlap the evaluated ones, so its numbers compare with the metric-le
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from shelfsight.catalog import Catalog, CatalogItem, cars196, food101, inshop, products10k, rp2k, sop
-from shelfsight.catalog.hf import declared_protocol
 from shelfsight.errors import CatalogError
+
+if TYPE_CHECKING:
+    from shelfsight.catalog import Catalog, CatalogItem
 
 Relevance = Literal["label", "coarse_label", "product_id"]
 
@@ -94,58 +99,9 @@ class RetrievalProtocol:
         return str(value)
 
 
-PROTOCOLS: dict[str, tuple[RetrievalProtocol, ...]] = {
-    "grocery-store": (
-        RetrievalProtocol("fine", ("test",), ("train", "val"), "label",
-                          "test photos query train+val photos; relevant = same fine class (81)"),
-        RetrievalProtocol("coarse", ("test",), ("train", "val"), "coarse_label",
-                          "test photos query train+val photos; relevant = same coarse class (43)"),
-        RetrievalProtocol("iconic", ("test",), ("iconic",), "label",
-                          "test photos query the 81 iconic catalogue images; relevant = same product"),
-    ),
-    "fashion-mnist": (
-        RetrievalProtocol("category", ("test",), ("train",), "label",
-                          "test images query train images; relevant = same category (10)"),
-    ),
-    sop.NAME: (
-        RetrievalProtocol("product", ("test",), ("test",), "product_id",
-                          "leave-one-out over the test split; relevant = same product (11,316 products)",
-                          train=TrainingItems(("train",))),
-    ),
-    cars196.NAME: (
-        RetrievalProtocol("metric-learning", ("train", "test"), ("train", "test"), "label",
-                          "classes 99..196, leave-one-out over all their images (8,131); relevant = same model",
-                          subset=ItemSubset("product_id", frozenset(cars196.RETRIEVAL_CLASSES)),
-                          train=TrainingItems(("train", "test"),
-                                              ItemSubset("product_id", frozenset(cars196.TRAINING_CLASSES)))),
-    ),
-    inshop.NAME: (
-        RetrievalProtocol("item", ("query",), ("gallery",), "product_id",
-                          "query images search the gallery; relevant = same clothing item (3,985 items)",
-                          train=TrainingItems(("train",))),
-    ),
-    products10k.NAME: (
-        RetrievalProtocol("sku", ("test",), ("train",), "product_id",
-                          "test photos query the training photos; relevant = same SKU"),
-    ),
-    rp2k.NAME: (
-        RetrievalProtocol("product", ("test",), ("train",), "product_id",
-                          "test photos query the training photos; relevant = same product"),
-    ),
-    food101.NAME: (
-        RetrievalProtocol("dish", ("test",), ("train",), "label",
-                          "test photos query the training photos; relevant = same dish (101)"),
-    ),
-}
-
-
-def protocols_for(dataset: str, catalog: Catalog) -> tuple[RetrievalProtocol, ...]:
-    """The declared protocols of a public dataset, or a sensible one for a user catalogue:
-    query/gallery splits if present, else test -> train, else leave-one-out over everything.
-    An ``hf:`` source with ``protocol=NAME`` takes the protocols of the registered dataset NAME."""
-    dataset = declared_protocol(dataset) or dataset
-    if dataset in PROTOCOLS:
-        return PROTOCOLS[dataset]
+def derived_protocols(catalog: Catalog) -> tuple[RetrievalProtocol, ...]:
+    """A sensible protocol for a user catalogue: query/gallery splits if present, else test -> train, else
+    leave-one-out over everything; relevance by product id when every item has one."""
     splits = set(catalog.splits)
     relevance: Relevance = "product_id" if all(i.product_id for i in catalog) else "label"
     if {"query", "gallery"} <= splits:
@@ -166,23 +122,8 @@ class ClassificationSplits:
     label: Relevance = "label"
 
 
-CLASSIFICATION: dict[str, ClassificationSplits] = {
-    "grocery-store": ClassificationSplits(train=("train",), val=("val",), test=("test",)),
-    "fashion-mnist": ClassificationSplits(train=("train",), test=("test",)),
-    sop.NAME: ClassificationSplits(train=("train",), test=("test",)),  # the 12 categories
-    cars196.NAME: ClassificationSplits(train=("train",), test=("test",)),  # official split, 196 models
-    inshop.NAME: ClassificationSplits(train=("train",), test=("query", "gallery")),  # 23 categories
-    products10k.NAME: ClassificationSplits(train=("train",), test=("test",)),  # SKUs
-    rp2k.NAME: ClassificationSplits(train=("train",), test=("test",)),  # products
-    food101.NAME: ClassificationSplits(train=("train",), test=("test",)),  # 101 dishes
-}
-
-
-def classification_for(dataset: str, catalog: Catalog) -> ClassificationSplits | None:
-    """Declared splits of a public dataset; for a user catalogue train/val/test when present, else None."""
-    dataset = declared_protocol(dataset) or dataset
-    if dataset in CLASSIFICATION:
-        return CLASSIFICATION[dataset]
+def derived_classification(catalog: Catalog) -> ClassificationSplits | None:
+    """Classification splits of a user catalogue: train/val/test when present, else None."""
     splits = set(catalog.splits)
     if {"train", "test"} <= splits:
         return ClassificationSplits(train=("train",), test=("test",), val=("val",) if "val" in splits else None)

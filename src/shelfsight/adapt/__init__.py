@@ -12,6 +12,7 @@ from shelfsight.adapt.baselines import knn_classifier, linear_probe
 from shelfsight.adapt.finetune import (
     EpochStats,
     FinetuneConfig,
+    FinetuneEpochCallback,
     FinetuneError,
     FinetuneResult,
     finetune,
@@ -20,28 +21,22 @@ from shelfsight.adapt.finetune import (
 )
 from shelfsight.adapt.heads import HeadConfig, MLPHead
 from shelfsight.adapt.splits import LabelledSplits, labelled_splits, validation_mask
-from shelfsight.adapt.toptune import (
+from shelfsight.adapt.toptune import TopTuneConfig, TopTuneResult, storage_url, suggest_params, toptune
+from shelfsight.adapt.toptune_inference import embed_with_head, load_head, predict, save_head
+from shelfsight.adapt.toptune_training import (
     EpochRecord,
-    TopTuneConfig,
+    HeadEpochCallback,
     TopTuneError,
-    TopTuneResult,
     TrainedHead,
-    build_optimizer,
-    embed_with_head,
+    build_head_optimizer,
     head_config,
-    load_head,
-    predict,
-    save_head,
-    storage_url,
-    suggest_params,
-    toptune,
     train_head,
 )
 
 __all__ = [
-    "EpochRecord", "EpochStats", "FinetuneConfig", "FinetuneError", "FinetuneResult", "HeadConfig",
-    "LabelledSplits", "MLPHead", "TopTuneConfig", "TopTuneError", "TopTuneResult", "TrainedHead",
-    "build_optimizer", "embed_with_head", "finetune", "head_config", "knn_classifier", "labelled_splits",
-    "linear_probe", "load_finetune_config", "load_head", "predict", "predict_classes", "save_head", "storage_url",
-    "suggest_params", "toptune", "train_head", "validation_mask",
+    "EpochRecord", "EpochStats", "FinetuneConfig", "FinetuneEpochCallback", "FinetuneError", "FinetuneResult",
+    "HeadConfig", "HeadEpochCallback", "LabelledSplits", "MLPHead", "TopTuneConfig", "TopTuneError", "TopTuneResult",
+    "TrainedHead", "build_head_optimizer", "embed_with_head", "finetune", "head_config", "knn_classifier",
+    "labelled_splits", "linear_probe", "load_finetune_config", "load_head", "predict", "predict_classes", "save_head",
+    "storage_url", "suggest_params", "toptune", "train_head", "validation_mask",
 ]

@@ -129,7 +129,7 @@ def _inner_layer_ids(encoder: FeatureEncoder) -> dict[str, int] | None:
     return None
 
 
-def build_optimizer(net: FinetuneNet, config: FinetuneConfig) -> tuple[torch.optim.Optimizer, bool]:
+def build_backbone_optimizer(net: FinetuneNet, config: FinetuneConfig) -> tuple[torch.optim.Optimizer, bool]:
     """timm's optimizer over timm's parameter groups (no decay on biases and norms; layer-wise decay when
     asked and possible); the criterion's groups get ``head_lr_scale``. Returns whether layer decay applied."""
     from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shelfsight.catalog import Catalog, CatalogItem
-from shelfsight.protocols import ClassificationSplits, classification_for
+from shelfsight.catalog import Catalog, CatalogItem, classification_for
+from shelfsight.protocols import ClassificationSplits
 
 
 @dataclass(frozen=True)

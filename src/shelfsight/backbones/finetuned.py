@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from shelfsight import paths
 from shelfsight.backbones.loaders import FeatureEncoder, load_model
 from shelfsight.backbones.spec import BackboneSpec, Preprocess
 from shelfsight.errors import ModelUnavailableError, UnknownModelError
+from shelfsight.files import atomic_write
 
 MARK = "@finetune:"
 RECORD = "finetuned.json"
@@ -210,13 +210,4 @@ def load_class_weights(folder: str | os.PathLike[str]) -> tuple[torch.Tensor, li
 
 
 def _atomic(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(descriptor)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide a shared model from its other users
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    atomic_write(path, write)  # 0644: a shared model stays readable by its other users

@@ -22,8 +22,8 @@ import pandas as pd
 
 from shelfsight.bench.aggregate import CLASSIFICATION, CLASSIFICATION_METRICS, LABEL_COLUMNS, per_query_matrix
 from shelfsight.bench.results import CellResult, ResultStore
+from shelfsight.catalog import declared_entry
 from shelfsight.errors import ShelfsightError
-from shelfsight.protocols import PROTOCOLS
 from shelfsight.stats import Comparison, holm, paired_classification, paired_comparison
 
 SIGNIFICANCE_FILE = "significance.csv"
@@ -165,7 +165,8 @@ def compare(run_dir: str | Path, a: str, b: str, *, metric: str | None = None, p
     if group_a[1] != group_b[1]:
         raise ShelfsightError(f"{a} ({group_a[1]}) and {b} ({group_b[1]}) were scored on different datasets")
     first_a, first_b = scores.groups[group_a][0], scores.groups[group_b][0]
-    declared = [p.name for p in PROTOCOLS.get(group_a[1], ())]
+    entry = declared_entry(group_a[1])
+    declared = [p.name for p in entry.protocols] if entry is not None else []
     protocols = sorted((p for p in first_a.metrics if p in first_b.metrics),
                        key=lambda p: (declared.index(p) if p in declared else len(declared), p))
     if protocol is None:

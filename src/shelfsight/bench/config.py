@@ -26,10 +26,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shelfsight.adapt.finetune import FinetuneConfig
-from shelfsight.bench.strategies import CROSSTUNE, STRATEGIES, TUNED
+from shelfsight.adapt.toptune import TopTuneConfig
+from shelfsight.bench import strategies as registry
 from shelfsight.errors import ShelfsightError
 
 
@@ -56,7 +65,7 @@ class ModelEntry(_Strict):
         return self.name if self.pretrained else f"{self.name}-random-init"
 
 
-class DatasetEntry(_Strict):
+class BenchDataset(_Strict):
     name: str
     per_class: dict[str, int] | None = Field(
         default=None, description="At most N items per class in each named split (smaller, balanced runs).")
@@ -97,40 +106,36 @@ class EmbeddingConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
-class TopTuneSettings(_Strict):
-    """Top-tuning budget (the paper: 30 epochs a trial, 2 repeats, up to 1000 final epochs)."""
-
-    trials: int = Field(default=20, ge=1)
-    trial_epochs: int = Field(default=30, ge=1)
-    trial_repeats: int = Field(default=2, ge=1)
-    final_max_epochs: int = Field(default=1000, ge=1)
-    patience: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=256, ge=1)
-
-
 class StrategyEntry(_Strict):
     """A strategy, optionally kept to some models (by label: the name results show, e.g. an alias) and
-    datasets: the costly ones (finetune) rarely need the whole matrix. For ``crosstune``: ``tuned`` says
-    what is carried across (default: whichever of toptune and finetune the config runs on the source),
-    ``sources`` which datasets it is tuned on (default: every other dataset of the config)."""
+    datasets: the costly ones (finetune) rarely need the whole matrix. For the expanding strategy
+    (``crosstune``): ``tuned`` says what is carried across (default: whichever carried strategies the
+    config runs on the source), ``sources`` which datasets it is tuned on (default: every other dataset)."""
 
     name: str
     models: tuple[str, ...] | None = None
     datasets: tuple[str, ...] | None = None
-    tuned: tuple[Literal["toptune", "finetune"], ...] | None = None
+    tuned: tuple[str, ...] | None = None
     sources: tuple[str, ...] | None = None
 
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown strategy {value!r}; available: {', '.join(STRATEGIES)}")
+        registry.get(value)  # a ValueError naming the known strategies
+        return value
+
+    @field_validator("tuned")
+    @classmethod
+    def _carried(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in value or ():
+            registry.carried(name)
         return value
 
     @model_validator(mode="after")
-    def _crosstune_fields(self) -> StrategyEntry:
-        if self.name != CROSSTUNE and (self.tuned is not None or self.sources is not None):
-            raise ValueError(f"'tuned' and 'sources' apply to {CROSSTUNE} only, not {self.name}")
+    def _expanding_fields(self) -> StrategyEntry:
+        expanding = registry.expanding().name
+        if self.name != expanding and (self.tuned is not None or self.sources is not None):
+            raise ValueError(f"'tuned' and 'sources' apply to {expanding} only, not {self.name}")
         return self
 
     def applies(self, model: ModelEntry, dataset: str) -> bool:
@@ -157,14 +162,16 @@ class TrackingConfig(_Strict):
 class BenchConfig(_Strict):
     name: str = "bench"
     models: tuple[ModelEntry, ...]
-    datasets: tuple[DatasetEntry, ...]
-    strategies: tuple[StrategyEntry, ...] = (StrategyEntry(name="pretrained"),)
+    datasets: tuple[BenchDataset, ...]
+    strategies: tuple[StrategyEntry, ...] = (StrategyEntry(name=registry.baseline().name),)
     repeats: int = Field(default=1, ge=1)
     seed: int = 0
     index: IndexConfig = IndexConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
-    toptune: TopTuneSettings = TopTuneSettings()
+    toptune: TopTuneConfig = TopTuneConfig()
+    """Top-tuning budget and search space (``adapt.TopTuneConfig``: the paper's 20 trials x 30 epochs x 2
+    repeats, up to 1000 final epochs); the seed comes from ``seed`` and ``repeats``."""
     finetune: FinetuneConfig = FinetuneConfig()
     """Full fine-tuning settings (``adapt.FinetuneConfig``); the seed comes from ``seed`` and ``repeats``."""
     knn_k: int = Field(default=5, ge=1)
@@ -187,11 +194,11 @@ class BenchConfig(_Strict):
     def _strategy_shorthand(cls, value: Any) -> Any:
         return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
-    @field_validator("finetune", mode="before")
+    @field_validator("finetune", "toptune", mode="before")
     @classmethod
-    def _seed_is_the_runs(cls, value: Any) -> Any:
+    def _seed_is_the_runs(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, dict) and "seed" in value:
-            raise ValueError("set the seed with the top-level 'seed' and 'repeats', not inside finetune")
+            raise ValueError(f"set the seed with the top-level 'seed' and 'repeats', not inside {info.field_name}")
         return value
 
     @model_validator(mode="after")
@@ -221,15 +228,16 @@ class BenchConfig(_Strict):
 
     def crosstune_strategies(self, model: ModelEntry, dataset: str) -> list[str]:
         """``toptune@A`` / ``finetune@A`` cells of ``model`` evaluated on ``dataset``, from each source A."""
-        entry = self.strategy(CROSSTUNE)
+        entry = self.strategy(registry.expanding().name)
         if entry is None or not entry.applies(model, dataset):
             return []
         names: list[str] = []
         for source in (d.name for d in self.datasets):
             if source == dataset or (entry.sources is not None and source not in entry.sources):
                 continue
-            tuned: tuple[str, ...] = (entry.tuned or tuple(t for t in TUNED if self.runs(t, model, source))
-                                      or ("toptune",))
+            carried = registry.carried_names()
+            tuned: tuple[str, ...] = (entry.tuned or tuple(t for t in carried if self.runs(t, model, source))
+                                      or carried[:1])
             names.extend(f"{kind}@{source}" for kind in tuned)
         return names
 

@@ -17,24 +17,25 @@ import pandas as pd
 
 from shelfsight.backbones import Backbone, finetuned_name, get_spec, gflops_per_image, load_backbone, load_class_weights
 from shelfsight.backbones.finetuned import read_record
-from shelfsight.bench.config import BenchConfig, DatasetEntry, ModelEntry
+from shelfsight.bench import strategies
+from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry
 from shelfsight.bench.evaluate import IndexFactory
 from shelfsight.bench.identity import digest
 from shelfsight.bench.leakage import leaks, training_catalog, training_splits
 from shelfsight.bench.results import Cell, CellResult
 from shelfsight.bench.strategies import (
-    LINEAR_C_GRID,
     TUNING_RECORD,
+    CellRequest,
+    Prepared,
     StrategyInputs,
     TunedModel,
     parse_strategy,
-    run_strategy,
     seeded_validation,
     train_toptune,
 )
-from shelfsight.catalog import Catalog, load_catalog
+from shelfsight.catalog import Catalog, load_catalog, protocols_for
 from shelfsight.embeddings import Embeddings, embed_catalog
-from shelfsight.protocols import RetrievalProtocol, protocols_for
+from shelfsight.protocols import RetrievalProtocol
 from shelfsight.search import VectorIndex, open_index
 
 WORK_KEY = ".inputs-key"
@@ -59,13 +60,13 @@ class RunContext:
         self._claimed: set[Path] = set()
 
     # ------------------------------------------------------------------ loading
-    def catalog(self, dataset: DatasetEntry) -> Catalog:
+    def catalog(self, dataset: BenchDataset) -> Catalog:
         if dataset.name not in self._catalogs:
             catalog = load_catalog(dataset.name, data_dir=self.config.data_dir, image_root=dataset.image_root)
             self._catalogs[dataset.name] = _subset(catalog, dataset.per_class)
         return self._catalogs[dataset.name]
 
-    def dataset(self, name: str) -> DatasetEntry:
+    def dataset(self, name: str) -> BenchDataset:
         return next(d for d in self.config.datasets if d.name == name)
 
     def seeded_validation(self, name: str) -> bool:
@@ -92,7 +93,7 @@ class RunContext:
                              device=embedding.device, precision=embedding.precision, progress=progress)
 
     # ------------------------------------------------------------------ identity
-    def cell_inputs(self, cell: Cell, model: ModelEntry, dataset: DatasetEntry) -> dict[str, Any]:
+    def cell_inputs(self, cell: Cell, model: ModelEntry, dataset: BenchDataset) -> dict[str, Any]:
         """Every input that decides the cell's numbers (its key is their digest)."""
         kind, source = parse_strategy(cell.strategy)
         seed = self.seed_of(cell)
@@ -124,15 +125,7 @@ class RunContext:
                 "fingerprint": self._fingerprints[name]}
 
     def strategy_settings(self, kind: str) -> dict[str, Any]:
-        if kind == "toptune":
-            return self.config.toptune.model_dump(mode="json")
-        if kind == "finetune":
-            return json.loads(json.dumps(dataclasses.asdict(self.config.finetune), default=str))
-        if kind == "knn":
-            return {"k": self.config.knn_k}
-        if kind == "linear":
-            return {"C_grid": list(LINEAR_C_GRID)}
-        return {}
+        return strategies.get(kind).settings(self.config)
 
     def params(self, cell: Cell, model: ModelEntry) -> dict[str, Any]:
         """MLflow parameters; from the spec, so a cell whose weights failed to load is still described."""
@@ -152,33 +145,24 @@ class RunContext:
             dataset=cell.dataset, catalog=catalog, embeddings=embeddings, make_index=self._index_factory(),
             collection_prefix=_collection_name(cell), k=self.config.retrieval.k, ks=self.config.retrieval.ks,
             seed=self.seed_of(cell), workdir=self.run_dir / "work" / cell.cell_id, progress=progress, tuned=tuned,
-            options={"toptune": self.config.toptune.model_dump(), "knn_k": self.config.knn_k},
+            options={s.name: s.settings(self.config) for s in strategies.REGISTRY.values()},
             protocol_tuned=protocol_tuned or {}, keep_collections=self.config.index.keep_collections)
 
-    def run_cell(self, cell: Cell, model: ModelEntry, dataset: DatasetEntry, *,
+    def run_cell(self, cell: Cell, model: ModelEntry, dataset: BenchDataset, *,
                  progress: bool) -> tuple[CellResult, pd.DataFrame | None]:
         started = time.perf_counter()
         family = ""
         try:
-            kind, source = parse_strategy(cell.strategy)
+            strategy = strategies.strategy_of(cell.strategy)
             seed = self.seed_of(cell)
-            tuned, backbone = None, self.backbone(model, seed)
-            family = backbone.spec.family
+            family = self.backbone(model, seed).spec.family
             catalog = self.catalog(dataset)
-            protocol_tuned: dict[str, tuple[TunedModel, Embeddings]] = {}
-            if kind == "finetune":
-                tuned, backbone = self.finetuned(model, source or dataset.name, seed, progress)
-                if source is None:
-                    protocol_tuned = self._protocol_finetuned(model, dataset, tuned, seed, progress)
-            elif kind == "toptune":
-                if source is not None:
-                    tuned = self.toptuned(model, source, seed, progress)
-                else:
-                    self._claim(self.run_dir / "work" / cell.cell_id, self.tuning_inputs(model, dataset.name, kind,
-                                                                                         seed), cell)
+            request = CellRequest(self, cell, model, dataset, seed, progress)
+            prepared = strategy.prepare(request) if strategy.prepare else Prepared(self.backbone(model, seed))
+            backbone = prepared.backbone
             embeddings = self.embed(catalog, backbone, progress)
-            output = run_strategy(cell.strategy, self.strategy_inputs(cell, catalog, embeddings, progress, tuned,
-                                                                      protocol_tuned))
+            output = strategy.run(self.strategy_inputs(cell, catalog, embeddings, progress, prepared.tuned,
+                                                       prepared.protocol_tuned))
             costs = {**self._backbone_costs(backbone), "embed_dim": float(embeddings.dim),
                      "index_bytes": float(embeddings.vectors.nbytes), **output.costs,
                      "cell_seconds": time.perf_counter() - started}
@@ -209,9 +193,9 @@ class RunContext:
         key = (model.label, source, seed, name)
         if key in self._finetuned:
             return self._finetuned[key]
-        cell = Cell(model.label, source, "finetune", seed)
+        cell = Cell(model.label, source, strategies.finetune.NAME, seed)
         folder = (self.run_dir / "work" / cell.cell_id / (f"finetuned-{name}" if name else "finetuned")).resolve()
-        self._claim(folder, {**self.tuning_inputs(model, source, "finetune", seed), "protocol": name}, cell)
+        self.claim(folder, {**self.tuning_inputs(model, source, cell.strategy, seed), "protocol": name}, cell)
         catalog = self.catalog(self.dataset(source))
         splits = None
         if protocol is not None:
@@ -225,7 +209,7 @@ class RunContext:
             finetuned_name(model.name, str(folder))))
         return self._finetuned[key]
 
-    def _protocol_finetuned(self, model: ModelEntry, dataset: DatasetEntry, tuned: TunedModel, seed: int,
+    def protocol_finetuned(self, model: ModelEntry, dataset: BenchDataset, tuned: TunedModel, seed: int,
                             progress: bool) -> dict[str, tuple[TunedModel, Embeddings]]:
         """For each class-disjoint protocol whose classes the classification fine-tune saw: a backbone
         fine-tuned on the protocol's training items, and the catalogue embedded with it."""
@@ -244,21 +228,21 @@ class RunContext:
 
         key = (model.label, source, seed)
         if key not in self._toptuned:
-            cell = Cell(model.label, source, "toptune", seed)
+            cell = Cell(model.label, source, strategies.toptune.NAME, seed)
             workdir = self.run_dir / "work" / cell.cell_id
-            self._claim(workdir, self.tuning_inputs(model, source, "toptune", seed), cell)
+            self.claim(workdir, self.tuning_inputs(model, source, cell.strategy, seed), cell)
             if not (workdir / TUNING_RECORD).is_file() or not (workdir / "head" / "head.json").is_file():
                 catalog = self.catalog(self.dataset(source))
                 embeddings = self.embed(catalog, self.backbone(model, seed), progress)
                 train_toptune(self.strategy_inputs(cell, catalog, embeddings, progress))
             record = json.loads((workdir / TUNING_RECORD).read_text(encoding="utf-8"))
             head, _, params = load_head(workdir / "head")
-            self._toptuned[key] = TunedModel(kind="toptune", dataset=source, path=workdir / "head",
+            self._toptuned[key] = TunedModel(kind=strategies.toptune.NAME, dataset=source, path=workdir / "head",
                                              costs=dict(record["costs"]), details={"best_params": params},
                                              head=head, learned_from=tuple(record.get("learned_from", ())))
         return self._toptuned[key]
 
-    def _claim(self, folder: Path, inputs: dict[str, Any], cell: Cell) -> None:
+    def claim(self, folder: Path, inputs: dict[str, Any], cell: Cell) -> None:
         """Make ``folder`` hold work made from ``inputs``: work from other inputs (or any work, when the
         cell is forced) is cleared first, once per run."""
         if folder in self._claimed:
@@ -307,8 +291,8 @@ def _finetuned_model(folder: Path, source: str, labelled: Any) -> TunedModel:
                "stopped_early": training["stopped_early"], "train_input_size": record["train_input_size"],
                "finetune_config": record["config"]}
     learned = tuple(item.item_id for item in (*labelled.train, *labelled.val))
-    return TunedModel(kind="finetune", dataset=source, path=folder, costs=dict(record["costs"]), details=details,
-                      class_weights=weights, classes=tuple(classes), learned_from=learned)
+    return TunedModel(kind=strategies.finetune.NAME, dataset=source, path=folder, costs=dict(record["costs"]),
+                      details=details, class_weights=weights, classes=tuple(classes), learned_from=learned)
 
 
 def _subset(catalog: Catalog, per_class: dict[str, int] | None) -> Catalog:

@@ -13,6 +13,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from shelfsight.bench import strategies
 from shelfsight.bench.results import read_table
 
 MAIN_METRICS = ("mMP@5", "R@1", "R@5", "MAP@R", "MRR", "NDCG@10", "MAP")
@@ -31,7 +32,6 @@ LEGEND = ("Mean over seeds (± standard deviation when repeated; deterministic c
           "Holm-corrected over the table).")
 """Costs are shown, not ranked: their better direction differs from column to column."""
 OVERVIEW_COSTS = ("tune_seconds", "epochs", "train_images_per_s", "extract_images_per_s")
-STRATEGY_ORDER = ("pretrained", "linear", "knn", "toptune", "finetune")
 
 
 def _columns(protocol: str, available: pd.Index) -> list[str]:
@@ -54,11 +54,11 @@ def leaderboard_frames(table: pd.DataFrame, significance: pd.DataFrame | None = 
         metrics = _columns(str(protocol), pivots["mean"].columns)
         if not metrics:
             continue
-        frame = pivots["mean"][metrics].copy()
+        frame = pivots["mean"][metrics].dropna(how="all").copy()  # pivots hold every model x strategy pair
         for metric in metrics:
-            frame[f"{metric} std"] = pivots["std"][metric]
-            frame[f"{metric} low"] = pivots["ci_low"][metric]
-            frame[f"{metric} high"] = pivots["ci_high"][metric]
+            frame[f"{metric} std"] = pivots["std"][metric].reindex(frame.index)
+            frame[f"{metric} low"] = pivots["ci_low"][metric].reindex(frame.index)
+            frame[f"{metric} high"] = pivots["ci_high"][metric].reindex(frame.index)
         frame[TIED] = _tied(frame.index, significance, str(dataset), str(protocol))
         frames[(str(dataset), str(protocol))] = frame if protocol == "cost" else frame.sort_values(metrics[0],
                                                                                                   ascending=False)
@@ -77,11 +77,6 @@ def _tied(index: pd.Index, significance: pd.DataFrame | None, dataset: str, prot
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """The metric columns of a leaderboard frame (not their spreads, intervals or flags)."""
     return [str(c) for c in frame.columns if c != TIED and not str(c).endswith(SUFFIXES)]
-
-
-def _strategy_rank(strategy: str) -> tuple[int, str]:
-    """Plain strategies in order of cost, then the cross-tuned ones (``toptune@A``) by name."""
-    return (STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER), strategy)
 
 
 def overview_frames(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -106,7 +101,7 @@ def overview_frames(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
         frame = pd.DataFrame(columns)
         retrieval = [c for c in frame.columns if c not in OVERVIEW_COSTS and c != "accuracy"]
         frame = frame[retrieval + [c for c in ("accuracy", *OVERVIEW_COSTS) if c in frame.columns]]
-        order = sorted(frame.index, key=lambda key: (str(key[0]), _strategy_rank(str(key[1]))))
+        order = sorted(frame.index, key=lambda key: (str(key[0]), strategies.rank(str(key[1]))))
         frames[str(dataset)] = frame.loc[order]
     return frames
 

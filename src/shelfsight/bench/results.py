@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from shelfsight.files import atomic_write
 
 TABLE_COLUMNS = ["model", "family", "dataset", "protocol", "strategy", "metric", "mean", "std", "n", "repeats",
                  "ci_low", "ci_high"]
@@ -126,18 +126,6 @@ class ResultStore:
         table.to_csv(self.run_dir / "results.csv", index=False)
         table.to_parquet(self.run_dir / "results.parquet", index=False)
         return table
-
-
-def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
-    os.close(descriptor)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 def read_table(run_dir: str | os.PathLike[str]) -> pd.DataFrame:

@@ -21,11 +21,12 @@ import pandas as pd
 from rich.console import Console
 
 from shelfsight import __version__
-from shelfsight.bench.config import BenchConfig, DatasetEntry, ModelEntry, config_to_json
+from shelfsight.bench import strategies
+from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry, config_to_json
 from shelfsight.bench.context import RunContext
 from shelfsight.bench.identity import describe_change, digest
 from shelfsight.bench.results import Cell, CellResult, ResultStore
-from shelfsight.bench.strategies import CROSSTUNE, is_stochastic, parse_strategy, seeded_validation
+from shelfsight.bench.strategies import is_stochastic, parse_strategy, seeded_validation
 from shelfsight.bench.tracking import Tracker, default_tracking_uri
 
 
@@ -45,7 +46,7 @@ class BenchSummary:
     tracking_uri: str | None = None
 
 
-Plan = list[tuple[Cell, ModelEntry, DatasetEntry]]
+Plan = list[tuple[Cell, ModelEntry, BenchDataset]]
 
 
 def plan_cells(config: BenchConfig, *, seeded: Callable[[str], bool] | None = None) -> Plan:
@@ -58,7 +59,7 @@ def plan_cells(config: BenchConfig, *, seeded: Callable[[str], bool] | None = No
     """
     is_seeded = seeded or (lambda name: seeded_validation(name, None))
 
-    def seeds(strategy: str, model: ModelEntry, dataset: DatasetEntry) -> tuple[int | None, ...]:
+    def seeds(strategy: str, model: ModelEntry, dataset: BenchDataset) -> tuple[int | None, ...]:
         stochastic = is_stochastic(strategy, random_init=not model.pretrained,
                                    seeded_validation=is_seeded(dataset.name))
         return config.seeds if stochastic else (None,)
@@ -66,7 +67,7 @@ def plan_cells(config: BenchConfig, *, seeded: Callable[[str], bool] | None = No
     plain = [
         (Cell(model.label, dataset.name, strategy.name, seed), model, dataset)
         for dataset in config.datasets for model in config.models for strategy in config.strategies
-        if strategy.name != CROSSTUNE and strategy.applies(model, dataset.name)
+        if not strategies.get(strategy.name).expands and strategy.applies(model, dataset.name)
         for seed in seeds(strategy.name, model, dataset)
     ]
     crossed = [
@@ -121,7 +122,7 @@ def run_bench(
 
 
 def _run_one(context: RunContext, store: ResultStore, tracker: Tracker, summary: BenchSummary, out: Console,
-             prefix: str, planned: tuple[Cell, ModelEntry, DatasetEntry], *, forced: bool, progress: bool) -> None:
+             prefix: str, planned: tuple[Cell, ModelEntry, BenchDataset], *, forced: bool, progress: bool) -> None:
     cell, model, dataset = planned
     error, trace = "", ""
     try:

@@ -13,17 +13,18 @@ from pathlib import Path
 
 from shelfsight import paths
 from shelfsight.catalog import cars196, fashion_mnist, food101, grocery, inshop, products10k, rp2k, sop
-from shelfsight.catalog.hf import is_hf_source, load_hf
+from shelfsight.catalog.hf import declared_protocol, is_hf_source, load_hf
 from shelfsight.catalog.imagefolder import load_image_folder
 from shelfsight.catalog.images import decode_image, to_rgb
 from shelfsight.catalog.manifest import load_manifest
 from shelfsight.catalog.public import DatasetEntry, Loader
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import CatalogError, DatasetNotFoundError
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol, derived_classification, derived_protocols
 
 __all__ = [
-    "DATASETS", "Catalog", "CatalogItem", "DatasetEntry", "Loader", "decode_image", "load_catalog",
-    "load_image_folder", "load_manifest", "to_rgb",
+    "DATASETS", "Catalog", "CatalogItem", "DatasetEntry", "Loader", "classification_for", "decode_image",
+    "declared_entry", "load_catalog", "load_image_folder", "load_manifest", "protocols_for", "to_rgb",
 ]
 
 
@@ -41,6 +42,7 @@ DATASETS: dict[str, DatasetEntry] = {
         splits=(*grocery.SPLITS, grocery.ICONIC_SPLIT), licence="MIT", how_to_get=grocery.HOW_TO_GET,
         homepage="https://github.com/marcusklasson/GroceryStoreDataset",
         expected_counts={"train": 2_640, "val": 296, "test": 2_485, "iconic": 81}, locate=_grocery_root,
+        protocols=grocery.PROTOCOLS, classification=grocery.CLASSIFICATION,
         load=lambda data, cache, splits, download, explicit: grocery.load_grocery_store(
             data, splits=splits, explicit=explicit),
     ),
@@ -49,7 +51,8 @@ DATASETS: dict[str, DatasetEntry] = {
         description="Fashion-MNIST: 70,000 greyscale 28x28 article images, 10 categories",
         splits=("train", "test"), licence="MIT", how_to_get=fashion_mnist.HOW_TO_GET,
         homepage="https://github.com/zalandoresearch/fashion-mnist", expected_counts=fashion_mnist.EXPECTED_COUNTS,
-        locate=fashion_mnist.find_raw_dir,
+        locate=fashion_mnist.find_raw_dir, protocols=fashion_mnist.PROTOCOLS,
+        classification=fashion_mnist.CLASSIFICATION,
         load=lambda data, cache, splits, download, explicit: fashion_mnist.load_fashion_mnist(
             data, cache, splits=splits, download=download, explicit=explicit),
     ),
@@ -72,6 +75,10 @@ def load_catalog(
     narrows it."""
     text = os.fspath(source)
     if is_hf_source(text):
+        declared = declared_protocol(text)
+        if declared is not None and declared not in DATASETS:
+            raise CatalogError(f"{text!r}: protocol={declared!r} is not a registered dataset; use one of "
+                               f"{', '.join(DATASETS)}.")
         return load_hf(text, paths.cache_dir(cache_dir), splits=splits)
     if text in DATASETS:
         explicit = os.fspath(data_dir) if data_dir is not None else None
@@ -89,3 +96,23 @@ def load_catalog(
             f"or manifest.{hint}"
         )
     return catalog.select_splits(*splits) if splits else catalog
+
+
+def declared_entry(dataset: str) -> DatasetEntry | None:
+    """The registered dataset whose protocols ``dataset`` follows: itself, or the one an ``hf:`` source
+    names with ``protocol=NAME``; None for a user catalogue."""
+    return DATASETS.get(declared_protocol(dataset) or dataset)
+
+
+def protocols_for(dataset: str, catalog: Catalog) -> tuple[RetrievalProtocol, ...]:
+    """The protocols a registered dataset declares, or those derived for a user catalogue."""
+    entry = declared_entry(dataset)
+    return entry.protocols if entry is not None and entry.protocols else derived_protocols(catalog)
+
+
+def classification_for(dataset: str, catalog: Catalog) -> ClassificationSplits | None:
+    """The classification split a registered dataset declares, or the one derived for a user catalogue."""
+    entry = declared_entry(dataset)
+    if entry is not None and entry.classification is not None:
+        return entry.classification
+    return derived_classification(catalog)

@@ -25,6 +25,7 @@ import numpy as np
 from shelfsight.catalog.public import DatasetEntry, first_root, not_found, require_file, wanted_splits
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import CatalogError
+from shelfsight.protocols import ClassificationSplits, ItemSubset, RetrievalProtocol, TrainingItems
 
 NAME = "cars196"
 TITLE = "Cars196 (Stanford Cars)"
@@ -137,7 +138,19 @@ def _integer(path: Path, index: int, field: str, value: object, low: int, high: 
     return number
 
 
+PROTOCOLS = (
+    RetrievalProtocol("metric-learning", ("train", "test"), ("train", "test"), "label",
+                      "classes 99..196, leave-one-out over all their images (8,131); relevant = same model",
+                      subset=ItemSubset("product_id", frozenset(RETRIEVAL_CLASSES)),
+                      train=TrainingItems(("train", "test"),
+                                          ItemSubset("product_id", frozenset(TRAINING_CLASSES)))),
+)
+"""The retrieval protocols of the literature on this dataset, the main one first."""
+CLASSIFICATION = ClassificationSplits(train=("train",), test=("test",))  # the official split, 196 models
+
+
 ENTRY = DatasetEntry(
+    protocols=PROTOCOLS, classification=CLASSIFICATION,
     name=NAME, description="Cars196 (Stanford Cars): 16,185 photos of 196 car models (make, model, year)",
     splits=SPLITS, expected_counts=EXPECTED_COUNTS, homepage=HOMEPAGE, how_to_get=HOW_TO_GET,
     licence="non-commercial research and education (ImageNet-style terms; images from the web)",

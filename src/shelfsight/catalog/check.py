@@ -145,7 +145,7 @@ def _count(split: str, items: Sequence[CatalogItem], expected: int | None) -> Sp
 
 
 def _protocol_sizes(source: str, catalog: Catalog) -> tuple[ProtocolSize, ...]:
-    from shelfsight.protocols import protocols_for
+    from shelfsight.catalog import protocols_for
 
     sizes = []
     for protocol in protocols_for(source, catalog):

@@ -22,6 +22,7 @@ from PIL import Image
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import CatalogError, DatasetNotFoundError
 from shelfsight.paths import describe_data_dir
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
 
 NAME = "fashion-mnist"
 CLASSES = (
@@ -142,3 +143,11 @@ def _download(root: Path) -> Path:
     for train in (True, False):
         FashionMNIST(str(root), train=train, download=True)
     return root / "FashionMNIST" / "raw"
+
+
+PROTOCOLS = (
+    RetrievalProtocol("category", ("test",), ("train",), "label",
+                      "test images query train images; relevant = same category (10)"),
+)
+"""The retrieval protocols of the literature on this dataset, the main one first."""
+CLASSIFICATION = ClassificationSplits(train=("train",), test=("test",))

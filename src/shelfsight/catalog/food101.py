@@ -22,6 +22,7 @@ from shelfsight.catalog.public import (
     wanted_splits,
 )
 from shelfsight.catalog.types import Catalog, CatalogItem
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
 
 NAME = "food-101"
 TITLE = "Food-101"
@@ -58,7 +59,16 @@ def load(data_dir: Path | None, *, splits: tuple[str, ...] | None = None, explic
     return Catalog(name=NAME, root=root, items=tuple(items), description=f"{TITLE}: 101 dishes")
 
 
+PROTOCOLS = (
+    RetrievalProtocol("dish", ("test",), ("train",), "label",
+                      "test photos query the training photos; relevant = same dish (101)"),
+)
+"""The retrieval protocols of the literature on this dataset, the main one first."""
+CLASSIFICATION = ClassificationSplits(train=("train",), test=("test",))  # 101 dishes
+
+
 ENTRY = DatasetEntry(
+    protocols=PROTOCOLS, classification=CLASSIFICATION,
     name=NAME, description="Food-101: 101,000 photos of 101 dishes (750 train / 250 test per class)",
     splits=SPLITS, expected_counts=EXPECTED_COUNTS, homepage=HOMEPAGE, how_to_get=HOW_TO_GET,
     licence="research use; images from foodspotting.com under its terms of use",

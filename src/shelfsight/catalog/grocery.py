@@ -14,6 +14,7 @@ from pathlib import Path
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import CatalogError, DatasetNotFoundError
 from shelfsight.paths import describe_data_dir
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
 
 NAME = "grocery-store"
 SPLITS = ("train", "val", "test")
@@ -112,3 +113,15 @@ def iconic_description(item: CatalogItem) -> str | None:
     """The product description text that comes with an iconic image, if present."""
     candidate = Path(os.fspath(item.image_path).replace("_Iconic.jpg", "_Description.txt"))
     return candidate.read_text(encoding="utf-8", errors="replace").strip() if candidate.is_file() else None
+
+
+PROTOCOLS = (
+    RetrievalProtocol("fine", ("test",), ("train", "val"), "label",
+                      "test photos query train+val photos; relevant = same fine class (81)"),
+    RetrievalProtocol("coarse", ("test",), ("train", "val"), "coarse_label",
+                      "test photos query train+val photos; relevant = same coarse class (43)"),
+    RetrievalProtocol("iconic", ("test",), ("iconic",), "label",
+                      "test photos query the 81 iconic catalogue images; relevant = same product"),
+)
+"""The retrieval protocols of the literature on this dataset, the main one first."""
+CLASSIFICATION = ClassificationSplits(train=("train",), val=("val",), test=("test",))

@@ -76,8 +76,6 @@ def parse_source(text: str) -> HFSource:
 def load_hf(text: str, cache_root: Path, *, splits: tuple[str, ...] | None = None) -> Catalog:
     """The catalogue of a saved or hub dataset, images materialised once as files in the cache."""
     source = parse_source(text)
-    if source.protocol is not None:
-        _check_protocol(text, source.protocol)
     parts = _open(source)
     named = {SPLIT_NAMES.get(s, s): s for s in parts if not source.split or s in source.split}
     unknown = [s for s in (*source.split, *(splits or ())) if s not in named and s not in parts]
@@ -92,14 +90,6 @@ def load_hf(text: str, cache_root: Path, *, splits: tuple[str, ...] | None = Non
     for split in chosen:
         items.extend(_split_items(text, source, parts[split], SPLIT_NAMES.get(split, split), root))
     return Catalog(name=text, root=root, items=tuple(items), description=f"Hugging Face dataset {source.ref}")
-
-
-def _check_protocol(text: str, name: str) -> None:
-    from shelfsight.protocols import PROTOCOLS
-
-    if name not in PROTOCOLS:
-        raise CatalogError(f"{text!r}: protocol={name!r} is not a registered dataset; use one of "
-                           f"{', '.join(PROTOCOLS)}.")
 
 
 def _open(source: HFSource) -> dict[str, Dataset]:

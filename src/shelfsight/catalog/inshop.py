@@ -25,6 +25,7 @@ from shelfsight.catalog.public import (
 )
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import CatalogError
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol, TrainingItems
 
 NAME = "deepfashion-inshop"
 TITLE = "DeepFashion In-shop Clothes Retrieval"
@@ -92,7 +93,17 @@ def _read_partition(path: Path, base: Path) -> list[CatalogItem]:
     return items
 
 
+PROTOCOLS = (
+    RetrievalProtocol("item", ("query",), ("gallery",), "product_id",
+                      "query images search the gallery; relevant = same clothing item (3,985 items)",
+                      train=TrainingItems(("train",))),
+)
+"""The retrieval protocols of the literature on this dataset, the main one first."""
+CLASSIFICATION = ClassificationSplits(train=("train",), test=("query", "gallery"))  # 23 categories
+
+
 ENTRY = DatasetEntry(
+    protocols=PROTOCOLS, classification=CLASSIFICATION,
     name=NAME, description="DeepFashion In-shop: 52,712 shop photos of 7,982 clothing items in 23 categories",
     splits=SPLITS, expected_counts=EXPECTED_COUNTS, homepage=HOMEPAGE, how_to_get=HOW_TO_GET,
     licence="non-commercial research only (DeepFashion agreement; images belong to their owners)",

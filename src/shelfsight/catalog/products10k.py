@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shelfsight.catalog.public import DatasetEntry, first_root, malformed, not_found, require_file, wanted_splits
 from shelfsight.catalog.types import Catalog, CatalogItem
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
 
 NAME = "products-10k"
 TITLE = "Products-10K"
@@ -91,7 +92,16 @@ def _read_csv(path: Path, split: str) -> list[dict[str, str]]:
     return rows
 
 
+PROTOCOLS = (
+    RetrievalProtocol("sku", ("test",), ("train",), "product_id",
+                      "test photos query the training photos; relevant = same SKU"),
+)
+"""The retrieval protocols of the literature on this dataset, the main one first."""
+CLASSIFICATION = ClassificationSplits(train=("train",), test=("test",))  # SKUs
+
+
 ENTRY = DatasetEntry(
+    protocols=PROTOCOLS, classification=CLASSIFICATION,
     name=NAME, description="Products-10K: about 190,000 photos of about 10,000 JD.com SKUs, with product groups",
     splits=SPLITS, expected_counts=EXPECTED_COUNTS, counts_verified=False, homepage=HOMEPAGE,
     how_to_get=HOW_TO_GET, licence="non-commercial research only (see the dataset page)",

@@ -15,6 +15,7 @@ from pathlib import Path
 from shelfsight.catalog.types import Catalog
 from shelfsight.errors import CatalogError, DatasetNotFoundError
 from shelfsight.paths import describe_data_dir
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
 
 Loader = Callable[[Path | None, Path, "tuple[str, ...] | None", bool, "str | None"], Catalog]
 """(data root, cache root, splits, download, the data root as the user gave it) -> catalogue."""
@@ -38,6 +39,10 @@ class DatasetEntry:
     locate: Callable[[Path | None], Path | None] | None = None
     """Finds the dataset's root without reading it (cheap presence test); None: try loading instead."""
     citation: str = ""
+    protocols: tuple[RetrievalProtocol, ...] = ()
+    """Its retrieval protocols, the main one first."""
+    classification: ClassificationSplits | None = None
+    """Where a classifier trains, stops early and is scored."""
 
     @property
     def expected_total(self) -> int | None:

@@ -15,6 +15,7 @@ from shelfsight.catalog.images import is_image_name
 from shelfsight.catalog.public import DatasetEntry, first_root, not_found, wanted_splits
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import DatasetNotFoundError
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
 
 NAME = "rp2k"
 TITLE = "RP2K"
@@ -63,7 +64,16 @@ def _sorted_entries(folder: Path, *, folders: bool) -> list[str]:
                       if (e.is_dir() if folders else e.is_file()) and not (folders and e.name.startswith(".")))
 
 
+PROTOCOLS = (
+    RetrievalProtocol("product", ("test",), ("train",), "product_id",
+                      "test photos query the training photos; relevant = same product"),
+)
+"""The retrieval protocols of the literature on this dataset, the main one first."""
+CLASSIFICATION = ClassificationSplits(train=("train",), test=("test",))  # products
+
+
 ENTRY = DatasetEntry(
+    protocols=PROTOCOLS, classification=CLASSIFICATION,
     name=NAME, description="RP2K: shelf photos of about 2,400 retail products (one folder per product)",
     splits=SPLITS, expected_counts=EXPECTED_COUNTS, counts_verified=False, homepage=HOMEPAGE, how_to_get=HOW_TO_GET,
     licence="research use (see the dataset page)",

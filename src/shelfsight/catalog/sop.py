@@ -24,6 +24,7 @@ from shelfsight.catalog.public import (
     wanted_splits,
 )
 from shelfsight.catalog.types import Catalog, CatalogItem
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol, TrainingItems
 
 NAME = "stanford-online-products"
 TITLE = "Stanford Online Products"
@@ -74,7 +75,17 @@ def _read_listing(root: Path, split: str) -> list[CatalogItem]:
     return items
 
 
+PROTOCOLS = (
+    RetrievalProtocol("product", ("test",), ("test",), "product_id",
+                      "leave-one-out over the test split; relevant = same product (11,316 products)",
+                      train=TrainingItems(("train",))),
+)
+"""The retrieval protocols of the literature on this dataset, the main one first."""
+CLASSIFICATION = ClassificationSplits(train=("train",), test=("test",))  # the 12 categories
+
+
 ENTRY = DatasetEntry(
+    protocols=PROTOCOLS, classification=CLASSIFICATION,
     name=NAME, description="Stanford Online Products: 120,053 eBay photos of 22,634 products in 12 categories",
     splits=SPLITS, expected_counts=EXPECTED_COUNTS, homepage=HOMEPAGE, how_to_get=HOW_TO_GET,
     licence="non-commercial research (photos from eBay listings)",

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shelfsight.files import atomic_write
 
 FORMAT_VERSION = 1
 NON_FINITE = "non-finite embedding"
@@ -102,13 +102,10 @@ class EmbeddingCache:
 
 
 def _atomic_write(target: Path, write: Any) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
+    """Chunks and manifests are flushed to disk before the rename: a killed run leaves whole chunks only."""
+
+    def to_file(path: Path) -> None:
+        with open(path, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    atomic_write(target, to_file, mode=None, fsync=True)

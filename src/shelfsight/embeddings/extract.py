@@ -7,14 +7,13 @@ import csv
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from shelfsight import paths
@@ -23,6 +22,7 @@ from shelfsight.catalog.images import decode_image
 from shelfsight.catalog.types import Catalog
 from shelfsight.embeddings.cache import Chunk, EmbeddingCache, SkippedItem, cache_key, make_chunk
 from shelfsight.errors import ImageDecodeError
+from shelfsight.progress import progress_bar
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DEFAULT_CHUNK_SIZE = 1024
@@ -139,23 +139,14 @@ def embed_catalog(
     }
     if use_cache and missing:
         cache.write_manifest(manifest)
-    computed_chunks: dict[int, Chunk] = {}
     started = time.perf_counter()
-    computed = 0
-    if missing:
-        for index, chunk in _compute_chunks(
-            catalog, backbone, encoder, missing, chunk_size=chunk_size, batch_size=batch_size,
-            num_workers=default_num_workers() if num_workers is None else num_workers, device=torch_device,
-            precision=resolved_precision, draft=draft, progress=progress, already_done=len(catalog)
-            - sum(min(chunk_size, len(catalog) - i * chunk_size) for i in missing),
-        ):
-            computed += len(chunk.ids) + len(chunk.skipped)
-            if use_cache:
-                cache.write_chunk(index, chunk)
-            else:
-                computed_chunks[index] = chunk
-            if on_chunk is not None:
-                on_chunk(index)
+    chunks_in = _compute_chunks(
+        catalog, backbone, encoder, missing, chunk_size=chunk_size, batch_size=batch_size,
+        num_workers=default_num_workers() if num_workers is None else num_workers, device=torch_device,
+        precision=resolved_precision, draft=draft, progress=progress, already_done=len(catalog)
+        - sum(min(chunk_size, len(catalog) - i * chunk_size) for i in missing),
+    ) if missing else iter(())
+    computed, computed_chunks = _store_chunks(chunks_in, cache if use_cache else None, on_chunk)
     seconds = time.perf_counter() - started
     if computed:
         manifest.update({"images_per_second": computed / seconds, "rate_batch_size": batch_size})
@@ -166,6 +157,21 @@ def embed_catalog(
         chunks, key=key, computed=computed, seconds=seconds, device=str(torch_device), precision=resolved_precision,
         cache_folder=cache.folder if use_cache else None, extraction_rate=manifest.get("images_per_second"),
         catalog=catalog)
+
+
+def _store_chunks(chunks: Iterable[tuple[int, Chunk]], cache: EmbeddingCache | None,
+                  on_chunk: Callable[[int], None] | None) -> tuple[int, dict[int, Chunk]]:
+    """Write each computed chunk to the cache (or keep it in memory without one); count the items."""
+    computed, kept = 0, {}
+    for index, chunk in chunks:
+        computed += len(chunk.ids) + len(chunk.skipped)
+        if cache is not None:
+            cache.write_chunk(index, chunk)
+        else:
+            kept[index] = chunk
+        if on_chunk is not None:
+            on_chunk(index)
+    return computed, kept
 
 
 def embeddings_from_chunks(chunks: list[Chunk], *, key: str, computed: int, seconds: float, device: str,
@@ -302,23 +308,6 @@ def _forward(
     return features.cpu().numpy().astype(np.float32, copy=False)
 
 
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int, completed: int, description: str) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(description, total=total, completed=completed, rate="-")
-        started, done = time.perf_counter(), 0
-
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            elapsed = time.perf_counter() - started
-            bar.update(task, advance=n, rate=f"{done / elapsed:.1f}" if elapsed > 0 else "-")
-
-        yield advance
+def _progress_bar(enabled: bool, total: int, completed: int, description: str
+                  ) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    return progress_bar(enabled, total, description, completed=completed, unit="img")

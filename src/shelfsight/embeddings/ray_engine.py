@@ -47,6 +47,7 @@ from shelfsight.embeddings.extract import (
 )
 from shelfsight.embeddings.shards import write_shard
 from shelfsight.errors import ShelfsightError
+from shelfsight.progress import progress_bar
 
 
 class RayEngineError(ShelfsightError):
@@ -298,9 +299,7 @@ def _write_chunk(cache: EmbeddingCache, index: int, state: _PendingChunk, items:
 
 
 def _progress(enabled: bool, total: int, completed: int, description: str) -> Any:
-    from shelfsight.embeddings.extract import _progress_bar
-
-    return _progress_bar(enabled, total, completed, description)
+    return progress_bar(enabled, total, description, completed=completed, unit="img")
 
 
 def shard_paths(cache_folder: Path) -> list[Path]:

@@ -7,13 +7,14 @@ by ranges; one shard per cache chunk keeps shards whole and retries idempotent.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from shelfsight.files import atomic_write
 
 
 def write_shard(path: str | os.PathLike[str], ids: Sequence[str], vectors: np.ndarray) -> Path:
@@ -25,15 +26,7 @@ def write_shard(path: str | os.PathLike[str], ids: Sequence[str], vectors: np.nd
         raise ValueError(f"{len(ids)} ids for vectors of shape {vectors.shape}")
     column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
     table = pa.table({"id": pa.array(list(ids), pa.string()), "vector": column})
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(descriptor)
-    try:
-        pq.write_table(table, temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(target, lambda path: pq.write_table(table, path), mode=None)
 
 
 def read_shard(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from shelfsight.bench import strategies as registry
 from shelfsight.report.data import datasets, main_metric, main_protocol
 
-BASELINE = "pretrained"
-ADAPTATIONS = ("toptune", "finetune")
+BASELINE = registry.baseline().name
+ADAPTATIONS = tuple(s.name for s in registry.REGISTRY.values() if s.adaptation)
 """Adaptations of the paper whose gain over the pre-trained embedding is shown per family."""
-NO_TRAINING = ("pretrained", "knn")
+NO_TRAINING = tuple(s.name for s in registry.REGISTRY.values() if s.tier == registry.NO_TRAINING)
 """Strategies that fit nothing: their tuning time is zero, not unknown."""
 
 
@@ -39,8 +40,8 @@ COST_AXES = (
 
 def cross_source(strategy: str) -> tuple[str, str] | None:
     """``toptune@sop`` -> ``("toptune", "sop")``: a head or backbone tuned on another dataset."""
-    tuned, sep, source = strategy.partition("@")
-    return (tuned, source) if sep and tuned and source else None
+    tuned, source = registry.parse_strategy(strategy)
+    return (tuned, source) if source is not None and tuned else None
 
 
 def pareto_front(cost: Sequence[float], quality: Sequence[float], *, lower_cost_is_better: bool = True) -> list[int]:

@@ -18,11 +18,11 @@ from shelfsight.report import figures
 from shelfsight.report.analysis import ADAPTATIONS, adaptation_gains, cross_tuning, family_gains, quality_and_cost
 from shelfsight.report.data import RunData, datasets, main_metric, main_protocol, retrieval_protocols
 from shelfsight.report.images import Thumbnails
+from shelfsight.report.paired import PairedTests
 from shelfsight.report.recommend import (
     AUTO_TAGGING,
     TIERS,
     VISUAL_SEARCH,
-    PairedTests,
     Recommendations,
     recommend,
     task_metric,

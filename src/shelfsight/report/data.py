@@ -15,7 +15,7 @@ import pandas as pd
 
 from shelfsight.bench.leaderboard import MAIN_METRICS
 from shelfsight.bench.results import CellResult, ResultStore, read_table
-from shelfsight.protocols import PROTOCOLS
+from shelfsight.catalog import declared_entry
 
 NON_RETRIEVAL = ("cost", "classification")
 CLASSIFICATION_METRIC = "accuracy"
@@ -82,9 +82,10 @@ def datasets(table: pd.DataFrame) -> list[str]:
 
 
 def retrieval_protocols(table: pd.DataFrame, dataset: str) -> list[str]:
-    """The dataset's retrieval protocols, its declared main one first (``protocols.PROTOCOLS`` order)."""
+    """The dataset's retrieval protocols, its declared main one first (the dataset entry's order)."""
     present = {str(p) for p in table.loc[table["dataset"] == dataset, "protocol"].unique()} - set(NON_RETRIEVAL)
-    declared = [p.name for p in PROTOCOLS.get(dataset, ()) if p.name in present]
+    entry = declared_entry(dataset)
+    declared = [p.name for p in (entry.protocols if entry else ()) if p.name in present]
     return declared + sorted(present - set(declared))
 
 

@@ -15,17 +15,17 @@ from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from shelfsight.bench import strategies as registry
 from shelfsight.report.analysis import COST_AXES, pareto_front
 from shelfsight.report.data import main_metric, retrieval_protocols
 
-STRATEGY_ORDER = ("pretrained", "knn", "linear", "toptune", "finetune")
 DPI = 100
 
 
 def strategy_colours(strategies: Sequence[str]) -> dict[str, str]:
     """One colour per strategy, the same in every figure of a report."""
     palette = [f"C{i}" for i in range(10)]
-    ordered = sorted(set(strategies), key=lambda s: (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else 99, s))
+    ordered = sorted(set(strategies), key=registry.rank)
     return {s: palette[i % len(palette)] for i, s in enumerate(ordered)}
 
 
@@ -36,24 +36,33 @@ def png(figure: Figure) -> bytes:
 
 
 def _grouped_bars(axes: Axes, frame: pd.DataFrame, colours: dict[str, str]) -> None:
-    """Bars per model, one per strategy, error bars of the std over repeats where there are repeats."""
+    """Bars per model, one per strategy; error bars: the 95% bootstrap interval (over queries, and seeds
+    where there are several), absent where a table has none."""
     models = list(dict.fromkeys(frame["model"]))
     strategies = [s for s in colours if s in set(frame["strategy"])]
     width = 0.8 / max(len(strategies), 1)
     rows = frame.set_index(["model", "strategy"])
     for offset, strategy in enumerate(strategies):
-        xs, heights, errors = [], [], []
+        xs, heights, below, above = [], [], [], []
         for position, model in enumerate(models):
             if (model, strategy) in rows.index:
                 row = rows.loc[(model, strategy)]
                 xs.append(position - 0.4 + width * (offset + 0.5))
                 heights.append(float(row["mean"]))
-                errors.append(float(row["std"]) if int(row["n"]) > 1 else 0.0)
+                low, high = _interval(row)
+                below.append(max(0.0, heights[-1] - low))
+                above.append(max(0.0, high - heights[-1]))
         axes.bar(xs, heights, width=width * 0.95, color=colours[strategy], label=strategy,
-                 yerr=errors if any(errors) else None, capsize=2, error_kw={"elinewidth": 1})
+                 yerr=[below, above] if any(below) or any(above) else None, capsize=2, error_kw={"elinewidth": 1})
     axes.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
+
+
+def _interval(row: pd.Series) -> tuple[float, float]:
+    low, high = float(row.get("ci_low", math.nan)), float(row.get("ci_high", math.nan))
+    mean = float(row["mean"])
+    return (mean, mean) if math.isnan(low) or math.isnan(high) else (low, high)
 
 
 def dataset_bars(table: pd.DataFrame, dataset: str, colours: dict[str, str]) -> bytes | None:
@@ -68,7 +77,7 @@ def dataset_bars(table: pd.DataFrame, dataset: str, colours: dict[str, str]) -> 
         rows = table[(table["dataset"] == dataset) & (table["protocol"] == protocol) & (table["metric"] == metric)]
         _grouped_bars(axes, rows, colours)
         axes.set_title(f"{protocol} · {metric}", fontsize=10)
-        top = float((rows["mean"] + rows["std"].where(rows["n"] > 1, 0.0)).max())
+        top = float(rows[["mean", "ci_high"]].max(axis=1).max()) if "ci_high" in rows else float(rows["mean"].max())
         axes.set_ylim(0, min(1.0, top * 1.15) if 0 < top <= 1 else None)
     seen: dict[str, Artist] = {}
     for axes in figure.axes:

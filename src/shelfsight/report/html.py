@@ -7,6 +7,7 @@ import math
 
 import jinja2
 
+from shelfsight.bench.leaderboard import COUNTS
 from shelfsight.report.build import Plot, Report, slug
 from shelfsight.report.images import png_uri
 from shelfsight.report.recommend import (
@@ -28,9 +29,12 @@ SECTIONS = (
 )
 
 
-def number(value: float) -> str:
+def number(value: float, metric: str = "") -> str:
+    """Three decimals, thousands grouped above 100, whole numbers for counts (trials, epochs, dimensions)."""
     if value is None or math.isnan(value):
         return "-"
+    if metric in COUNTS:
+        return f"{value:,.0f}"
     return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
 
 

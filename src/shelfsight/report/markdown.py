@@ -26,7 +26,7 @@ def _board(board: Board) -> list[str]:
     for model, strategy, cells in board.rows:
         values = []
         for c in cells:
-            text = number(c.value) + (f" ± {c.std:.3f}" if c.std > 0 else "")
+            text = number(c.value, c.metric) + (f" ± {c.std:.3f}" if c.std > 0 else "")
             text += f" [{c.low:.3f}, {c.high:.3f}]" if c.has_interval else ""
             text += " ≈" if c.tied else ""
             values.append(f"**{text}**" if c.best else text)

@@ -76,9 +76,11 @@ TEMPLATE = r"""<!DOCTYPE html>
 {% for line in consensus %}<li>{{ line }}</li>
 {% endfor %}
 </ul></div>
-<p>Per task, dataset and budget, the best measured (model, strategy) with its mean over seeds ± standard deviation
-({{ "single seed: no spread" if r.single_seed else "n = number of seeds" }}), the runner-up and whether the lead
-exceeds the spread over repeats. Visual search is decided by the main retrieval protocol's metric, auto-tagging by
+<p>Per task, dataset and budget, the best measured (model, strategy) with its mean (± standard deviation over seeds
+where the cell is stochastic and repeated; n = seeds, 1 for a deterministic cell) and its 95% bootstrap interval in
+brackets, the runner-up, and whether the lead is significant: a paired permutation test on the same queries,
+Holm-corrected over every comparison this report makes, with the interval of the difference excluding zero; otherwise
+the two are tied within noise. Visual search is decided by the main retrieval protocol's metric, auto-tagging by
 classification accuracy. Budgets:
 {% for tier in tiers %}<em>{{ tier.name }}</em> ({{ tier.description }}){{ "; " if not loop.last else "." }}{% endfor %}
 </p>
@@ -133,7 +135,7 @@ Holm-corrected over the table). Costs are shown, not ranked.</p>
 <tr><th>model</th><th>strategy</th>{% for m in board.metrics %}<th>{{ m }}</th>{% endfor %}</tr>
 {% for model, strategy, cells in board.rows %}
 <tr><td>{{ model }}</td><td>{{ strategy }}</td>
-{% for c in cells %}<td class="num{{ ' best' if c.best }}" data-metric="{{ c.metric }}" data-value="{{ c.value | tojson }}">{{ number(c.value) }}{% if c.std > 0 %} <span class="std">± {{ "%.3f" | format(c.std) }}</span>{% endif %}{% if c.has_interval %} <span class="ci">[{{ "%.3f" | format(c.low) }}, {{ "%.3f" | format(c.high) }}]</span>{% endif %}{% if c.tied %} <span class="tie" title="not significantly below the best">≈</span>{% endif %}</td>{% endfor %}
+{% for c in cells %}<td class="num{{ ' best' if c.best }}" data-metric="{{ c.metric }}" data-value="{{ c.value | tojson }}">{{ number(c.value, c.metric) }}{% if c.std > 0 %} <span class="std">± {{ "%.3f" | format(c.std) }}</span>{% endif %}{% if c.has_interval %} <span class="ci">[{{ "%.3f" | format(c.low) }}, {{ "%.3f" | format(c.high) }}]</span>{% endif %}{% if c.tied %} <span class="tie" title="not significantly below the best">≈</span>{% endif %}</td>{% endfor %}
 </tr>
 {% endfor %}
 </table>
@@ -144,7 +146,7 @@ Holm-corrected over the table). Costs are shown, not ranked.</p>
 <section id="per-dataset">
 <h2>Per dataset: model x strategy</h2>
 <p>Each retrieval protocol's main metric and classification accuracy;
-{{ "one seed per cell, so no error bars." if r.single_seed else "error bars: standard deviation over seeds." }}</p>
+error bars: the 95% bootstrap interval over queries (and seeds, where a cell has several).</p>
 {% for plot in r.bars %}
 <figure><img alt="{{ plot.title }}" src="{{ uri(plot) }}"><figcaption>{{ plot.title }}</figcaption></figure>
 {% endfor %}

@@ -2,8 +2,9 @@
 
 Backends: :class:`ExactIndex` (blocked torch matrix products, the reference), :class:`FaissFlatIndex`
 (exact, FAISS) and :class:`MilvusIndex` (Milvus Lite on a ``.db`` path, or any Milvus server; FLAT,
-IVF_FLAT or HNSW). :func:`open_index` picks one by name; :func:`recall_against_exact` measures an
-approximate index against the exact answer. pymilvus and FAISS are imported only when used.
+IVF_FLAT or HNSW, DISKANN on servers; its settings a :class:`MilvusIndexConfig`). :func:`open_index`
+picks one by name; :func:`recall_against_exact` measures an approximate index against the exact answer.
+pymilvus and FAISS are imported only when used.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ import numpy as np
 from shelfsight.search.base import SearchResult, VectorIndex
 from shelfsight.search.exact import ExactIndex
 from shelfsight.search.faiss_index import FaissFlatIndex
-from shelfsight.search.milvus import MilvusIndex, MilvusIndexError, UnsupportedIndexError
+from shelfsight.search.milvus import (
+    MilvusIndex,
+    MilvusIndexConfig,
+    MilvusIndexError,
+    MilvusRequestConfig,
+    UnsupportedIndexError,
+)
 
 BACKENDS = ("exact", "faiss", "milvus-lite", "milvus")
 
 __all__ = [
-    "BACKENDS", "ExactIndex", "FaissFlatIndex", "MilvusIndex", "MilvusIndexError", "SearchResult",
-    "UnsupportedIndexError", "VectorIndex", "open_index", "recall_against_exact",
+    "BACKENDS", "ExactIndex", "FaissFlatIndex", "MilvusIndex", "MilvusIndexConfig", "MilvusIndexError",
+    "MilvusRequestConfig", "SearchResult", "UnsupportedIndexError", "VectorIndex", "open_index", "recall_against_exact",
 ]
 
 
@@ -30,7 +37,8 @@ def open_index(backend: str, **options: Any) -> VectorIndex:
 
     ``exact``: ExactIndex(block_size=, device=); ``faiss``: FaissFlatIndex(dim=); ``milvus-lite``:
     MilvusIndex.lite(path=, collection=, dim=, ...); ``milvus``: MilvusIndex.server(uri=, token=,
-    collection=, dim=, ...). Options are passed through unchanged.
+    collection=, dim=, ...). Options are passed through unchanged (Milvus: the fields of MilvusIndexConfig
+    and MilvusRequestConfig, reuse, overwrite, attributes; an unknown one is a TypeError naming it).
     """
     if backend == "exact":
         return ExactIndex(**options)

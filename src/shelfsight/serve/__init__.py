@@ -7,13 +7,14 @@ folder; ``VisualSearchService`` answers searches, tags and catalogue changes ove
 
 from shelfsight.serve.app import ServeSettings, create_app
 from shelfsight.serve.encoder import EncoderReport, OnnxEncoder, TorchEncoder, ensure_onnx, export_onnx
+from shelfsight.serve.errors import ServeError
 from shelfsight.serve.indexer import IndexReport, build_index
-from shelfsight.serve.manifest import IndexLayout, ServeError, ServiceManifest, read_manifest
+from shelfsight.serve.manifest import IndexLayout, ServiceManifest, read_manifest
 from shelfsight.serve.server import run_server, serve_in_thread
-from shelfsight.serve.service import Hit, Item, SearchOutcome, ServiceError, Tag, VisualSearchService
+from shelfsight.serve.service import Hit, Item, SearchOutcome, Tag, VisualSearchService
 
 __all__ = [
     "EncoderReport", "Hit", "IndexLayout", "IndexReport", "Item", "OnnxEncoder", "SearchOutcome", "ServeError",
-    "ServeSettings", "ServiceError", "ServiceManifest", "Tag", "TorchEncoder", "VisualSearchService", "build_index",
-    "create_app", "ensure_onnx", "export_onnx", "read_manifest", "run_server", "serve_in_thread",
+    "ServeSettings", "ServiceManifest", "Tag", "TorchEncoder", "VisualSearchService", "build_index", "create_app",
+    "ensure_onnx", "export_onnx", "read_manifest", "run_server", "serve_in_thread",
 ]

@@ -13,7 +13,7 @@ counted again as it is spooled to disk.
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,31 +24,32 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from shelfsight.serve.encoder import EncoderChoice
-from shelfsight.serve.service import (
-    DEFAULT_MAX_UPLOAD_BYTES,
+from shelfsight.serve.errors import (
     DuplicateItemError,
     ImageOutsideRootError,
     ImageUnavailableError,
     InvalidItemError,
     ItemNotFoundError,
-    ServiceError,
+    ServeError,
     TaggingUnavailableError,
     UnreadableImageError,
     UnsupportedImageError,
     UploadTooLargeError,
-    VisualSearchService,
 )
+from shelfsight.serve.service import DEFAULT_MAX_UPLOAD_BYTES, VisualSearchService
 
 STATIC = Path(__file__).parent / "static"
 ENVELOPE_BYTES = 64 * 1024
 """Allowance for the multipart envelope and small form fields on top of the image size limit."""
 DRAIN_BYTES = 64 * 1024 * 1024
 """How much of a refused body is still read (and discarded) so that the client receives the 413."""
-STATUS: dict[type[ServiceError], int] = {
+STATUS: dict[type[ServeError], int] = {
     UploadTooLargeError: 413, UnsupportedImageError: 415, UnreadableImageError: 422, InvalidItemError: 422,
     ItemNotFoundError: 404, DuplicateItemError: 409, ImageOutsideRootError: 403, ImageUnavailableError: 404,
     TaggingUnavailableError: 404,
 }
+"""The HTTP status of each request the service refuses. A subclass finds its own entry first; any other
+``ServeError`` raised in a request is not a client's mistake and is left to the server's 500."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -207,6 +208,21 @@ async def _drain(receive: Receive) -> None:
 def create_app(settings: ServeSettings, service: VisualSearchService | None = None) -> FastAPI:
     """The service app. The model and the collection open at startup (or ``service``, already open, is
     used) and close at shutdown."""
+    app = FastAPI(title="shelfsight visual search", lifespan=_lifespan(settings, service),
+                  description="Upload a product photo, find similar catalogue items, get predicted tags.")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + ENVELOPE_BYTES,
+                       detail=f"upload larger than the limit of {settings.max_upload_bytes:,} bytes")
+    for kind in STATUS:
+        app.add_exception_handler(kind, _refused)
+    _add_search_routes(app, settings)
+    _add_catalogue_routes(app)
+    _add_service_routes(app)
+    return app
+
+
+def _lifespan(settings: ServeSettings,
+              service: VisualSearchService | None) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Open the service at startup (unless one is given, already open) and close it at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -221,20 +237,24 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
         finally:
             await run_in_threadpool(opened.close)
 
-    app = FastAPI(title="shelfsight visual search", lifespan=lifespan,
-                  description="Upload a product photo, find similar catalogue items, get predicted tags.")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + ENVELOPE_BYTES,
-                       detail=f"upload larger than the limit of {settings.max_upload_bytes:,} bytes")
+    return lifespan
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
-        status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 400)
-        return JSONResponse({"detail": str(error)}, status_code=status)
 
-    def current(request: Request) -> VisualSearchService:
-        return request.app.state.service  # type: ignore[no-any-return]
+async def _refused(request: Request, error: Exception) -> JSONResponse:
+    """A request the service refuses (a ``ServeError`` of ``STATUS``): its status, and the message as ``detail``."""
+    status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 400)
+    return JSONResponse({"detail": str(error)}, status_code=status)
 
-    ImageFile = Annotated[UploadFile, File(description="A product photo (JPEG, PNG, WebP, ...).")]
+
+def _current(request: Request) -> VisualSearchService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+ImageFile = Annotated[UploadFile, File(description="A product photo (JPEG, PNG, WebP, ...).")]
+
+
+def _add_search_routes(app: FastAPI, settings: ServeSettings) -> None:
+    """``POST /search`` and ``POST /tag``."""
 
     @app.post("/search", response_model=SearchResponse, tags=["search"])
     def search(request: Request, image: ImageFile,
@@ -242,7 +262,7 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
                category: Annotated[str | None, Form(description="Only items with this label.")] = None,
                ) -> SearchResponse:
         """The catalogue items most similar to the photo, best first, with the head's tags when there is one."""
-        svc = current(request)
+        svc = _current(request)
         with svc.receive(image.file) as path:
             outcome = svc.search(path, k=k, category=category or None)
         return SearchResponse(results=[HitModel(**vars(hit)) for hit in outcome.hits],
@@ -253,11 +273,16 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
     def tag(request: Request, image: ImageFile,
             top: Annotated[int, Form(ge=1, le=1000, description="How many classes.")] = 5) -> TagResponse:
         """Class probabilities from the top-tuned head, most probable first."""
-        svc = current(request)
+        svc = _current(request)
         svc.require_tagging()  # before reading the upload
         with svc.receive(image.file) as path:
             tags = svc.tag(path, top=top)
         return TagResponse(tags=[TagModel(**vars(t)) for t in tags], encoder=svc.encoder.name)
+
+
+def _add_catalogue_routes(app: FastAPI) -> None:
+    """``POST /items``, ``GET /items/{id}/image``, ``GET`` and ``DELETE /items/{id}``, in that order: the image
+    route must come before ``/items/{id}``, whose path would also match it."""
 
     @app.post("/items", response_model=ItemModel, status_code=201, tags=["catalogue"])
     def add_item(request: Request, image: ImageFile, id: Annotated[str, Form(description="A new, unique item id.")],
@@ -266,7 +291,7 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
                  ) -> ItemModel:
         """Add a product photo to the index; it is searchable as soon as this returns."""
         extra = _json_object(metadata)
-        svc = current(request)
+        svc = _current(request)
         with svc.receive(image.file) as path:
             item = svc.add_item(path, id, label, extra)
         return ItemModel(**vars(item))
@@ -274,29 +299,32 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
     @app.get("/items/{item_id:path}/image", tags=["catalogue"], response_class=FileResponse)
     def item_image(request: Request, item_id: str) -> FileResponse:
         """The item's image, only if it is registered in the index and lies inside its catalogue folder."""
-        path, media_type = current(request).image_file(item_id)
+        path, media_type = _current(request).image_file(item_id)
         return FileResponse(path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
     @app.get("/items/{item_id:path}", response_model=ItemModel, tags=["catalogue"])
     def get_item(request: Request, item_id: str) -> ItemModel:
-        return ItemModel(**vars(current(request).item(item_id)))
+        return ItemModel(**vars(_current(request).item(item_id)))
 
     @app.delete("/items/{item_id:path}", tags=["catalogue"])
     def delete_item(request: Request, item_id: str) -> dict[str, str]:
         """Remove the item; it stops appearing in results at once."""
-        current(request).delete_item(item_id)
+        _current(request).delete_item(item_id)
         return {"deleted": item_id}
+
+
+def _add_service_routes(app: FastAPI) -> None:
+    """``GET /health``, the web page at ``/`` and its static files."""
 
     @app.get("/health", response_model=HealthResponse, tags=["service"])
     def health(request: Request) -> HealthResponse:
-        return HealthResponse(**current(request).health())
+        return HealthResponse(**_current(request).health())
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def _json_object(text: str | None) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform, no
 from shelfsight.catalog.images import decode_image
 from shelfsight.embeddings.cache import cache_key
 from shelfsight.embeddings.extract import prepare_for_inference
-from shelfsight.serve.manifest import ServeError
+from shelfsight.serve.errors import ServeError
 
 EncoderChoice = Literal["auto", "torch", "onnx"]
 ONNX_OPSET = 18

@@ -31,11 +31,11 @@ from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.embeddings import embed_catalog
 from shelfsight.search.milvus import MilvusIndex
 from shelfsight.serve.encoder import ensure_onnx
+from shelfsight.serve.errors import ServeError
 from shelfsight.serve.manifest import (
     CatalogueRecord,
     IndexLayout,
     MilvusTarget,
-    ServeError,
     ServiceManifest,
     VectorKind,
     normalised_identity,

@@ -22,17 +22,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shelfsight.errors import ShelfsightError
+from shelfsight.serve.errors import ServeError
 
 MANIFEST_NAME = "service.json"
 MANIFEST_FORMAT: Literal["shelfsight-service"] = "shelfsight-service"
 UPLOADS_ROOT = "uploads"
 """Root key of the images added through the API (a folder of the index, owned by the service)."""
 VectorKind = Literal["backbone", "head"]
-
-
-class ServeError(ShelfsightError):
-    """An index folder cannot be built or served as asked; the message says what to do."""
 
 
 class MilvusTarget(BaseModel):

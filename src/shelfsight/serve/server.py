@@ -12,7 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from shelfsight.serve.app import ServeSettings, create_app
-from shelfsight.serve.manifest import ServeError
+from shelfsight.serve.errors import ServeError
 from shelfsight.serve.service import VisualSearchService
 
 

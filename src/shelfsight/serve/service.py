@@ -28,7 +28,7 @@ from PIL import Image
 
 from shelfsight.adapt import MLPHead, embed_with_head, load_head, predict
 from shelfsight.backbones import Backbone, load_backbone
-from shelfsight.errors import ImageDecodeError, ShelfsightError
+from shelfsight.errors import ImageDecodeError
 from shelfsight.search.milvus import ID_MAX_LENGTH, LABEL_MAX_LENGTH, MilvusIndex
 from shelfsight.serve.encoder import (
     Encoder,
@@ -41,11 +41,22 @@ from shelfsight.serve.encoder import (
     ensure_onnx,
     probe_pixels,
 )
+from shelfsight.serve.errors import (
+    DuplicateItemError,
+    ImageOutsideRootError,
+    ImageUnavailableError,
+    InvalidItemError,
+    ItemNotFoundError,
+    ServeError,
+    TaggingUnavailableError,
+    UnreadableImageError,
+    UnsupportedImageError,
+    UploadTooLargeError,
+)
 from shelfsight.serve.indexer import head_digest, open_collection
 from shelfsight.serve.manifest import (
     UPLOADS_ROOT,
     IndexLayout,
-    ServeError,
     ServiceManifest,
     normalised_identity,
     preprocess_overrides,
@@ -59,46 +70,6 @@ UPLOADED_SPLIT = "uploaded"
 """The ``split`` of items added through the API (catalogue items keep their dataset split)."""
 _COPY_BLOCK = 1 << 16
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
-
-
-class ServiceError(ShelfsightError):
-    """A request the service cannot honour; subclasses say why (the app maps each to an HTTP status)."""
-
-
-class UploadTooLargeError(ServiceError):
-    """The upload is larger than the configured limit."""
-
-
-class UnsupportedImageError(ServiceError):
-    """The upload is not an image format the decoder knows."""
-
-
-class UnreadableImageError(ServiceError):
-    """The upload looks like an image but cannot be decoded (empty, truncated, corrupt, too many pixels)."""
-
-
-class InvalidItemError(ServiceError):
-    """An item's id, label or metadata cannot be stored as given."""
-
-
-class ItemNotFoundError(ServiceError):
-    """No item with this id in the index."""
-
-
-class DuplicateItemError(ServiceError):
-    """An item with this id is already in the index."""
-
-
-class ImageUnavailableError(ServiceError):
-    """The item exists but its image cannot be served (missing file, or outside its catalogue root)."""
-
-
-class ImageOutsideRootError(ImageUnavailableError):
-    """The registered image path resolves outside its catalogue root: refused, never served."""
-
-
-class TaggingUnavailableError(ServiceError):
-    """The index was built without a top-tuned head, so there are no class probabilities."""
 
 
 @dataclass(frozen=True)

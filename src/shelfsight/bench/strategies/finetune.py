@@ -1,0 +1,89 @@
+"""``finetune``: the backbone fine-tuned end to end on the cell's dataset (the runner trains it and embeds
+with it); its cosine head's test classification, and retrieval with its embeddings. On a class-disjoint
+protocol whose classes it has seen, retrieval uses a second backbone tuned on the protocol's training
+items."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any
+
+from shelfsight.bench.strategies.base import (
+    CLASSIFICATION,
+    FULL_TRAINING,
+    CellRequest,
+    Prepared,
+    Strategy,
+    StrategyInputs,
+    StrategyOutput,
+)
+from shelfsight.bench.strategies.scoring import (
+    classification_data,
+    classification_scores,
+    per_query_table,
+    require_tuned,
+    retrieval_scores,
+)
+from shelfsight.catalog import protocols_for
+
+if TYPE_CHECKING:
+    from shelfsight.bench.config import BenchConfig
+
+NAME = "finetune"
+
+
+def run(inputs: StrategyInputs) -> StrategyOutput:
+    """The cell's embeddings come from the fine-tuned backbone; its cosine head classifies them. On a
+    class-disjoint protocol the runner hands a backbone tuned on that protocol's training items."""
+    from shelfsight.adapt.finetune import predict_classes
+
+    tuned = require_tuned(inputs, "finetune")
+    if tuned.class_weights is None:
+        raise ValueError(f"{tuned.path}: a fine-tuned model without its class vectors")
+    data = classification_data(inputs)
+    position = {name: row for row, name in enumerate(tuned.classes)}
+    missing = [c for c in data.classes if c not in position]
+    if missing:
+        raise ValueError(f"{tuned.path} was tuned without class {missing[0]!r} of {inputs.dataset}")
+    weights = tuned.class_weights[[position[c] for c in data.classes]]
+    details: dict[str, Any] = {}
+    classification, per_item = classification_scores(data, predict_classes(weights, data.x_test), details)
+    per_protocol = {name: (embeddings, model.learned_from) for name, (model, embeddings)
+                    in inputs.protocol_tuned.items()}
+    own = {p.name: (inputs.embeddings, tuned.learned_from) for p in protocols_for(inputs.dataset, inputs.catalog)}
+    retrieval, retrieval_details, frames = retrieval_scores(inputs, {**own, **per_protocol})
+    details.update(retrieval_details)
+    costs = dict(tuned.costs)
+    for name, (model, _) in inputs.protocol_tuned.items():
+        costs["tune_seconds"] = costs.get("tune_seconds", 0.0) + model.costs.get("tune_seconds", 0.0)
+        details[f"{name}_backbone"] = str(model.path)
+    details.update({**tuned.details, "finetuned": str(tuned.path), "train": len(data.y_train), "val": len(data.y_val),
+                    "test": len(data.y_test), "classes": len(data.classes)})
+    return StrategyOutput({CLASSIFICATION: classification, **retrieval}, costs, details,
+                          per_query_table([per_item, *frames]))
+
+
+def prepare(request: CellRequest) -> Prepared:
+    """The backbone fine-tuned on this dataset, and one per class-disjoint protocol whose classes it saw."""
+    context = request.context
+    tuned, backbone = context.finetuned(request.model, request.dataset.name, request.seed, request.progress)
+    protocol_tuned = context.protocol_finetuned(request.model, request.dataset, tuned, request.seed,
+                                                request.progress)
+    return Prepared(backbone, tuned, protocol_tuned)
+
+
+def carry(request: CellRequest) -> Prepared:
+    """The backbone fine-tuned on ``request.source`` embeds this dataset."""
+    assert request.source is not None
+    tuned, backbone = request.context.finetuned(request.model, request.source, request.seed, request.progress)
+    return Prepared(backbone, tuned)
+
+
+def settings(config: BenchConfig) -> dict[str, Any]:
+    return dict(json.loads(json.dumps(dataclasses.asdict(config.finetune), default=str)))
+
+
+STRATEGY = Strategy(NAME, tier=FULL_TRAINING, stochastic=True, run=run, settings=settings, prepare=prepare,
+                    carry=carry, classifies=True, adaptation=True,
+                    description="the backbone and a cosine head trained end to end")

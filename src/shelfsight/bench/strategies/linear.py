@@ -1,0 +1,48 @@
+"""``linear``: logistic regression on the frozen embeddings, its L2 strength chosen on validation."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from shelfsight.bench.strategies.base import CLASSIFICATION, HEAD_ONLY, Strategy, StrategyInputs, StrategyOutput
+from shelfsight.bench.strategies.scoring import ClassificationData, classification_data, classification_scores
+
+if TYPE_CHECKING:
+    from shelfsight.bench.config import BenchConfig
+
+NAME = "linear"
+C_GRID = (1.0, 10.0, 100.0)
+
+
+def run(inputs: StrategyInputs) -> StrategyOutput:
+    data = classification_data(inputs)
+    started = time.perf_counter()
+    model, c = fit(data, inputs.seed)
+    fit_seconds = time.perf_counter() - started
+    details: dict[str, Any] = {"C": c, "train": len(data.y_train), "test": len(data.y_test),
+                               "classes": len(data.classes), "dropped_test_unseen_class": data.dropped_test}
+    scores, per_item = classification_scores(data, model.predict(data.x_test), details)
+    return StrategyOutput({CLASSIFICATION: scores}, {"tune_seconds": fit_seconds}, details, per_item)
+
+
+def fit(data: ClassificationData, seed: int) -> tuple[Any, float]:
+    """Fitted for each C of the grid, the best on validation kept: a fair baseline (sklearn's default C=1
+    under-fits unit-norm embeddings by several points)."""
+    from shelfsight.adapt import linear_probe
+
+    fitted = {c: linear_probe(data.x_train, data.y_train, seed=seed, c=c) for c in C_GRID}
+
+    def val_accuracy(c: float) -> float:
+        return float((fitted[c].predict(data.x_val) == data.y_val).mean()) if len(data.y_val) else 0.0
+
+    best_c = max(C_GRID, key=val_accuracy)
+    return fitted[best_c], best_c
+
+
+def settings(config: BenchConfig) -> dict[str, Any]:
+    return {"C_grid": list(C_GRID)}
+
+
+STRATEGY = Strategy(NAME, tier=HEAD_ONLY, stochastic=False, run=run, settings=settings, classifies=True,
+                    description="logistic-regression probe on the frozen embedding")

@@ -1,0 +1,16 @@
+"""What the command modules share: the console they print to and the options that recur."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+if not console.is_terminal:  # logs and pipes: wide enough for the leaderboard's columns
+    console = Console(width=160)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Datasets root (default: $SHELFSIGHT_DATA_DIR).")]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Cache root (default: $SHELFSIGHT_CACHE_DIR).")]

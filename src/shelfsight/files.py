@@ -1,0 +1,34 @@
+"""Writing files so that a reader (or a run killed half-way) never sees half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["atomic_write"]
+
+
+def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], object], *, mode: int | None = 0o644,
+                 fsync: bool = False) -> Path:
+    """Call ``write(temporary_path)``, then rename the temporary file over ``target`` (same folder, so the
+    rename is atomic). ``mode``: the file's permissions (mkstemp's 0600 would hide shared files from their
+    other users; None keeps 0600). ``fsync``: flush to disk before the rename (caches that must survive a
+    power cut). The temporary file is removed on any failure."""
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(descriptor)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        if fsync:
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,157 @@
+"""What a :class:`~shelfsight.search.milvus.MilvusIndex` builds and how it talks to the server.
+
+:class:`MilvusIndexConfig` is the index itself (type, metric, build and search parameters);
+:class:`MilvusRequestConfig` is how requests are cut and waited for. :func:`parse_options` turns the
+keyword options of ``MilvusIndex.lite``/``MilvusIndex.server`` into both, refusing unknown names once,
+before any server is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from shelfsight.errors import ShelfsightError
+
+INDEX_TYPES: tuple[str, ...] = ("FLAT", "IVF_FLAT", "HNSW", "DISKANN")
+"""Index types this wrapper knows how to parameterise."""
+LITE_INDEX_TYPES: tuple[str, ...] = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ")
+"""Dense index types Milvus Lite 3.2 builds (its FAISS-backed index factory; IVF_PQ is reserved)."""
+METRICS: tuple[str, ...] = ("IP", "L2")
+MAX_TOPK = 16384
+"""Milvus' limit on ``limit`` (top-k) per search request."""
+MAX_NQ = 16384
+"""Milvus' default limit on query vectors per search request."""
+OPEN_OPTIONS: tuple[str, ...] = ("reuse", "overwrite", "attributes")
+"""The keyword arguments of ``MilvusIndex`` that say how its collection is opened (not index settings)."""
+
+
+class MilvusIndexError(ShelfsightError):
+    """The Milvus collection or server cannot be used as asked; the message says what to do."""
+
+
+class UnsupportedIndexError(MilvusIndexError):
+    """The server cannot build the requested index type."""
+
+
+@dataclass(frozen=True)
+class MilvusIndexConfig:
+    """Index type, metric and their build/search parameters (ignored where a type has no such knob).
+
+    ``index_type`` and ``metric`` are upper-cased; every parameter must be a positive integer.
+    """
+
+    index_type: str = "FLAT"
+    metric: str = "IP"
+    nlist: int = 128
+    nprobe: int = 16
+    m: int = 16
+    ef_construction: int = 200
+    ef: int = 64
+    search_list: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index_type", str(self.index_type).upper())
+        object.__setattr__(self, "metric", str(self.metric).upper())
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"unknown index type {self.index_type!r}; choose one of {list(INDEX_TYPES)}")
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; choose one of {list(METRICS)}")
+        for name in ("nlist", "nprobe", "m", "ef_construction", "ef", "search_list"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+
+    def build_params(self) -> dict[str, int]:
+        if self.index_type == "IVF_FLAT":
+            return {"nlist": self.nlist}
+        if self.index_type == "HNSW":
+            return {"M": self.m, "efConstruction": self.ef_construction}
+        return {}
+
+    def search_params(self, limit: int) -> dict[str, Any]:
+        """Per-request parameters; HNSW's ef and DiskANN's search list must be at least the limit."""
+        params: dict[str, int] = {}
+        if self.index_type == "IVF_FLAT":
+            params = {"nprobe": self.nprobe}
+        elif self.index_type == "HNSW":
+            params = {"ef": max(self.ef, limit)}
+        elif self.index_type == "DISKANN":
+            params = {"search_list": max(self.search_list, limit)}
+        return {"metric_type": self.metric, "params": params}
+
+
+@dataclass(frozen=True)
+class MilvusRequestConfig:
+    """How requests are cut and waited for: rows per insert, queries per search, the extra hits fetched to
+    break ties by position (``tie_margin``), and the seconds to wait for an index build or a load."""
+
+    insert_batch: int = 5000
+    query_batch: int = 1024
+    tie_margin: int = 8
+    timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.insert_batch < 1 or not 1 <= self.query_batch <= MAX_NQ or self.tie_margin < 0:
+            raise ValueError(f"need insert_batch >= 1, 1 <= query_batch <= {MAX_NQ}, tie_margin >= 0; got "
+                             f"insert_batch={self.insert_batch}, query_batch={self.query_batch}, "
+                             f"tie_margin={self.tie_margin}")
+
+
+_Config = TypeVar("_Config", MilvusIndexConfig, MilvusRequestConfig)
+INDEX_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(MilvusIndexConfig))
+REQUEST_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(MilvusRequestConfig))
+
+
+def parse_options(options: Mapping[str, Any]) -> tuple[MilvusIndexConfig, MilvusRequestConfig, dict[str, Any]]:
+    """Split ``MilvusIndex.lite``/``server`` keyword options into the index config, the request config and
+    the collection options (:data:`OPEN_OPTIONS`).
+
+    Index settings come loose (``index_type=``, ``nlist=``...) or whole as ``config=``; request settings
+    loose (``insert_batch=``...) or as ``requests=``; not both. An unknown name is a ``TypeError`` naming it.
+    """
+    known = {*INDEX_OPTIONS, *REQUEST_OPTIONS, *OPEN_OPTIONS, "config", "requests"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown MilvusIndex option {unknown[0]!r}; the options are: index settings "
+                        f"{', '.join(INDEX_OPTIONS)} (or config=MilvusIndexConfig(...)); request settings "
+                        f"{', '.join(REQUEST_OPTIONS)} (or requests=MilvusRequestConfig(...)); "
+                        f"{', '.join(OPEN_OPTIONS)}")
+    config = _whole_or_loose(options, "config", MilvusIndexConfig, INDEX_OPTIONS)
+    requests = _whole_or_loose(options, "requests", MilvusRequestConfig, REQUEST_OPTIONS)
+    return config, requests, {name: options[name] for name in OPEN_OPTIONS if name in options}
+
+
+def _whole_or_loose(options: Mapping[str, Any], key: str, kind: type[_Config], names: tuple[str, ...]) -> _Config:
+    loose = {name: options[name] for name in names if name in options}
+    whole = options.get(key)
+    if whole is None:
+        return kind(**loose)
+    if not isinstance(whole, kind):
+        raise TypeError(f"MilvusIndex option {key}= must be a {kind.__name__}, got {type(whole).__name__}")
+    if loose:
+        raise TypeError(f"MilvusIndex option {next(iter(loose))!r} given together with {key}=: set it in the "
+                        f"{kind.__name__} instead")
+    return whole
+
+
+def check_supported(index_type: str, server_version: str) -> None:
+    """Refuse, before anything is created, an index type Milvus Lite cannot build."""
+    if server_version.startswith("milvus_lite") and index_type not in LITE_INDEX_TYPES:
+        usable = ", ".join(t for t in INDEX_TYPES if t in LITE_INDEX_TYPES)
+        raise UnsupportedIndexError(
+            f"{server_version} cannot build a {index_type} index; Milvus Lite supports "
+            f"{', '.join(LITE_INDEX_TYPES)} (through this wrapper: {usable}). Use one of those, or a Milvus "
+            "server for this index type.")
+
+
+def recorded_params(info: Mapping[str, Any], wanted: Mapping[str, int]) -> dict[str, int]:
+    """The build parameters a describe_index answer records (nested under "params" or flat, by server)."""
+    nested = info.get("params")
+    sources = [nested, info] if isinstance(nested, dict) else [info]
+    recorded = {}
+    for key in wanted:
+        value = next((source[key] for source in sources if source.get(key) is not None), None)
+        if value is not None:
+            recorded[key] = int(value)
+    return recorded
