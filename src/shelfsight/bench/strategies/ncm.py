@@ -1,0 +1,44 @@
+"""``ncm``: the nearest class mean. Each class is the normalised mean of its training embeddings, a photo
+takes the class whose mean is closest in cosine: auto-tagging with nothing to train, one vector per class
+to store (where kNN keeps every training photo), and new classes added by averaging their photos."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from shelfsight.bench.strategies.base import CLASSIFICATION, NO_TRAINING, Strategy, StrategyInputs, StrategyOutput
+from shelfsight.bench.strategies.scoring import classification_data, classification_scores
+
+NAME = "ncm"
+
+
+def class_means(vectors: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n_classes, d)`` unit vectors: the normalised mean embedding of each class (zero for an empty one)."""
+    sums = np.zeros((n_classes, vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, vectors)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def predict(means: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """The class of the most similar mean; ties go to the lower class index."""
+    return np.argmax(vectors @ means.T, axis=1) if len(vectors) else np.zeros(0, dtype=np.int64)
+
+
+def run(inputs: StrategyInputs) -> StrategyOutput:
+    data = classification_data(inputs)
+    started = time.perf_counter()
+    means = class_means(np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val]),
+                        len(data.classes))
+    fit_seconds = time.perf_counter() - started
+    details: dict[str, Any] = {"train": len(data.y_train) + len(data.y_val), "test": len(data.y_test),
+                               "classes": len(data.classes), "dropped_test_unseen_class": data.dropped_test}
+    scores, per_item = classification_scores(data, predict(means, data.x_test), details)
+    return StrategyOutput({CLASSIFICATION: scores}, {"tune_seconds": fit_seconds}, details, per_item)
+
+
+STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, classifies=True,
+                    description="nearest class mean of the frozen training embeddings (cosine)")
