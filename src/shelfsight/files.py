@@ -11,14 +11,15 @@ __all__ = ["atomic_write"]
 
 
 def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], object], *, mode: int | None = 0o644,
-                 fsync: bool = False) -> Path:
+                 fsync: bool = False, suffix: str = "") -> Path:
     """Call ``write(temporary_path)``, then rename the temporary file over ``target`` (same folder, so the
     rename is atomic). ``mode``: the file's permissions (mkstemp's 0600 would hide shared files from their
     other users; None keeps 0600). ``fsync``: flush to disk before the rename (caches that must survive a
-    power cut). The temporary file is removed on any failure."""
+    power cut). ``suffix``: for writers that pick a format by extension. The temporary file is removed on
+    any failure."""
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(descriptor)
     temporary = Path(name)
     try:

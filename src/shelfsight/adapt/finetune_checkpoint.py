@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from shelfsight.adapt.finetune_config import FinetuneConfig, FinetuneError
 from shelfsight.adapt.finetune_setup import FinetuneRun
+from shelfsight.files import atomic_write
 
 LAST = "last.pt"
 BEST = "best.safetensors"
@@ -56,15 +56,12 @@ def settings_as_json(config: FinetuneConfig) -> Any:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    atomic_write(path, lambda temporary: torch.save(obj, temporary), mode=None)
 
 
 def _atomic_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(temporary))
-    os.replace(temporary, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(path, lambda temporary: save_file(tensors, str(temporary)), mode=None)
 
 
 def last_checkpoint(run: FinetuneRun) -> Path:

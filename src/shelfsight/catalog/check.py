@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from shelfsight.catalog.images import decode_image
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import ImageDecodeError, ShelfsightError
+from shelfsight.progress import progress_bar
 
 DRAFT_SIZE = 64
 """Decode JPEGs at this size or a little more: enough to prove the file whole, several times faster."""
@@ -161,17 +161,16 @@ def _probe_files(items: Sequence[CatalogItem], *, decode: bool, workers: int | N
     """(path, reason) for every image that is missing or, when ``decode``, does not decode."""
     probe: Callable[[CatalogItem], str | None] = _decode_problem if decode else _presence_problem
     failures: list[tuple[str, str]] = []
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=not progress) as bar, \
+    description = "decoding images" if decode else "looking for images"
+    with progress_bar(progress, len(items), description, unit="img", console=Console(stderr=True),
+                      transient=True) as advance, \
             ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        task = bar.add_task("decoding images" if decode else "looking for images", total=len(items))
         for start in range(0, len(items), PROBE_BATCH):  # bounded: SOP would be 120k futures at once
             batch = items[start:start + PROBE_BATCH]
             for item, reason in zip(batch, pool.map(probe, batch), strict=True):
                 if reason is not None:
                     failures.append((str(item.image_path), reason))
-            bar.advance(task, len(batch))
+            advance(len(batch))
     return failures
 
 

@@ -15,11 +15,13 @@ import time
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from shelfsight.catalog.types import Catalog
 from shelfsight.embeddings.shards import read_shard
+from shelfsight.progress import progress_bar
 from shelfsight.search.base import VectorIndex
 
 
@@ -60,32 +62,44 @@ def bulk_index(
     inserted = skipped_present = skipped_unknown = 0
     pending_ids: list[str] = []
     pending_vectors: list[np.ndarray] = []
-    bar = _bar(progress, len(shards))
-    try:
-        while (entry := loaded.get()) is not None:
-            ids, vectors = entry
-            for row, item_id in enumerate(ids):
-                if keep_ids is not None and item_id not in keep_ids:
-                    continue
-                if item_id in present:
-                    skipped_present += 1
-                    continue
-                if items is not None and item_id not in items:
-                    skipped_unknown += 1
-                    continue
-                pending_ids.append(item_id)
-                pending_vectors.append(vectors[row])
-                if len(pending_ids) == batch_rows:
-                    inserted += _flush(index, pending_ids, pending_vectors, items)
-            bar(1)
-        if failure:
-            raise failure[0]
-        inserted += _flush(index, pending_ids, pending_vectors, items)
-    finally:
-        reader.join(timeout=1)
-        bar(0, close=True)
+    with progress_bar(progress, len(shards), "bulk index", unit="shards") as advance:
+        try:
+            while (entry := loaded.get()) is not None:
+                inserted_now, present_now, unknown_now = _route(entry, index, keep_ids, present, items, pending_ids,
+                                                                pending_vectors, batch_rows)
+                inserted += inserted_now
+                skipped_present += present_now
+                skipped_unknown += unknown_now
+                advance(1)
+            if failure:
+                raise failure[0]
+            inserted += _flush(index, pending_ids, pending_vectors, items)
+        finally:
+            reader.join(timeout=1)
     return BulkReport(inserted=inserted, already_present=skipped_present, not_in_catalog=skipped_unknown,
                       shards=len(shards), seconds=time.perf_counter() - started)
+
+
+def _route(entry: tuple[list[str], np.ndarray], index: VectorIndex, keep_ids: set[str] | None, present: Any,
+           items: Any, pending_ids: list[str], pending_vectors: list[np.ndarray],
+           batch_rows: int) -> tuple[int, int, int]:
+    """One shard's rows into the pending batch (flushed whenever it is full): (inserted, present, unknown)."""
+    inserted = skipped_present = skipped_unknown = 0
+    ids, vectors = entry
+    for row, item_id in enumerate(ids):
+        if keep_ids is not None and item_id not in keep_ids:
+            continue
+        if item_id in present:
+            skipped_present += 1
+            continue
+        if items is not None and item_id not in items:
+            skipped_unknown += 1
+            continue
+        pending_ids.append(item_id)
+        pending_vectors.append(vectors[row])
+        if len(pending_ids) == batch_rows:
+            inserted += _flush(index, pending_ids, pending_vectors, items)
+    return inserted, skipped_present, skipped_unknown
 
 
 def _read_shards(shards: Sequence[str | Path], out: queue.Queue[tuple[list[str], np.ndarray] | None],
@@ -126,19 +140,3 @@ class _PresentIn:
         return bool(self.can_tell and item_id in self.index)  # type: ignore[operator]
 
 
-def _bar(enabled: bool, total: int):  # type: ignore[no-untyped-def]
-    """A Rich bar over shards, or a no-op."""
-    if not enabled:
-        return lambda n, close=False: None
-    from rich.progress import Progress
-
-    progress = Progress()
-    task = progress.add_task("bulk index", total=total)
-    progress.start()
-
-    def advance(n: int, close: bool = False) -> None:
-        progress.update(task, advance=n)
-        if close:
-            progress.stop()
-
-    return advance

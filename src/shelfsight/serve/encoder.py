@@ -19,7 +19,6 @@ import io
 import json
 import os
 import statistics
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform, no
 from shelfsight.catalog.images import decode_image
 from shelfsight.embeddings.cache import cache_key
 from shelfsight.embeddings.extract import prepare_for_inference
+from shelfsight.files import atomic_write
 from shelfsight.serve.errors import ServeError
 
 EncoderChoice = Literal["auto", "torch", "onnx"]
@@ -135,20 +135,19 @@ def export_onnx(backbone: Backbone, path: str | os.PathLike[str]) -> Path:
     size = backbone.preprocess.input_size
     model = EmbeddingModel(backbone.encoder.eval(), backbone.preprocess, channels_last=False).eval()
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
-    os.close(descriptor)
-    try:
+
+    def export(temporary: Path) -> None:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), temporary, input_names=["pixels"], output_names=["embedding"],
+            torch.onnx.export(model, (example,), str(temporary), input_names=["pixels"], output_names=["embedding"],
                               dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=4096)}},
                               opset_version=ONNX_OPSET, dynamo=True, optimize=True, external_data=False)
-        os.replace(temporary, target)
+
+    try:
+        atomic_write(target, export, mode=None, suffix=".onnx")
     except Exception as error:
         raise ServeError(f"cannot export {backbone.spec.name} to ONNX ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''}); serve with --encoder torch") from error
-    finally:
-        Path(temporary).unlink(missing_ok=True)
     return target
 
 

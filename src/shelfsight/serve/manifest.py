@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shelfsight.files import atomic_write
 from shelfsight.serve.errors import ServeError
 
 MANIFEST_NAME = "service.json"
@@ -139,17 +139,8 @@ def read_manifest(layout: IndexLayout) -> ServiceManifest:
 
 def write_manifest(layout: IndexLayout, manifest: ServiceManifest) -> Path:
     """Write atomically (temporary file, then rename): a crash never leaves half a manifest."""
-    layout.folder.mkdir(parents=True, exist_ok=True)
     text = manifest.model_dump_json(indent=2) + "\n"
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=layout.folder)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, layout.manifest)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return layout.manifest
+    return atomic_write(layout.manifest, lambda path: path.write_text(text, encoding="utf-8"))
 
 
 def preprocess_overrides(manifest: ServiceManifest) -> dict[str, Any]:
