@@ -43,7 +43,8 @@ class PairedTests:
         result = found.result  # type: ignore[attr-defined]
         adjusted = self.adjusted.get(key, float(result.p_value))
         return PairedTest(float(result.difference), float(result.low), float(result.high), float(result.p_value),
-                          adjusted, decide(result, adjusted, self.alpha), str(result.method))
+                          adjusted, decide(result, adjusted, self.alpha), str(result.method),
+                          p_floor=1 / (int(self.options["n_permutations"]) + 1))
 
     def adjust(self) -> None:
         import numpy as np

@@ -85,10 +85,13 @@ class PairedTest:
     p_adjusted: float
     significant: bool
     method: str
+    p_floor: float = 0.0
+    """The smallest p-value the permutation test can give (1 / (permutations + 1)): one at it is a bound."""
 
     def numbers(self) -> str:
+        p = f"p≤{self.p_floor:.1g}" if self.p_value <= self.p_floor * (1 + 1e-9) else f"p={self.p_value:.2g}"
         return (f"difference {self.difference:+.3f}, 95% CI {self.low:+.3f} to {self.high:+.3f}, "
-                f"p={self.p_value:.2g} (Holm {self.p_adjusted:.2g})")
+                f"{p} (Holm {self.p_adjusted:.2g})")
 
 
 Tester = Callable[[str, str, str, "Choice", "Choice"], PairedTest | None]
