@@ -272,5 +272,10 @@ def consensus(recs: Recommendations, task: str, tier: str) -> str | None:
     labels = {r.best.label for r in chosen if r.best}
     if len(labels) == 1:
         return f"{labels.pop()} wins {task} ({tier}) on all {len(chosen)} datasets."
-    per = "; ".join(f"{r.dataset}: {r.best.label}" for r in chosen if r.best)
+    per = "; ".join(f"{r.dataset}: {r.best.label}{_tie(r)}" for r in chosen if r.best)
     return f"No single winner for {task} ({tier}): {per}."
+
+
+def _tie(rec: Recommendation) -> str:
+    """Says when a dataset's winner is only tied within noise with its runner-up."""
+    return f" (tied within noise with {rec.runner_up.label})" if rec.decisive is False and rec.runner_up else ""
