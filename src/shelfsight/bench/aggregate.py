@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from shelfsight.bench.leaderboard import CLASSIFICATION_METRICS
 from shelfsight.bench.results import DETERMINISTIC, SEEDS, TABLE_COLUMNS, CellResult
+from shelfsight.bench.strategies.base import CLASSIFICATION
 
 if TYPE_CHECKING:
     from shelfsight.bench.results import ResultStore
 
-CLASSIFICATION = "classification"
 COST = "cost"
-CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
 LABEL_COLUMNS = ("y_true", "y_pred")
 
 

@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shelfsight.bench.aggregate import CLASSIFICATION, CLASSIFICATION_METRICS, LABEL_COLUMNS, per_query_matrix
+from shelfsight.bench.aggregate import LABEL_COLUMNS, per_query_matrix
+from shelfsight.bench.leaderboard import CLASSIFICATION_METRICS, MAIN_METRICS
 from shelfsight.bench.results import CellResult, ResultStore
+from shelfsight.bench.strategies.base import CLASSIFICATION
 from shelfsight.catalog import declared_entry
 from shelfsight.errors import ShelfsightError
 from shelfsight.stats import Comparison, holm, paired_classification, paired_comparison
 
 SIGNIFICANCE_FILE = "significance.csv"
-MAIN_RETRIEVAL_METRICS = ("mMP@5", "R@1", "MAP@R", "MRR")
 Group = tuple[str, str, str]
 """(model, dataset, strategy): the seeds of one cell."""
 
@@ -149,8 +150,9 @@ def _shared_queries(frames: list[pd.DataFrame], protocol: str, columns: list[str
 
 
 def main_metric(protocol: str, metrics: set[str]) -> str | None:
-    """The metric a column is ranked by: accuracy for classification, else the first of mMP@5, R@1, ..."""
-    wanted = ("accuracy",) if protocol == CLASSIFICATION else MAIN_RETRIEVAL_METRICS
+    """The metric a column is ranked by: accuracy for classification, else the leaderboard's first present
+    (mMP@5, the paper's main score)."""
+    wanted = ("accuracy",) if protocol == CLASSIFICATION else MAIN_METRICS
     return next((m for m in wanted if m in metrics), None)
 
 
