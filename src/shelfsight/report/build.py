@@ -27,6 +27,7 @@ from shelfsight.report.recommend import (
     recommend,
     task_metric,
 )
+from shelfsight.report.sections import Section, build_sections
 
 MAX_GRID_ROWS = 12
 """Model x strategy rows per retrieval grid: the best ones by the main metric, so the page stays light."""
@@ -141,12 +142,15 @@ class Report:
     index_recall: pd.DataFrame
     thumbnails_missing: int
     absent: dict[str, str] = field(default_factory=dict)
+    extras: list[Section] = field(default_factory=list)
+    """Sections from ``shelfsight.report.sections`` that have something to show for this run."""
 
     @property
     def plots(self) -> list[Plot]:
         """Every figure, in page order: these are also written to ``figures/`` and logged to MLflow."""
         return [*self.bars, *([self.gains_plot] if self.gains_plot else []), *self.cost_plots, *self.cross_plots,
-                *(c.plot for c in self.confusions)]
+                *(c.plot for c in self.confusions),
+                *(Plot(p.name, p.title, p.png, p.caption) for s in self.extras for p in s.plots)]
 
     @property
     def datasets(self) -> list[str]:
@@ -206,11 +210,13 @@ def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report
     recall = _index_recall(table)
     if recall.empty:
         absent["index-recall"] = "no index_recall rows: no retrieval cell finished"
+    say("extra sections")
+    extras = build_sections(run)
     return Report(run=run, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                   recommendations=recs, boards=boards, bars=bars, gains=gains, family_gains=family_gains(gains),
                   gains_plot=gains_plot, cost_plots=cost_plots, cross_plots=cross_plots, grids=grids,
                   confusions=confusions, index_recall=recall, thumbnails_missing=len(thumbnails.missing),
-                  absent=absent)
+                  absent=absent, extras=extras)
 
 
 def _paired_tests(run: RunData) -> PairedTests | None:

@@ -52,7 +52,8 @@ def render_html(report: Report) -> str:
     consensus_lines = [line for task in (VISUAL_SEARCH, AUTO_TAGGING)
                        if (line := consensus(report.recommendations, task, TIERS[-1].name))]
     return environment.from_string(TEMPLATE).render(
-        r=report, sections=SECTIONS, headline=headline(report.recommendations), consensus=consensus_lines, tiers=TIERS,
+        r=report, sections=_sections(report), headline=headline(report.recommendations), consensus=consensus_lines,
+        tiers=TIERS,
         tasks=(VISUAL_SEARCH, AUTO_TAGGING), models=sorted(str(m) for m in table["model"].unique()),
         strategies=sorted(str(s) for s in table["strategy"].unique()),
         ok_cells=sum(1 for c in run.cells if c.status == "ok"),
@@ -62,6 +63,11 @@ def render_html(report: Report) -> str:
         index_text=_index_text(index), versions=versions,
         config_text=json.dumps(run.config, indent=2, sort_keys=True) if run.config else "(no config.json)",
     )
+
+
+def _sections(report: Report) -> list[tuple[str, str]]:
+    """The navigation: core sections, then the extra ones, then configuration and failed cells."""
+    return [*SECTIONS[:-2], *((extra.id, extra.title) for extra in report.extras), *SECTIONS[-2:]]
 
 
 def _index_text(index: dict[str, object]) -> str:

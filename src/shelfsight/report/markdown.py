@@ -65,6 +65,8 @@ def render_markdown(report: Report, figures_dir: str = "figures") -> str:
         for board in report.boards:
             if board.dataset == dataset and (board is main or board.protocol == "classification"):
                 lines += _board(board)
+    for extra in report.extras:
+        lines += [f"## {extra.title}", "", extra.markdown.rstrip(), ""]
     lines += ["## Figures", ""]
     for plot in report.plots:
         lines += [f"![{plot.title}]({figures_dir}/{plot.name}.png)", ""]

@@ -256,6 +256,13 @@ classes, summed over {{ c.seeds }} seed(s).</figcaption></figure>
 {% else %}<p class="absent">Not shown: {{ r.absent["index-recall"] }}.</p>{% endif %}
 </section>
 
+{% for extra in r.extras %}
+<section id="{{ extra.id }}">
+<h2>{{ extra.title }}</h2>
+{{ extra.html | safe }}
+</section>
+{% endfor %}
+
 <section id="configuration">
 <h2>Configuration and versions</h2>
 <table>

@@ -1,0 +1,46 @@
+"""Report sections beyond the core ones: each is one module with a builder ``(RunData) -> Section | None``.
+
+A builder reads what it needs from the run folder (cells, side files such as ``compression.csv``) and
+returns a ``Section`` with its HTML body, its Markdown body and its figures, or ``None`` when the run has
+nothing for it (the page then leaves it out). Adding a section is one module and one line in ``BUILDERS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shelfsight.report.data import RunData
+
+
+@dataclass(frozen=True)
+class SectionPlot:
+    """A figure of a section: file name under ``figures/`` (no extension), title, caption, PNG bytes."""
+
+    name: str
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One extra section: ``html`` is trusted markup built by the section (escape what it quotes)."""
+
+    id: str
+    title: str
+    html: str
+    markdown: str
+    plots: list[SectionPlot] = field(default_factory=list)
+
+
+SectionBuilder = Callable[[RunData], "Section | None"]
+
+BUILDERS: list[SectionBuilder] = [
+]
+"""Every extra section, in page order (after the core sections, before the configuration)."""
+
+
+def build_sections(run: RunData) -> list[Section]:
+    """Every extra section that has something to show for ``run``."""
+    return [section for builder in BUILDERS if (section := builder(run)) is not None]
