@@ -25,8 +25,8 @@ import torch
 from shelfsight.backbones import build_pixel_transform, normalize_pixels
 from shelfsight.catalog import decode_image, load_catalog
 from shelfsight.embeddings import embed_catalog
-from shelfsight.embeddings.extract import prepare_for_inference
 from shelfsight.embeddings.ray_engine import BackboneRecipe, RayOptions, embed_catalog_ray
+from shelfsight.embeddings.runtimes import prepare_for_inference
 
 
 def main() -> None:

@@ -33,6 +33,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     return cache
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _shared_exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONNX exports depend on the backbone only: one folder for the session spares each test a re-export."""
+    folder = tmp_path_factory.mktemp("exports")
+    os.environ["SHELFSIGHT_EXPORT_DIR"] = str(folder)
+    return folder
+
+
 def data_root() -> Path | None:
     value = os.environ.get("SHELFSIGHT_DATA_DIR")
     return Path(value) if value else None

@@ -18,11 +18,10 @@ import torch
 from PIL import Image, ImageOps
 
 from conftest import gradient
-from shelfsight import paths
 from shelfsight.backbones import Backbone, load_backbone
 from shelfsight.catalog import load_catalog, load_image_folder
-from shelfsight.embeddings import EmbeddingCache, embed_catalog
-from shelfsight.embeddings.cache import NON_FINITE, Chunk, SkippedItem, make_chunk
+from shelfsight.embeddings import embed_catalog
+from shelfsight.embeddings.cache import NON_FINITE, SkippedItem, make_chunk
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,7 @@ def test_cache_key_follows_preprocessing_and_file_content(messy_catalog: Path, s
     os.utime(replaced, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
     changed = embed_catalog(load_image_folder(messy_catalog).subset(catalog.ids), small_backbone, num_workers=0,
                             progress=False)
-    assert changed.key != first.key and changed.computed == 3
+    assert changed.key != first.key and changed.computed == 1  # only the replaced photo: the others are unchanged
     assert not np.allclose(changed.vectors[1], first.vectors[1])
 
 
@@ -130,7 +129,7 @@ def test_real_weights_flipped_photo_is_closer_than_another_product(grocery_photo
 
 
 def _cache_chunks(cache: Path) -> list[Path]:
-    return sorted(cache.glob("embeddings/*/*/chunk-*.npz"))
+    return sorted(cache.glob("vectors/*/*/part-*.npz"))
 
 
 @pytest.mark.slow
@@ -149,7 +148,7 @@ def test_killed_process_resumes_where_it_stopped(grocery_root: Path, tmp_path: P
     process.wait()
     survivors = len(_cache_chunks(tmp_path / "killed"))
     assert 2 <= survivors < 10
-    assert not list((tmp_path / "killed").glob("embeddings/*/*/.chunk-*"))  # no half-written chunk left
+    assert not list((tmp_path / "killed").glob("vectors/*/*/.part-*"))  # no half-written part left
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
     assert f"partial ({survivors * 16} items cached)" in finished.stdout
@@ -226,7 +225,7 @@ def test_non_finite_embeddings_become_skipped_items(tmp_path: Path, small_backbo
     assert len(result.ids) + len(result.skipped) == len(catalog)
     warm = embed_catalog(catalog, broken, **options)  # type: ignore[arg-type]
     assert warm.computed == 0 and warm.skipped == result.skipped and np.array_equal(warm.vectors, result.vectors)
-    for chunk in sorted(result.cache_folder.glob("chunk-*.npz")):  # type: ignore[union-attr]
+    for chunk in sorted(result.cache_folder.glob("part-*.npz")):  # type: ignore[union-attr]
         with np.load(chunk) as stored:
             assert np.isfinite(stored["vectors"]).all()  # never written to the cache either
 
@@ -236,11 +235,11 @@ def test_a_cached_non_finite_vector_is_refused_on_reading(messy_catalog: Path, s
     catalog = load_image_folder(messy_catalog).select_splits("all").subset(
         [f"shoes/shoes_{k}.jpg" for k in range(3)])
     first = embed_catalog(catalog, small_backbone, num_workers=0, progress=False)
-    cache = EmbeddingCache(paths.cache_dir(), first.key)
-    stale = cache.read_chunk(0)
-    poisoned = stale.vectors.copy()
+    (part,) = sorted(first.cache_folder.glob("part-*.npz"))  # type: ignore[union-attr]
+    with np.load(part) as stored:
+        digests, poisoned, failed = stored["digests"], stored["vectors"].copy(), stored["failed"]
     poisoned[1, 7] = np.nan
-    cache.write_chunk(0, Chunk(ids=stale.ids, vectors=poisoned, skipped=stale.skipped))
+    np.savez(part, digests=digests, vectors=poisoned, failed=failed)
     again = embed_catalog(catalog, small_backbone, num_workers=0, progress=False)
     assert again.computed == 0
     assert again.ids == ["shoes/shoes_0.jpg", "shoes/shoes_2.jpg"]

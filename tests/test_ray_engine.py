@@ -16,7 +16,13 @@ from shelfsight.embeddings import embed_catalog
 from shelfsight.embeddings.shards import read_shard
 
 ray = pytest.importorskip("ray")
-from shelfsight.embeddings.ray_engine import BackboneRecipe, RayOptions, embed_catalog_ray, shard_paths  # noqa: E402
+from shelfsight.embeddings.ray_engine import (  # noqa: E402
+    BackboneRecipe,
+    RayOptions,
+    embed_catalog_ray,
+    shard_folder,
+    shard_paths,
+)
 
 pytestmark = pytest.mark.slow  # a local Ray cluster takes ~10 s to start
 
@@ -62,7 +68,8 @@ def test_ray_extraction_equals_one_process_and_fills_the_same_cache(ray_cluster:
     # and a second Ray run finds everything cached without starting any work
     again = embed_catalog_ray(grocery_subset, RECIPE, chunk_size=chunk, cache_dir=cache, progress=False)
     assert again.computed == 0
-    shards = shard_paths(distributed.cache_folder or Path())
+    assert distributed.runtime == single.runtime == "onnx"  # the same runtime, chosen and checked alike
+    shards = shard_paths(shard_folder(distributed))
     assert len(shards) == 3
     ids, vectors = zip(*(read_shard(path) for path in shards), strict=True)
     assert [i for part in ids for i in part] == single.ids

@@ -7,6 +7,7 @@ from pathlib import Path
 
 DATA_DIR_ENV = "SHELFSIGHT_DATA_DIR"
 CACHE_DIR_ENV = "SHELFSIGHT_CACHE_DIR"
+EXPORT_DIR_ENV = "SHELFSIGHT_EXPORT_DIR"
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -26,6 +27,13 @@ def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
         return Path(value).expanduser().resolve()
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg).expanduser().resolve() / "shelfsight"
+
+
+def export_dir(cache: str | os.PathLike[str] | None = None) -> Path:
+    """Exported model graphs: ``$SHELFSIGHT_EXPORT_DIR`` (one folder shared by several caches, e.g. on a
+    machine with one cache per project), else ``exports/`` in the cache root."""
+    value = os.environ.get(EXPORT_DIR_ENV)
+    return Path(value).expanduser().resolve() if value else cache_dir(cache) / "exports"
 
 
 def describe_data_dir(explicit: str | os.PathLike[str] | None = None) -> str:

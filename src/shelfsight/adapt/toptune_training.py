@@ -7,8 +7,9 @@ DataLoader costs more than the small MLP itself.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +139,23 @@ def _snapshot(head: MLPHead) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in head.state_dict().items()}
 
 
+HEAD_THREADS = 1
+"""Torch threads while a head trains. A small MLP's matrices are too small to split across cores, and two
+threads that wait on each other collapse when another process holds a core: on a 2-core machine under load,
+20 epochs on Grocery Store took 4.7 s with one thread and 80 s with two (``benchmarks/toptune.py``)."""
+
+
+@contextlib.contextmanager
+def head_threads(threads: int = HEAD_THREADS) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_on_tensors(train: LabelledTensors, val: LabelledTensors, params: Mapping[str, Any], *, n_classes: int,
                      epochs: int, patience: int, batch_size: int, seed: int,
                      on_epoch: HeadEpochCallback | None) -> TrainedHead:
@@ -145,7 +163,7 @@ def train_on_tensors(train: LabelledTensors, val: LabelledTensors, params: Mappi
     started = time.perf_counter()
     history: list[EpochRecord] = []
     best_accuracy, best_epoch, stopped_early = -1.0, 0, False
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), head_threads():
         torch.manual_seed(seed)  # initialisation and dropout
         head = MLPHead(train.x.shape[1], n_classes, head_config(params))
         optimizer = build_head_optimizer(params, head)

@@ -28,6 +28,8 @@ def embed_command(
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    runtime: Annotated[str, typer.Option(help="auto (ONNX Runtime on a CPU where it agrees with PyTorch), torch, "
+                                              "onnx or openvino.")] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute without reading or writing the cache.")] = False,
     chunk_size: Annotated[int, typer.Option(min=1, help="Items per cache chunk (the resume granularity).")] = 1024,
     limit: Annotated[int | None, typer.Option(min=1, help="Embed only the first N items.")] = None,
@@ -46,6 +48,8 @@ def embed_command(
     get_spec(model)  # a typo fails before a large catalogue is scanned
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise typer.BadParameter("use auto, fp32, bf16 or fp16", param_hint="--precision")
+    if runtime not in ("auto", "torch", "onnx", "openvino"):
+        raise typer.BadParameter("use auto, torch, onnx or openvino", param_hint="--runtime")
     catalog = load_catalog(dataset, data_dir=data_dir, splits=tuple(split) if split else None, cache_dir=cache_dir,
                            download=download, image_root=image_root)
     if limit:
@@ -56,13 +60,15 @@ def embed_command(
         result, backbone_name = _embed_on_ray(
             catalog, model, random_init=random_init, weights=weights, no_cache=no_cache, address=address,
             actors=actors, gpus_per_actor=gpus_per_actor, batch_size=batch_size, device=device, precision=precision,
+            runtime=runtime,
             cache_dir=cache_dir, chunk_size=chunk_size, quiet=quiet)
     else:
         result, backbone_name = _embed_here(
             catalog, model, random_init=random_init, weights=weights, workers=workers, no_cache=no_cache,
-            batch_size=batch_size, device=device, precision=precision, cache_dir=cache_dir, chunk_size=chunk_size,
-            quiet=quiet)
-    report = result.write_skip_report((result.cache_folder or Path.cwd()) / "skipped.csv") if result.skipped else None
+            batch_size=batch_size, device=device, precision=precision, runtime=runtime, cache_dir=cache_dir,
+            chunk_size=chunk_size, quiet=quiet)
+    report = (result.write_skip_report((result.cache_folder or Path.cwd()) / f"skipped-{result.key[:12]}.csv")
+              if result.skipped else None)
     if output:
         result.save(output)
     print_embedding_summary(catalog.name, backbone_name, len(catalog), result, report, output)
@@ -70,23 +76,25 @@ def embed_command(
 
 def _embed_on_ray(catalog: Catalog, model: str, *, random_init: bool, weights: Path | None, no_cache: bool,
                   address: str | None, actors: int | None, gpus_per_actor: float, batch_size: int | None,
-                  device: str, precision: str, cache_dir: Path | None, chunk_size: int,
+                  device: str, precision: str, runtime: str, cache_dir: Path | None, chunk_size: int,
                   quiet: bool) -> tuple[Embeddings, str]:
     """The Ray engine: backbone actors on a cluster (a local one by default), results through the cache."""
-    from shelfsight.embeddings.ray_engine import BackboneRecipe, RayOptions, embed_catalog_ray
+    from shelfsight.embeddings.ray_engine import BackboneRecipe, RayOptions, embed_catalog_ray, shard_folder
 
     if no_cache:
         raise typer.BadParameter("the Ray engine writes its results through the cache", param_hint="--no-cache")
     recipe = BackboneRecipe(model, pretrained=not random_init, weights=str(weights) if weights else None)
     result = embed_catalog_ray(
         catalog, recipe, options=RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor),
-        batch_size=batch_size, device=device, precision=precision,  # type: ignore[arg-type]
+        batch_size=batch_size, device=device, precision=precision, runtime=runtime,  # type: ignore[arg-type]
         cache_dir=cache_dir, chunk_size=chunk_size, progress=not quiet)
+    console.print(f"Parquet shards for `shelfsight bulk-index --shards`: {shard_folder(result)}")
     return result, recipe.name
 
 
 def _embed_here(catalog: Catalog, model: str, *, random_init: bool, weights: Path | None, workers: int | None,
-                no_cache: bool, batch_size: int | None, device: str, precision: str, cache_dir: Path | None,
+                no_cache: bool, batch_size: int | None, device: str, precision: str, runtime: str,
+                cache_dir: Path | None,
                 chunk_size: int, quiet: bool) -> tuple[Embeddings, str]:
     """The local engine: this process runs the model, decoding worker processes feed it."""
     from shelfsight.backbones import load_backbone
@@ -95,7 +103,7 @@ def _embed_here(catalog: Catalog, model: str, *, random_init: bool, weights: Pat
     backbone = load_backbone(model, pretrained=not random_init, weights=weights)
     result = embed_catalog(
         catalog, backbone, batch_size=batch_size, num_workers=workers, device=device,
-        precision=precision,  # type: ignore[arg-type]
+        precision=precision, runtime=runtime,  # type: ignore[arg-type]
         cache_dir=cache_dir, use_cache=not no_cache, chunk_size=chunk_size, progress=not quiet,
     )
     return result, backbone.spec.name
@@ -110,7 +118,8 @@ def print_embedding_summary(catalog_name: str, model: str, n_items: int, result:
     table.add_column()
     rows = [
         ("items", str(n_items)), ("embedded", str(len(result.ids))), ("skipped", str(len(result.skipped))),
-        ("dimension", str(result.dim)), ("device / precision", f"{result.device} / {result.precision}"),
+        ("dimension", str(result.dim)),
+        ("device / precision / runtime", f"{result.device} / {result.precision} / {result.runtime or '-'}"),
         ("cache", state), ("time", f"{result.seconds:.2f} s"),
     ]
     if result.computed:

@@ -1,10 +1,11 @@
-"""A content-addressed, chunked embedding cache.
+"""A content-addressed embedding cache, per photo.
 
-The key digests everything that decides the numbers (backbone identity, weights, resolved
-preprocessing, decoding options, precision and the catalogue's files), so a changed crop or a
-replaced photo can never read stale vectors. Items are cut into fixed chunks along catalogue
-order; each chunk is written atomically (temporary file, then rename), so a run killed at any
-moment leaves only whole chunks and the next run computes just the missing ones.
+An embedding space's key digests everything that decides the numbers (backbone identity, weights,
+resolved preprocessing, decoding options, precision, runtime); inside it each photo's vector is keyed by
+the SHA-256 of the photo's bytes. A changed crop or runtime is another space; a replaced photo is another
+digest; adding 1% of photos to a catalogue computes those 1%, and removing or renaming photos computes
+nothing. Computed vectors are stored in parts of up to a chunk of photos, each written atomically, so a
+run killed at any moment resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -63,36 +64,64 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-class EmbeddingCache:
-    """The folder of one cache key: ``manifest.json`` and ``chunk-NNNNN.npz`` files."""
+@dataclass(frozen=True)
+class StoredItems:
+    """What the store knows of some photos, by content digest: vectors, and reasons for failed ones."""
+
+    vectors: dict[str, np.ndarray]
+    failures: dict[str, str]
+
+
+class VectorStore:
+    """The vectors of one embedding space (backbone, weights, preprocessing, runtime), keyed by photo content.
+
+    ``vectors/KEY[:2]/KEY/`` holds ``part-NNNNNN.npz`` files (``digests``, ``vectors``, and ``failed``
+    digests with their reasons) and ``manifest.json``. A part is written whole (temporary file, fsync,
+    rename), so a run killed at any moment loses at most the part in progress, and the next run computes
+    only the photos no part holds. Any catalogue listing the same bytes, wherever they live and whatever
+    they are called, reads the same vectors.
+    """
 
     def __init__(self, root: Path, key: str) -> None:
         self.key = key
-        self.folder = root / "embeddings" / key[:2] / key
+        self.folder = root / "vectors" / key[:2] / key
 
-    def chunk_path(self, index: int) -> Path:
-        return self.folder / f"chunk-{index:05d}.npz"
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.npz"))
 
-    def has_chunk(self, index: int) -> bool:
-        return self.chunk_path(index).is_file()
+    def read(self) -> StoredItems:
+        """Every stored vector and failure (later parts win, though parts never disagree)."""
+        vectors: dict[str, np.ndarray] = {}
+        failures: dict[str, str] = {}
+        for part in self.parts():
+            with np.load(part, allow_pickle=False) as data:
+                stored = data["vectors"]
+                vectors.update(zip(data["digests"].tolist(), stored, strict=True))
+                failures.update((str(d), str(r)) for d, r in data["failed"].tolist())
+        return StoredItems(vectors, failures)
 
-    def read_chunk(self, index: int) -> Chunk:
-        with np.load(self.chunk_path(index), allow_pickle=False) as data:
-            skipped = [SkippedItem(*row) for row in data["skipped"].tolist()]
-            return Chunk(ids=data["ids"].tolist(), vectors=data["vectors"], skipped=skipped)
-
-    def write_chunk(self, index: int, chunk: Chunk) -> None:
-        skipped = np.array([[s.item_id, s.path, s.reason] for s in chunk.skipped], dtype=str).reshape(-1, 3)
+    def append(self, digests: list[str], vectors: np.ndarray, failures: dict[str, str]) -> Path:
+        """Store one part: ``vectors`` aligned with ``digests``, and the reasons of failed digests."""
+        if vectors.ndim != 2 or len(vectors) != len(digests):
+            raise ValueError(f"{len(digests)} digests and vectors of shape {vectors.shape} do not line up")
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.chunk_path(index), lambda handle: np.savez(
-            handle, ids=np.array(chunk.ids, dtype=str), vectors=chunk.vectors.astype(np.float32), skipped=skipped))
+        existing = self.parts()
+        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        target = self.folder / f"part-{number:06d}.npz"
+        failed = np.array(sorted(failures.items()), dtype=str).reshape(-1, 2)
+        _atomic_write(target, lambda handle: np.savez(
+            handle, digests=np.array(digests, dtype=str), vectors=vectors.astype(np.float32), failed=failed))
+        return target
 
-    def read_manifest_rate(self) -> dict[str, Any]:
-        """The extraction rate recorded by the run that computed this key, if any."""
+    def read_manifest(self) -> dict[str, Any]:
         try:
-            manifest = json.loads((self.folder / "manifest.json").read_text())
+            return dict(json.loads((self.folder / "manifest.json").read_text()))
         except (OSError, ValueError):
             return {}
+
+    def read_manifest_rate(self) -> dict[str, Any]:
+        """The extraction rate recorded by the last run that computed vectors here, if any."""
+        manifest = self.read_manifest()
         return {k: manifest[k] for k in ("images_per_second", "rate_batch_size") if k in manifest}
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:

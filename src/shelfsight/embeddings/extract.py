@@ -1,10 +1,9 @@
-"""Batched embedding extraction with worker processes, resumable through the chunk cache."""
+"""Batched embedding extraction with worker processes, through the per-photo cache (resumable, incremental)."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -14,13 +13,16 @@ from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from shelfsight import paths
-from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform, normalize_pixels
+from shelfsight.backbones import Backbone, build_pixel_transform
 from shelfsight.catalog.images import decode_image
 from shelfsight.catalog.types import Catalog
-from shelfsight.embeddings.cache import Chunk, EmbeddingCache, SkippedItem, cache_key, make_chunk
+from shelfsight.embeddings.cache import Chunk, SkippedItem, make_chunk
+from shelfsight.embeddings.plan import ExtractionPlan, assemble, plan_extraction
+from shelfsight.embeddings.runtime_choice import default_threads
+from shelfsight.embeddings.runtimes import RuntimeChoice
 from shelfsight.errors import ImageDecodeError
 from shelfsight.progress import progress_bar
 
@@ -47,6 +49,8 @@ class Embeddings:
     cache_folder: Path | None = field(default=None, repr=False)
     extraction_rate: float | None = None
     """Images/s of the run that computed these vectors (kept in the cache, so known on warm reads too)."""
+    runtime: str = ""
+    """The runtime that computed them (torch, onnx, openvino)."""
 
     @property
     def dim(self) -> int:
@@ -108,6 +112,8 @@ def embed_catalog(
     num_workers: int | None = None,
     device: str = "auto",
     precision: Precision = "auto",
+    runtime: RuntimeChoice = "auto",
+    threads: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -115,93 +121,105 @@ def embed_catalog(
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
 ) -> Embeddings:
-    """Embed every item of ``catalog`` with ``backbone``, reading and filling the cache.
+    """Embed every item of ``catalog`` with ``backbone``, reading and filling the per-photo cache.
 
     A file that cannot be decoded is skipped and reported, never fatal: ``len(catalog) ==
-    len(result.ids) + len(result.skipped)``. ``draft`` lets the JPEG decoder downscale large
-    photos before resizing (part of the cache key, since it changes pixels slightly).
+    len(result.ids) + len(result.skipped)``. Only photos (by content) the cache lacks are computed, by
+    ``runtime`` (``auto``: ONNX Runtime on a CPU when it agrees with PyTorch on these photos, see
+    ``runtime_choice``). ``draft`` lets the JPEG decoder downscale large photos before resizing (part of
+    the cache key, since it changes pixels slightly). ``threads``: the runtime's threads (default: the
+    cores the decoding workers leave).
     """
     torch_device = resolve_device(device)
     batch_size = batch_size or default_batch_size(torch_device)
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be at least 1")
+    workers = default_num_workers() if num_workers is None else num_workers
     resolved_precision = resolve_precision(precision, torch_device)
-    encoder, fused = prepare_for_inference(backbone.encoder, torch_device)
-    key = embedding_cache_key(catalog, backbone, draft=draft, precision=resolved_precision, chunk_size=chunk_size,
-                              fused=fused)
-    cache = EmbeddingCache(paths.cache_dir(cache_dir), key)
-    n_chunks = math.ceil(len(catalog) / chunk_size)
-    missing = [i for i in range(n_chunks) if not (use_cache and cache.has_chunk(i))]
-    manifest = {
-        "catalog": catalog.name, "items": len(catalog), "chunk_size": chunk_size, "chunks": n_chunks,
-        "backbone": backbone.spec.name, "identity": backbone.cache_identity(), "precision": resolved_precision,
-        "draft": draft, "device": str(torch_device), **cache.read_manifest_rate(),
-    }
-    if use_cache and missing:
-        cache.write_manifest(manifest)
+    transform = build_pixel_transform(backbone.preprocess)
+    draft_size = backbone.preprocess.resize_size if draft else None
+    plan = plan_extraction(
+        catalog, backbone, requested=runtime, device=torch_device, precision=resolved_precision, draft=draft,
+        threads=threads or default_threads(workers), cache_dir=cache_dir, use_cache=use_cache,
+        probe=lambda positions: probe_pixels(catalog, positions, transform, draft_size))
     started = time.perf_counter()
-    chunks_in = _compute_chunks(
-        catalog, backbone, encoder, missing, chunk_size=chunk_size, batch_size=batch_size,
-        num_workers=default_num_workers() if num_workers is None else num_workers, device=torch_device,
-        precision=resolved_precision, draft=draft, progress=progress, already_done=len(catalog)
-        - sum(min(chunk_size, len(catalog) - i * chunk_size) for i in missing),
-    ) if missing else iter(())
-    computed, computed_chunks = _store_chunks(chunks_in, cache if use_cache else None, on_chunk)
-    seconds = time.perf_counter() - started
-    if computed:
-        manifest.update({"images_per_second": computed / seconds, "rate_batch_size": batch_size})
+    computed = 0
+    if plan.to_compute:
+        assert plan.runtime is not None and plan.report is not None
+        manifest = _manifest(catalog, backbone, plan, torch_device, resolved_precision, draft)
         if use_cache:
-            cache.write_manifest(manifest)
-    chunks = [computed_chunks[i] if i in computed_chunks else cache.read_chunk(i) for i in range(n_chunks)]
-    return embeddings_from_chunks(
-        chunks, key=key, computed=computed, seconds=seconds, device=str(torch_device), precision=resolved_precision,
-        cache_folder=cache.folder if use_cache else None, extraction_rate=manifest.get("images_per_second"),
-        catalog=catalog)
+            plan.store.write_manifest(manifest)
+        parts = _compute_parts(catalog, plan, transform, draft_size, chunk_size=chunk_size, batch_size=batch_size,
+                               num_workers=workers, device=torch_device, progress=progress)
+        computed = store_parts(parts, plan, use_cache, on_chunk)
+        if use_cache:
+            seconds = time.perf_counter() - started
+            plan.store.write_manifest({**manifest, "images_per_second": computed / max(seconds, 1e-9),
+                                       "rate_batch_size": batch_size})
+    return embeddings_from_plan(catalog, plan, computed=computed, seconds=time.perf_counter() - started,
+                                device=str(torch_device), precision=resolved_precision, use_cache=use_cache)
 
 
-def _store_chunks(chunks: Iterable[tuple[int, Chunk]], cache: EmbeddingCache | None,
-                  on_chunk: Callable[[int], None] | None) -> tuple[int, dict[int, Chunk]]:
-    """Write each computed chunk to the cache (or keep it in memory without one); count the items."""
-    computed, kept = 0, {}
-    for index, chunk in chunks:
+def _manifest(catalog: Catalog, backbone: Backbone, plan: ExtractionPlan, device: torch.device, precision: str,
+              draft: bool) -> dict[str, object]:
+    assert plan.report is not None
+    return {**plan.store.read_manifest(), "backbone": backbone.spec.name, "identity": backbone.cache_identity(),
+            "precision": precision, "draft": draft, "device": str(device), "runtime": plan.report.as_dict(),
+            "last_catalog": catalog.name}
+
+
+def probe_pixels(catalog: Catalog, positions: list[int], transform: Callable[..., torch.Tensor],
+                 draft_size: int | None, photos: int = 8) -> torch.Tensor:
+    """Up to ``photos`` decodable photos among ``positions``, spread over them: a runtime's agreement check."""
+    step = max(1, len(positions) // (photos * 2))
+    pixels: list[torch.Tensor] = []
+    for position in positions[::step]:
+        try:
+            pixels.append(transform(decode_image(catalog.items[position].image_path, draft_size=draft_size)))
+        except Exception:  # noqa: BLE001 - an unreadable photo is no probe; extraction reports it later
+            continue
+        if len(pixels) == photos:
+            break
+    if not pixels:
+        size = transform(Image.new("RGB", (8, 8))).shape[-1]
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    return torch.stack(pixels)
+
+
+def store_parts(parts: Iterable[tuple[int, Chunk]], plan: ExtractionPlan, use_cache: bool,
+                 on_chunk: Callable[[int], None] | None) -> int:
+    """Write each computed part to the store (and into the plan, for this call's result); count the photos."""
+    computed = 0
+    for index, chunk in parts:
+        digests = {item_id: plan.digests[int(item_id)] for item_id in [*chunk.ids, *(s.item_id for s in
+                                                                                    chunk.skipped)]}
+        vectors = chunk.vectors if len(chunk.ids) else np.zeros((0, 1), np.float32)
+        failures = {str(digests[s.item_id]): s.reason for s in chunk.skipped}
+        if use_cache:
+            plan.store.append([str(digests[i]) for i in chunk.ids], vectors, failures)
+        plan.stored.vectors.update(zip((str(digests[i]) for i in chunk.ids), vectors, strict=True))
+        plan.stored.failures.update(failures)
         computed += len(chunk.ids) + len(chunk.skipped)
-        if cache is not None:
-            cache.write_chunk(index, chunk)
-        else:
-            kept[index] = chunk
         if on_chunk is not None:
             on_chunk(index)
-    return computed, kept
+    return computed
 
 
-def embeddings_from_chunks(chunks: list[Chunk], *, key: str, computed: int, seconds: float, device: str,
-                           precision: str, cache_folder: Path | None, extraction_rate: object,
-                           catalog: Catalog | None = None) -> Embeddings:
-    """Concatenate cache chunks (in catalogue order) into one ``Embeddings``: shared by every engine.
-
-    Non-finite vectors are refused here too (a chunk cached before they were refused at extraction may hold
-    some): such items move to ``skipped``, with their path from ``catalog``."""
-    if any(len(c.ids) and not np.isfinite(c.vectors).all() for c in chunks):
-        where = {item.item_id: str(item.image_path) for item in catalog} if catalog is not None else {}
-        chunks = [make_chunk(c.ids, [where.get(i, "") for i in c.ids], c.vectors, c.skipped) for c in chunks]
-    vectors = [c.vectors for c in chunks if len(c.ids)]
-    dim = vectors[0].shape[1] if vectors else 0
-    return Embeddings(
-        ids=[item_id for c in chunks for item_id in c.ids],
-        vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32),
-        skipped=[s for c in chunks for s in c.skipped], key=key, computed=computed, seconds=seconds,
-        device=device, precision=precision, cache_folder=cache_folder,
-        extraction_rate=extraction_rate,  # type: ignore[arg-type]
-    )
+def embeddings_from_plan(catalog: Catalog, plan: ExtractionPlan, *, computed: int, seconds: float, device: str,
+                         precision: str, use_cache: bool) -> Embeddings:
+    """The catalogue's ``Embeddings`` from a plan whose store now holds every photo: shared by both engines."""
+    ids, vectors, skipped = assemble(catalog, plan)
+    rate = plan.store.read_manifest_rate().get("images_per_second") if use_cache else None
+    return Embeddings(ids=ids, vectors=vectors, skipped=skipped, key=plan.catalogue_key, computed=computed,
+                      seconds=seconds, device=device, precision=precision,
+                      cache_folder=plan.store.folder if use_cache else None,
+                      extraction_rate=rate or (computed / seconds if computed and seconds > 0 else None),
+                      runtime=plan.report.chosen if plan.report else _stored_runtime(plan))
 
 
-def embedding_cache_key(catalog: Catalog, backbone: Backbone, *, draft: bool, precision: str, chunk_size: int,
-                        fused: bool) -> str:
-    """The cache key of a catalogue embedded by a backbone: shared by every engine (one process, Ray)."""
-    return cache_key({
-        "backbone": backbone.cache_identity(), "catalog": catalog.fingerprint(), "draft": draft,
-        "precision": precision, "chunk_size": chunk_size, "fused": fused,
-    })
+def _stored_runtime(plan: ExtractionPlan) -> str:
+    report = plan.store.read_manifest().get("runtime")
+    return str(report.get("chosen", "")) if isinstance(report, dict) else ""
 
 
 class _ImageDataset(Dataset[tuple[int, torch.Tensor | None, str | None]]):
@@ -235,77 +253,48 @@ def _collate(samples: list[tuple[int, torch.Tensor | None, str | None]]) -> _Bat
     return [i for i, _ in good], tensor, failures
 
 
-def _batches_for(chunks: list[int], chunk_size: int, total: int, batch_size: int) -> list[list[int]]:
-    """Batches never straddle chunks, so a resumed run computes exactly the batches of a full one."""
+def _batches_for(positions: list[int], chunk_size: int, batch_size: int) -> list[list[int]]:
+    """Parts of ``chunk_size`` photos, batches never straddling parts: a resumed run computes exactly the
+    batches an uninterrupted one would have for the photos left."""
     batches: list[list[int]] = []
-    for chunk in chunks:
-        start, stop = chunk * chunk_size, min(total, (chunk + 1) * chunk_size)
-        batches.extend(list(range(s, min(stop, s + batch_size))) for s in range(start, stop, batch_size))
+    for start in range(0, len(positions), chunk_size):
+        part = positions[start:start + chunk_size]
+        batches.extend(part[s:s + batch_size] for s in range(0, len(part), batch_size))
     return batches
 
 
-def _compute_chunks(
-    catalog: Catalog, backbone: Backbone, encoder: torch.nn.Module, chunks: list[int], *, chunk_size: int,
-    batch_size: int, num_workers: int, device: torch.device, precision: str, draft: bool, progress: bool,
-    already_done: int,
+def _compute_parts(
+    catalog: Catalog, plan: ExtractionPlan, transform: Callable[..., torch.Tensor], draft_size: int | None, *,
+    chunk_size: int, batch_size: int, num_workers: int, device: torch.device, progress: bool,
 ) -> Iterator[tuple[int, Chunk]]:
-    items = catalog.items
-    dataset = _ImageDataset([str(i.image_path) for i in items], build_pixel_transform(backbone.preprocess),
-                            backbone.preprocess.resize_size if draft else None)
+    """Decode in worker processes, run the plan's runtime, yield whole parts (ids are catalogue positions)."""
+    assert plan.runtime is not None
+    items, positions = catalog.items, plan.to_compute
+    dataset = _ImageDataset([str(i.image_path) for i in items], transform, draft_size)
     loader = DataLoader(
-        dataset, batch_sampler=_batches_for(chunks, chunk_size, len(items), batch_size), num_workers=num_workers,
+        dataset, batch_sampler=_batches_for(positions, chunk_size, batch_size), num_workers=num_workers,
         collate_fn=_collate, pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None, multiprocessing_context="fork" if num_workers > 0 else None,
     )
+    part_of = {p: k // chunk_size for k, p in enumerate(positions)}
+    expected = {c: min(chunk_size, len(positions) - c * chunk_size) for c in set(part_of.values())}
     pending: dict[int, tuple[list[int], list[np.ndarray], list[SkippedItem]]] = {}
-    expected = {c: min(chunk_size, len(items) - c * chunk_size) for c in chunks}
-    with _progress_bar(progress, len(items), already_done, f"embed {catalog.name} · {backbone.spec.name}") as advance:
+    label = f"embed {catalog.name} · {plan.runtime.name}"
+    with _progress_bar(progress, len(positions), 0, label) as advance:
         for indices, pixels, failures in loader:
-            vectors = _forward(encoder, pixels, backbone.preprocess, device, precision) if pixels is not None else None
-            chunk = (indices[0] if indices else failures[0][0]) // chunk_size
-            done_ids, done_vectors, skipped = pending.setdefault(chunk, ([], [], []))
-            done_ids.extend(indices)
+            vectors = plan.runtime(pixels) if pixels is not None else None
+            part = part_of[indices[0] if indices else failures[0][0]]
+            done, done_vectors, skipped = pending.setdefault(part, ([], [], []))
+            done.extend(indices)
             if vectors is not None:
                 done_vectors.append(vectors)
-            skipped.extend(SkippedItem(items[i].item_id, str(items[i].image_path), r) for i, r in failures)
+            skipped.extend(SkippedItem(str(i), str(items[i].image_path), r) for i, r in failures)
             advance(len(indices) + len(failures))
-            if len(done_ids) + len(skipped) == expected[chunk]:
-                del pending[chunk]
-                dim_vectors = np.concatenate(done_vectors) if done_vectors else np.zeros((0, 0), np.float32)
-                yield chunk, make_chunk([items[i].item_id for i in done_ids], [str(items[i].image_path)
-                                                                               for i in done_ids],
-                                        dim_vectors, skipped)
-
-
-def prepare_for_inference(encoder: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, bool]:
-    """Eval mode on ``device``, batch norm folded into convolutions where the graph can be traced,
-    channels-last memory: about twice the CPU throughput of a plain eval model for CNNs, and the same
-    numbers up to float rounding. Returns the model and whether folding applied (part of cache keys).
-    """
-    from torch.fx.experimental.optimization import fuse
-
-    model = encoder.to(device).eval()
-    try:
-        model, fused = fuse(model), True
-    except Exception:  # noqa: BLE001 - untraceable models (dynamic control flow) run unfused
-        fused = False
-    return model.to(memory_format=torch.channels_last), fused
-
-
-def _forward(
-    encoder: torch.nn.Module, pixels: torch.Tensor, preprocess: Preprocess, device: torch.device, precision: str
-) -> np.ndarray:
-    """uint8 batch -> L2-normalised float32 vectors."""
-    autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        autocast = torch.autocast(device_type=device.type, dtype=dtype)
-    with torch.inference_mode():
-        batch = normalize_pixels(pixels.to(device, non_blocking=True), preprocess)
-        with autocast:
-            features = encoder(batch.contiguous(memory_format=torch.channels_last))
-        features = torch.nn.functional.normalize(features.float(), dim=1, eps=1e-12)
-    return features.cpu().numpy().astype(np.float32, copy=False)
+            if len(done) + len(skipped) == expected[part]:
+                del pending[part]
+                stacked = np.concatenate(done_vectors) if done_vectors else np.zeros((0, 0), np.float32)
+                yield part, make_chunk([str(i) for i in done], [str(items[i].image_path) for i in done], stacked,
+                                       skipped)
 
 
 def _progress_bar(enabled: bool, total: int, completed: int, description: str

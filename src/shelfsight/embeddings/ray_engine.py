@@ -11,8 +11,9 @@ The pipeline has three stages, each where it scales:
 3. the driver, which streams the vectors back, cuts them into the cache's chunks along catalogue
    order and writes each chunk (and a Parquet shard of it for bulk indexing) as soon as it is whole.
 
-The cache key is the single-machine one, so a Ray run fills the cache that ``embed_catalog`` reads
-(and the reverse), and an interrupted Ray run resumes chunk by chunk. Ray retries a failed decode task
+The plan (which photos the per-photo cache lacks, which runtime computes them, checked against PyTorch
+on those photos) is the single-machine one, so a Ray run fills the cache that ``embed_catalog`` reads
+(and the reverse), and an interrupted Ray run resumes part by part. Ray retries a failed decode task
 and restarts a dead actor; the driver keys rows by catalogue position, so a retried block can neither
 duplicate nor drop an item. (Ray Data's defaults already retry tasks and restart actors without
 limit on system failures: a killed worker process or node.)
@@ -20,31 +21,31 @@ limit on system failures: a killed worker process or node.)
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shelfsight import paths
 from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform, load_backbone
 from shelfsight.catalog.types import Catalog
-from shelfsight.embeddings.cache import EmbeddingCache, SkippedItem, make_chunk
+from shelfsight.embeddings.cache import Chunk, SkippedItem, make_chunk
 from shelfsight.embeddings.extract import (
     DEFAULT_CHUNK_SIZE,
     Embeddings,
     Precision,
     default_batch_size,
-    embedding_cache_key,
-    embeddings_from_chunks,
-    prepare_for_inference,
+    embeddings_from_plan,
+    probe_pixels,
     resolve_device,
     resolve_precision,
+    store_parts,
 )
+from shelfsight.embeddings.plan import ExtractionPlan, plan_extraction
+from shelfsight.embeddings.runtimes import Runtime, RuntimeChoice
 from shelfsight.embeddings.shards import write_shard
 from shelfsight.errors import ShelfsightError
 from shelfsight.progress import progress_bar
@@ -116,34 +117,43 @@ def _decode_batch(batch: dict[str, np.ndarray], preprocess: dict[str, Any], draf
 
 
 class _Embed:
-    """Ray Data actor: loads the backbone once, then uint8 pixels -> L2-normalised float32 vectors."""
+    """Ray Data actor: builds the driver's chosen runtime once, then uint8 pixels -> L2-normalised vectors."""
 
-    def __init__(self, recipe: BackboneRecipe, device: str, precision: str, threads: int) -> None:
+    def __init__(self, recipe: BackboneRecipe, runtime: str, device: str, precision: str, threads: int,
+                 cache_dir: str) -> None:
         import torch
 
         torch.set_num_threads(threads)  # the actor's CPU share, not every core of the node
-        self.backbone = recipe.load()
-        self.device = resolve_device(device)
-        self.precision = precision
-        self.encoder, _ = prepare_for_inference(self.backbone.encoder, self.device)
+        self.runtime = _build_runtime(recipe.load(), runtime, device, precision, threads, cache_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
-
-        from shelfsight.embeddings.extract import _forward
 
         good = batch["reason"] == ""
         dim = None
         vectors: np.ndarray | None = None
         if good.any():
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
-            computed = _forward(self.encoder, pixels, self.backbone.preprocess, self.device, self.precision)
+            computed = self.runtime(torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])))
             dim = computed.shape[1]
             vectors = np.zeros((len(good), dim), dtype=np.float32)
             vectors[good] = computed
         if vectors is None:
             vectors = np.zeros((len(good), dim or 1), dtype=np.float32)
         return {"position": batch["position"], "vector": vectors, "reason": batch["reason"]}
+
+
+def _build_runtime(backbone: Backbone, name: str, device: str, precision: str, threads: int,
+                   cache_dir: str) -> Runtime:
+    """The runtime the driver chose and checked, rebuilt in an actor (the export is shared through the cache)."""
+    import torch
+
+    from shelfsight.embeddings.export import ensure_onnx, export_path
+    from shelfsight.embeddings.runtimes import OnnxRuntime, OpenVinoRuntime, TorchRuntime
+
+    if name == "torch":
+        return TorchRuntime(backbone, torch.device(device), precision)
+    path, _ = ensure_onnx(backbone, export_path(backbone, cache_dir))
+    return OnnxRuntime(path, threads=threads) if name == "onnx" else OpenVinoRuntime(path, threads=threads)
 
 
 def embed_catalog_ray(
@@ -154,6 +164,7 @@ def embed_catalog_ray(
     batch_size: int | None = None,
     device: str = "auto",
     precision: Precision = "auto",
+    runtime: RuntimeChoice = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     draft: bool = True,
@@ -162,8 +173,8 @@ def embed_catalog_ray(
 ) -> Embeddings:
     """Embed ``catalog`` on a Ray cluster into the shared cache, then read it back like ``embed_catalog``.
 
-    Only chunks missing from the cache are computed. ``device``/``precision`` are resolved the same way
-    as on one machine (``auto`` means a GPU when actors get one).
+    Only photos missing from the cache are computed. ``device``/``precision``/``runtime`` are resolved the
+    same way as on one machine (``auto`` means a GPU when actors get one, where PyTorch is the runtime).
     """
     ray = _import_ray()
     options = options or RayOptions()
@@ -171,33 +182,34 @@ def embed_catalog_ray(
     torch_device = resolve_device("cuda" if options.gpus_per_actor > 0 and device == "auto" else device)
     batch_size = batch_size or default_batch_size(torch_device)
     resolved_precision = resolve_precision(precision, torch_device)
-    _, fused = prepare_for_inference(backbone.encoder, resolve_device("cpu"))
-    key = embedding_cache_key(catalog, backbone, draft=draft, precision=resolved_precision, chunk_size=chunk_size,
-                              fused=fused)
-    cache = EmbeddingCache(paths.cache_dir(cache_dir), key)
-    n_chunks = math.ceil(len(catalog) / chunk_size)
-    missing = [i for i in range(n_chunks) if not cache.has_chunk(i)]
-    manifest = {
-        "catalog": catalog.name, "items": len(catalog), "chunk_size": chunk_size, "chunks": n_chunks,
-        "backbone": backbone.spec.name, "identity": backbone.cache_identity(), "precision": resolved_precision,
-        "draft": draft, "device": str(torch_device), "engine": "ray", **cache.read_manifest_rate(),
-    }
+    transform = build_pixel_transform(backbone.preprocess)
+    draft_size = backbone.preprocess.resize_size if draft else None
+    threads = max(1, round(options.cpus_per_actor))
+    plan = plan_extraction(
+        catalog, backbone, requested=runtime, device=torch_device, precision=resolved_precision, draft=draft,
+        threads=threads, cache_dir=cache_dir, use_cache=True,
+        probe=lambda positions: probe_pixels(catalog, positions, transform, draft_size))
     started = time.perf_counter()
     computed = 0
-    if missing:
-        cache.write_manifest(manifest)
+    if plan.to_compute:
+        assert plan.report is not None
+        manifest = {**plan.store.read_manifest(), "backbone": backbone.spec.name, "engine": "ray",
+                    "identity": backbone.cache_identity(), "precision": resolved_precision, "draft": draft,
+                    "device": str(torch_device), "runtime": plan.report.as_dict(), "last_catalog": catalog.name}
+        plan.store.write_manifest(manifest)
         _start_ray(ray, options)
-        computed = _run_pipeline(ray, catalog, recipe, backbone, cache, missing, options=options,
-                                 chunk_size=chunk_size, batch_size=batch_size, device=str(torch_device),
-                                 precision=resolved_precision, draft=draft, progress=progress, on_chunk=on_chunk)
-    seconds = time.perf_counter() - started
-    if computed:
-        manifest.update({"images_per_second": computed / seconds, "rate_batch_size": batch_size})
-        cache.write_manifest(manifest)
-    return embeddings_from_chunks(
-        [cache.read_chunk(i) for i in range(n_chunks)], key=key, computed=computed, seconds=seconds,
-        device=str(torch_device), precision=resolved_precision, cache_folder=cache.folder,
-        extraction_rate=manifest.get("images_per_second"), catalog=catalog)
+        parts = _run_pipeline(ray, catalog, recipe, backbone, plan, options=options, chunk_size=chunk_size,
+                              batch_size=batch_size, device=str(torch_device), precision=resolved_precision,
+                              draft=draft, progress=progress, cache_dir=str(plan.store.folder.parents[2]))
+        computed = store_parts(parts, plan, True, on_chunk)
+        seconds = time.perf_counter() - started
+        plan.store.write_manifest({**manifest, "images_per_second": computed / max(seconds, 1e-9),
+                                   "rate_batch_size": batch_size})
+    result = embeddings_from_plan(catalog, plan, computed=computed, seconds=time.perf_counter() - started,
+                                  device=str(torch_device), precision=resolved_precision, use_cache=True)
+    if options.shards:
+        write_shards(result, shard_folder(result), chunk_size)
+    return result
 
 
 def _import_ray() -> Any:
@@ -237,15 +249,15 @@ def _actor_count(ray: Any, options: RayOptions) -> int:
 
 
 def _run_pipeline(
-    ray: Any, catalog: Catalog, recipe: BackboneRecipe, backbone: Backbone, cache: EmbeddingCache,
-    missing: list[int], *, options: RayOptions, chunk_size: int, batch_size: int, device: str, precision: str,
-    draft: bool, progress: bool, on_chunk: Callable[[int], None] | None,
-) -> int:
-    """Stream the missing chunks through decode tasks and backbone actors; write chunks as they complete."""
+    ray: Any, catalog: Catalog, recipe: BackboneRecipe, backbone: Backbone, plan: ExtractionPlan, *,
+    options: RayOptions, chunk_size: int, batch_size: int, device: str, precision: str, draft: bool,
+    progress: bool, cache_dir: str,
+) -> Iterator[tuple[int, Chunk]]:
+    """Stream the photos to compute through decode tasks and runtime actors; yield parts as they complete."""
     import ray.data
 
-    items = catalog.items
-    positions = [p for c in missing for p in range(c * chunk_size, min(len(items), (c + 1) * chunk_size))]
+    assert plan.runtime is not None
+    items, positions = catalog.items, plan.to_compute
     rows = [{"position": p, "path": str(items[p].image_path)} for p in positions]
     blocks = max(1, min(len(rows) // max(1, options.decode_batch), 4096))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks)
@@ -253,18 +265,19 @@ def _run_pipeline(
         _decode_batch, fn_kwargs={"preprocess": backbone.preprocess.as_dict(), "draft": draft},
         batch_size=options.decode_batch, num_cpus=1)
     embedded = decoded.map_batches(
-        _Embed, fn_constructor_kwargs={"recipe": recipe, "device": device, "precision": precision,
-                               "threads": max(1, round(options.cpus_per_actor))},
+        _Embed, fn_constructor_kwargs={"recipe": recipe, "runtime": plan.runtime.name, "device": device,
+                                       "precision": precision, "threads": max(1, round(options.cpus_per_actor)),
+                                       "cache_dir": cache_dir},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=_actor_count(ray, options)),
         num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
-    pending = {c: _PendingChunk(expected=min(chunk_size, len(items) - c * chunk_size)) for c in missing}
-    written = 0
-    with _progress(progress, len(items), len(items) - len(rows), f"embed {catalog.name} · {backbone.spec.name} "
-                   "· ray") as advance:
+    part_of = {p: k // chunk_size for k, p in enumerate(positions)}
+    pending = {c: _PendingChunk(expected=min(chunk_size, len(positions) - c * chunk_size))
+               for c in set(part_of.values())}
+    with _progress(progress, len(positions), 0, f"embed {catalog.name} · {plan.runtime.name} · ray") as advance:
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
             fresh = 0
             for position, vector, reason in zip(batch["position"], batch["vector"], batch["reason"], strict=True):
-                chunk = pending.get(int(position) // chunk_size)
+                chunk = pending.get(part_of.get(int(position), -1))
                 if chunk is None or int(position) in chunk.vectors or int(position) in chunk.reasons:
                     continue  # a retried block re-delivers rows already kept
                 fresh += 1
@@ -274,34 +287,44 @@ def _run_pipeline(
                     chunk.vectors[int(position)] = np.asarray(vector, dtype=np.float32)
             advance(fresh)
             for index in [c for c, state in pending.items() if state.complete]:
-                _write_chunk(cache, index, pending.pop(index), items, shards=options.shards)
-                written += 1
-                if on_chunk is not None:
-                    on_chunk(index)
+                yield index, _as_chunk(pending.pop(index), items)
     if pending:
-        raise RayEngineError(f"the Ray pipeline ended with {len(pending)} chunk(s) incomplete "
-                             f"({sorted(pending)[:5]}); run again to compute them (finished chunks are kept)")
-    return len(rows)
+        raise RayEngineError(f"the Ray pipeline ended with {len(pending)} part(s) incomplete "
+                             f"({sorted(pending)[:5]}); run again to compute them (finished parts are kept)")
 
 
-def _write_chunk(cache: EmbeddingCache, index: int, state: _PendingChunk, items: tuple[Any, ...],
-                 *, shards: bool) -> None:
-    """In catalogue order, skipped items (non-finite vectors among them) sorted by id: byte for byte the
-    layout of ``embed_catalog``, through the same ``make_chunk``."""
+def _as_chunk(state: _PendingChunk, items: tuple[Any, ...]) -> Chunk:
+    """In catalogue order (ids are catalogue positions, as in ``embed_catalog``), through the same
+    ``make_chunk``, so non-finite vectors are refused alike."""
     order = sorted(state.vectors)
     vectors = np.stack([state.vectors[p] for p in order]) if order else np.zeros((0, 0), np.float32)
-    skipped = [SkippedItem(items[p].item_id, str(items[p].image_path), r) for p, r in state.reasons.items()]
-    chunk = make_chunk([items[p].item_id for p in order], [str(items[p].image_path) for p in order], vectors,
-                       skipped)
-    cache.write_chunk(index, chunk)
-    if shards and chunk.ids:
-        write_shard(cache.folder / "shards" / f"chunk-{index:05d}.parquet", chunk.ids, chunk.vectors)
+    skipped = [SkippedItem(str(p), str(items[p].image_path), r) for p, r in state.reasons.items()]
+    return make_chunk([str(p) for p in order], [str(items[p].image_path) for p in order], vectors, skipped)
 
 
 def _progress(enabled: bool, total: int, completed: int, description: str) -> Any:
     return progress_bar(enabled, total, description, completed=completed, unit="img")
 
 
-def shard_paths(cache_folder: Path) -> list[Path]:
-    """The Parquet shards of a cache folder, in chunk order."""
-    return sorted((cache_folder / "shards").glob("chunk-*.parquet"))
+def shard_folder(result: Embeddings) -> Path:
+    """Where the Parquet shards of one catalogue's vectors go: beside the space's vectors, by catalogue key."""
+    if result.cache_folder is None:
+        raise RayEngineError("shards are written beside cached vectors; this result has no cache folder")
+    return result.cache_folder / "shards" / result.key[:16]
+
+
+def write_shards(result: Embeddings, folder: Path, rows_per_shard: int) -> list[Path]:
+    """The catalogue's ids and vectors as ``chunk-NNNNN.parquet`` shards for bulk indexing (rewritten whole)."""
+    written = []
+    for index, start in enumerate(range(0, len(result.ids), rows_per_shard)):
+        target = folder / f"chunk-{index:05d}.parquet"
+        if not target.is_file():
+            write_shard(target, result.ids[start:start + rows_per_shard],
+                        result.vectors[start:start + rows_per_shard])
+        written.append(target)
+    return written
+
+
+def shard_paths(folder: Path) -> list[Path]:
+    """The Parquet shards in a shard folder, in order."""
+    return sorted(folder.glob("chunk-*.parquet"))

@@ -14,32 +14,26 @@ never serves an export whose numbers drifted.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 import statistics
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
-from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform, normalize_pixels
+from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform
 from shelfsight.catalog.images import decode_image
-from shelfsight.embeddings.cache import cache_key
-from shelfsight.embeddings.extract import prepare_for_inference
-from shelfsight.files import atomic_write
+from shelfsight.embeddings.export import EmbeddingModel, ExportError
+from shelfsight.embeddings.export import ensure_onnx as shared_ensure_onnx
+from shelfsight.embeddings.export import export_onnx as shared_export_onnx
+from shelfsight.embeddings.runtimes import OnnxRuntime, prepare_for_inference
 from shelfsight.serve.errors import ServeError
 
 EncoderChoice = Literal["auto", "torch", "onnx"]
-ONNX_OPSET = 18
 AGREEMENT_TOLERANCE = 1e-4
 """Largest absolute difference allowed between the ONNX Runtime and PyTorch embeddings (unit vectors)."""
 
@@ -50,23 +44,6 @@ class Encoder(Protocol):
     name: str
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray: ...
-
-
-class EmbeddingModel(nn.Module):
-    """Normalise pixels, run the encoder, L2-normalise: ``_forward`` of extraction as one module (exportable)."""
-
-    def __init__(self, encoder: nn.Module, preprocess: Preprocess, *, channels_last: bool) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.preprocess = preprocess
-        self.channels_last = channels_last
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        batch = normalize_pixels(pixels, self.preprocess)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        features = self.encoder(batch)
-        return F.normalize(features.float(), dim=1, eps=1e-12)
 
 
 class TorchEncoder:
@@ -83,28 +60,10 @@ class TorchEncoder:
             return self.model(torch.from_numpy(np.ascontiguousarray(pixels))).numpy().astype(np.float32, copy=False)
 
 
-class OnnxEncoder:
-    """ONNX Runtime on the CPU over an exported :class:`EmbeddingModel` (``pixels`` uint8 in, ``embedding`` out)."""
-
-    name = "onnx"
-
-    def __init__(self, path: str | os.PathLike[str], *, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        # Idle worker threads sleep instead of spinning: the service shares its cores with the Milvus Lite
-        # process and other requests (one image: 11.5 ms without spinning, 23.6 ms with, on 2 busy cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self._input = self.session.get_inputs()[0].name
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        (output,) = self.session.run(None, {self._input: np.ascontiguousarray(pixels, dtype=np.uint8)})
-        return np.asarray(output, dtype=np.float32)
+class OnnxEncoder(OnnxRuntime):
+    """ONNX Runtime on the CPU over the exported :class:`EmbeddingModel` (``pixels`` uint8 in, ``embedding`` out):
+    extraction's runtime, whose idle threads sleep instead of spinning, as a service shares its cores with the
+    Milvus Lite process and other requests (one image: 11.5 ms without spinning, 23.6 ms with, on 2 busy cores)."""
 
 
 class Pixels:
@@ -120,51 +79,23 @@ class Pixels:
         return self.transform(image).numpy()  # type: ignore[no-any-return]
 
 
-# ── ONNX export ───────────────────────────────────────────────────────────────────────────────────
-
-
-def onnx_key(backbone: Backbone) -> str:
-    """What decides the exported graph: the backbone identity, its preprocessing, the exporter version."""
-    return cache_key({"backbone": backbone.cache_identity(), "torch": torch.__version__, "opset": ONNX_OPSET})
+# ── ONNX export: shared with extraction (``shelfsight.embeddings.export``) ──────────────────────────
 
 
 def export_onnx(backbone: Backbone, path: str | os.PathLike[str]) -> Path:
-    """Export the backbone (pixel and L2 normalisation included) with a dynamic batch axis; written atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    size = backbone.preprocess.input_size
-    model = EmbeddingModel(backbone.encoder.eval(), backbone.preprocess, channels_last=False).eval()
-    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
-
-    def export(temporary: Path) -> None:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(temporary), input_names=["pixels"], output_names=["embedding"],
-                              dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=4096)}},
-                              opset_version=ONNX_OPSET, dynamo=True, optimize=True, external_data=False)
-
+    """Export for the service; an export failure is a ``ServeError`` that says to serve with PyTorch."""
     try:
-        atomic_write(target, export, mode=None, suffix=".onnx")
-    except Exception as error:
-        raise ServeError(f"cannot export {backbone.spec.name} to ONNX ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}); serve with --encoder torch") from error
-    return target
+        return shared_export_onnx(backbone, path)
+    except ExportError as error:
+        raise ServeError(f"{error}; serve with --encoder torch") from error
 
 
 def ensure_onnx(backbone: Backbone, path: str | os.PathLike[str]) -> tuple[Path, bool]:
     """The exported model at ``path``, exported now if missing or made for another backbone; (path, exported?)."""
-    target = Path(path)
-    stamp = target.with_name(target.name + ".json")
-    key = onnx_key(backbone)
     try:
-        if target.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("key") == key:
-            return target, False
-    except (OSError, ValueError):
-        pass
-    export_onnx(backbone, target)
-    stamp.write_text(json.dumps({"key": key, "model": backbone.spec.name, "torch": torch.__version__,
-                                 "opset": ONNX_OPSET}, indent=2) + "\n", encoding="utf-8")
-    return target, True
+        return shared_ensure_onnx(backbone, path)
+    except ExportError as error:
+        raise ServeError(f"{error}; serve with --encoder torch") from error
 
 
 # ── choosing ──────────────────────────────────────────────────────────────────────────────────────
