@@ -1,18 +1,22 @@
-"""Load on the visual search service: concurrent clients against ``POST /search`` on loopback.
+"""Load on the visual search service: concurrent clients against ``POST /search`` on loopback, with and
+without micro-batching, and the encoder's own batched rate in the same run.
 
 1. Index: the whole Grocery Store catalogue (train, val, test and the 81 iconic images: 5,502 real
    photos, no synthetic rows) with --model through ``build_index``, i.e. through the embedding cache
    a bench run of the same model already filled. ``--items N`` keeps the first N instead.
-2. Serve: ``shelfsight serve`` in its own process on 127.0.0.1 (its encoder choice is printed).
-3. Load: --clients threads, each with its own HTTP connection, post real test photos (round robin)
-   for --duration seconds after --warmup requests; every non-200 answer counts as an error.
-   Reported: requests/s, p50/p95/p99 latency seen by the clients, the service's own time per request.
-4. Encoders, with the server stopped: median time to embed one photo (batch 1, the service's case)
-   and a batch of 16, through PyTorch eager, PyTorch as batch extraction prepares it (batch norm
-   folded, channels-last) and ONNX Runtime; the speed ratios and the largest difference.
+2. For each mode (micro-batching on: ``--max-batch`` and ``--max-wait-ms``; off: ``--max-batch 1``), serve
+   with ``shelfsight serve`` in its own process on 127.0.0.1, then for each --concurrency level run that
+   many client threads, each with its own HTTP connection, posting real test photos (round robin) for
+   --duration seconds after --warmup requests; every non-200 answer counts as an error.
+   Reported: requests/s, p50/p95/p99 latency seen by the clients, the service's own time per request,
+   and the batches the service formed (from ``/health``).
+3. Encoders, with the server stopped: median time to embed one photo (batch 1) and a batch of
+   --max-batch, through PyTorch eager, PyTorch as batch extraction prepares it (batch norm folded,
+   channels-last) and ONNX Runtime; the served encoder's batched rate (images/s at --max-batch) is the
+   ceiling micro-batching is measured against (target: concurrency 8 >= 0.8x that rate).
 
-    .venv/bin/python benchmarks/serve_load.py                       # 4 clients, 30 s
-    .venv/bin/python benchmarks/serve_load.py --clients 8 --duration 60 --encoder torch
+    .venv/bin/python benchmarks/serve_load.py                          # 1/4/8 clients, 20 s each, both modes
+    .venv/bin/python benchmarks/serve_load.py --concurrency 8 --duration 60 --modes batched
 """
 
 from __future__ import annotations
@@ -62,10 +66,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(index_dir: Path, encoder: str, log: Path) -> Iterator[str]:
+def serving(index_dir: Path, encoder: str, log: Path, *options: str) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "shelfsight.cli", "serve", "--index-dir", str(index_dir), "--port", str(port),
-               "--encoder", encoder, "--log-level", "warning"]
+               "--encoder", encoder, "--log-level", "warning", *options]
     with open(log, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
@@ -144,13 +148,14 @@ def run_load(url: str, photos: list[tuple[str, bytes]], *, clients: int, duratio
                       error_samples=errors[:5])
 
 
-def encoder_speeds(model: str, onnx_path: Path, photos: list[Path], repeats: int) -> dict[str, float]:
-    """Median ms per call at batch 1 and 16 for eager, prepared PyTorch and ONNX Runtime, and their agreement."""
+def encoder_speeds(model: str, onnx_path: Path, photos: list[Path], repeats: int, batch_size: int) -> dict[str, float]:
+    """Median ms per call at batch 1 and ``batch_size`` for eager, prepared PyTorch and ONNX Runtime, and their
+    agreement."""
     import torch
 
     backbone = load_backbone(model)
     pixels = Pixels(backbone.preprocess)
-    batch = np.stack([pixels(path) for path in photos[:16]])
+    batch = np.stack([pixels(path) for path in photos[:batch_size]])
     eager_model = EmbeddingModel(load_backbone(model).encoder.eval(), backbone.preprocess, channels_last=False).eval()
 
     def eager(x: np.ndarray) -> np.ndarray:
@@ -159,12 +164,16 @@ def encoder_speeds(model: str, onnx_path: Path, photos: list[Path], repeats: int
 
     prepared, onnx = TorchEncoder(backbone), OnnxEncoder(onnx_path)
     figures: dict[str, float] = {}
-    for size in (1, 16):
+    for size in (1, batch_size):
         x = batch[:size]
         for name, encode in (("eager", eager), ("prepared", prepared), ("onnx", onnx)):
-            figures[f"{name}_b{size}_ms"] = median_ms(encode, x, repeats=repeats)
+            figures[f"{name}_b{size}_ms"] = median_ms(encode, x, repeats=repeats if name != "eager" else 3)
         figures[f"onnx_vs_eager_b{size}"] = figures[f"eager_b{size}_ms"] / figures[f"onnx_b{size}_ms"]
         figures[f"onnx_vs_prepared_b{size}"] = figures[f"prepared_b{size}_ms"] / figures[f"onnx_b{size}_ms"]
+    for size in sorted({2, 4, 8} - {batch_size}):  # the served encoder's rate between the two ends
+        if size < batch_size:
+            figures[f"onnx_b{size}_ms"] = median_ms(onnx, batch[:size], repeats=repeats)
+            figures[f"prepared_b{size}_ms"] = median_ms(prepared, batch[:size], repeats=max(3, repeats // 4))
     reference = prepared(batch)
     got = onnx(batch)
     figures["max_abs_diff"] = float(np.abs(got - reference).max())
@@ -172,23 +181,90 @@ def encoder_speeds(model: str, onnx_path: Path, photos: list[Path], repeats: int
     return figures
 
 
-def main() -> None:
+MODES = {"batched": None, "unbatched": ("--max-batch", "1")}
+
+
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--data-dir", default=None, help="datasets root (default: $SHELFSIGHT_DATA_DIR)")
     parser.add_argument("--items", type=int, default=0, help="index only the first N items (default: all 5,502)")
     parser.add_argument("--index-dir", type=Path, default=None, help="reuse or build the index here (default: temp)")
-    parser.add_argument("--clients", type=int, default=4, choices=range(1, 65), metavar="1..64")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (at most 600)")
-    parser.add_argument("--warmup", type=int, default=8, help="sequential requests before the timed run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8], help="client counts to run")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run (at most 600)")
+    parser.add_argument("--warmup", type=int, default=8, help="sequential requests before each timed run")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--encoder", default="auto", choices=("auto", "torch", "onnx"))
+    parser.add_argument("--max-batch", type=int, default=16, help="micro-batch size of the batched mode")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="micro-batch wait of the batched mode")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per encoder measurement")
     parser.add_argument("--output", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
-    if not 0 < args.duration <= 600:
-        parser.error("--duration must be in (0, 600] seconds")
+    if not 0 < args.duration <= 600 or not all(1 <= c <= 64 for c in args.concurrency):
+        parser.error("--duration must be in (0, 600] seconds and --concurrency in 1..64")
+    return args
 
+
+def run_modes(args: argparse.Namespace, index_dir: Path, photos: list[tuple[str, bytes]],
+              scratch: Path) -> tuple[dict[str, list[LoadResult]], dict[str, dict[str, object]]]:
+    """Each mode served in its own process, each concurrency level run against it."""
+    loads: dict[str, list[LoadResult]] = {}
+    health: dict[str, dict[str, object]] = {}
+    for mode in args.modes:
+        options = MODES[mode] or ("--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms))
+        with serving(index_dir, args.encoder, scratch / f"serve-{mode}.log", *options) as url:
+            first = httpx.get(f"{url}/health").json()
+            print(f"server ({mode}): {first['items']:,} items, encoder {first['encoder']} "
+                  f"({json.dumps(first['encoder_report'])})", flush=True)
+            loads[mode] = []
+            for clients in args.concurrency:
+                load = run_load(url, photos, clients=clients, duration=args.duration, k=args.k, warmup=args.warmup)
+                loads[mode].append(load)
+                print(f"  {mode:>9} x{clients}: {load.rps:6.1f} req/s, p50 {load.p50_ms:6.1f} ms, p95 "
+                      f"{load.p95_ms:6.1f} ms, p99 {load.p99_ms:6.1f} ms, errors {load.errors}", flush=True)
+            health[mode] = httpx.get(f"{url}/health").json()
+    return loads, health
+
+
+def report(args: argparse.Namespace, loads: dict[str, list[LoadResult]], health: dict[str, dict[str, object]],
+           speeds: dict[str, float], encoder: str) -> float:
+    """Print the table and the targets; returns the served encoder's batched rate (images/s)."""
+    size = args.max_batch
+    key = "onnx" if encoder == "onnx" else "prepared"
+    batched_rate = size / (speeds[f"{key}_b{size}_ms"] / 1000.0)
+    single_rate = 1 / (speeds[f"{key}_b1_ms"] / 1000.0)
+    print(f"\n/search k={args.k} on loopback, {args.duration:.0f} s per run, encoder {encoder}, {os.cpu_count()} CPUs")
+    print("| mode | clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms | service median ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for mode, results in loads.items():
+        for r in results:
+            print(f"| {mode} | {r.clients} | {r.requests} | {r.errors} | {r.rps:.1f} | {r.p50_ms:.0f} | "
+                  f"{r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.server_median_ms:.0f} |")
+        print(f"  {mode} batches formed: {json.dumps(health[mode]['batching'])}")
+        for sample in (e for r in results for e in r.error_samples):
+            print(f"  error: {sample}")
+    print(f"encoder {encoder} alone: {single_rate:.1f} images/s at batch 1, "
+          f"{batched_rate:.1f} images/s at batch {size}")
+    sizes = sorted(int(name[len(key) + 2:-3]) for name in speeds if name.startswith(f"{key}_b"))
+    print("  images/s by batch size: " + ", ".join(f"{b}: {b / (speeds[f'{key}_b{b}_ms'] / 1000.0):.1f}"
+                                                     for b in sizes))
+    for mode, results in loads.items():
+        by_clients = {r.clients: r for r in results}
+        if 8 in by_clients:
+            print(f"  {mode}: concurrency 8 = {by_clients[8].rps / batched_rate:.2f}x the batched rate (target >= 0.8)")
+        if 4 in by_clients:
+            print(f"  {mode}: p95 at concurrency 4 = {by_clients[4].p95_ms:.0f} ms (target < 250 ms, quiet machine)")
+    print("encoders (median ms per call):")
+    for b in (1, size):
+        print(f"  batch {b:>2}: eager {speeds[f'eager_b{b}_ms']:.1f}, prepared (folded BN, channels-last) "
+              f"{speeds[f'prepared_b{b}_ms']:.1f}, ONNX Runtime {speeds[f'onnx_b{b}_ms']:.1f}")
+    print(f"  agreement: max |onnx - torch| {speeds['max_abs_diff']:.2e}, min cosine {speeds['min_cosine']:.7f}")
+    return batched_rate
+
+
+def main() -> None:
+    args = parse_arguments()
     catalog = load_catalog("grocery-store", data_dir=args.data_dir)
     if args.items:
         catalog = catalog.head(args.items)
@@ -197,32 +273,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-load-") as scratch:
         index_dir = args.index_dir or Path(scratch) / "index"
         started = time.perf_counter()
-        report = build_index(args.model, catalog, index_dir, progress=True)
-        print(f"index: {report.total:,} items ({report.added:,} added, {report.already_indexed:,} already there), "
-              f"{report.dim}-d, {time.perf_counter() - started:.1f} s; {len(photos)} query photos")
-        with serving(index_dir, args.encoder, Path(scratch) / "serve.log") as url:
-            health = httpx.get(f"{url}/health").json()
-            print(f"server: {health['items']:,} items, encoder {health['encoder']} "
-                  f"({json.dumps(health['encoder_report'])})")
-            load = run_load(url, photos, clients=args.clients, duration=args.duration, k=args.k, warmup=args.warmup)
-        onnx_path = report.onnx or ensure_onnx(load_backbone(args.model), index_dir / "encoder.onnx")[0]
-        speeds = encoder_speeds(args.model, onnx_path, queries, args.repeats)
-    print(f"\nload: {load.clients} clients x {load.seconds:.1f} s on loopback, /search k={args.k}, "
-          f"{health['items']:,} items, encoder {health['encoder']}, {os.cpu_count()} CPUs")
-    print(f"  requests {load.requests}, errors {load.errors}, {load.rps:.1f} req/s")
-    print(f"  latency p50 {load.p50_ms:.1f} ms, p95 {load.p95_ms:.1f} ms, p99 {load.p99_ms:.1f} ms "
-          f"(service's own time per request: median {load.server_median_ms:.1f} ms)")
-    for sample in load.error_samples:
-        print(f"  error: {sample}")
-    print("encoders (median ms per call):")
-    for size in (1, 16):
-        print(f"  batch {size:>2}: eager {speeds[f'eager_b{size}_ms']:.1f}, prepared (folded BN, channels-last) "
-              f"{speeds[f'prepared_b{size}_ms']:.1f}, ONNX Runtime {speeds[f'onnx_b{size}_ms']:.1f} -> ONNX is "
-              f"{speeds[f'onnx_vs_eager_b{size}']:.2f}x eager, {speeds[f'onnx_vs_prepared_b{size}']:.2f}x prepared")
-    print(f"  agreement: max |onnx - torch| {speeds['max_abs_diff']:.2e}, min cosine {speeds['min_cosine']:.7f}")
+        built = build_index(args.model, catalog, index_dir, progress=True)
+        print(f"index: {built.total:,} items ({built.added:,} added, {built.already_indexed:,} already there), "
+              f"{built.dim}-d, {time.perf_counter() - started:.1f} s; {len(photos)} query photos", flush=True)
+        loads, health = run_modes(args, index_dir, photos, Path(scratch))
+        onnx_path = built.onnx or ensure_onnx(load_backbone(args.model), index_dir / "encoder.onnx")[0]
+        speeds = encoder_speeds(args.model, onnx_path, queries, args.repeats, args.max_batch)
+    encoder = str(next(iter(health.values()))["encoder"])
+    batched_rate = report(args, loads, health, speeds, encoder)
     if args.output:
-        args.output.write_text(json.dumps({"load": asdict(load), "encoders": speeds, "health": health}, indent=2))
-    if load.errors:
+        args.output.write_text(json.dumps({"loads": {m: [asdict(r) for r in rs] for m, rs in loads.items()},
+                                           "encoders": speeds, "batched_rate": batched_rate, "health": health},
+                                          indent=2))
+    if any(r.errors for rs in loads.values() for r in rs):
         raise SystemExit(1)
 
 

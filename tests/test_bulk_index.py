@@ -115,3 +115,92 @@ def test_bulk_index_command_loads_shards_and_finishes_an_interrupted_load(tmp_pa
     assert "60 rows inserted (30 already present" in second.output and "holds 90 rows" in second.output
     neither = CliRunner().invoke(app, ["bulk-index", "--collection", "x", "--shards", str(partial)])
     assert neither.exit_code != 0 and "exactly one of --uri" in neither.output
+
+
+@pytest.mark.slow  # a Milvus server, an embedding run, `shelfsight serve` and a browser: ~60 s
+def test_bulk_indexed_shards_are_served_from_a_milvus_server(milvus_server: str, grocery_root: Path,
+                                                             tmp_path: Path) -> None:
+    """Shards -> `milvus-lite server` (bulk-index --index-dir --model) -> `shelfsight serve --uri` -> a search from
+    the web page: catalogue photos find themselves, thumbnails load, similar items and additions work."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from shelfsight.cli import app
+    from test_serve import upload
+    from test_serve_browser import CHROMIUM, serve_process
+
+    full = load_catalog("grocery-store", data_dir=grocery_root, splits=("train",))
+    catalog = full.subset(full.per_class(2).ids)
+    embeddings = embed_catalog(catalog, load_backbone("efficientnet_lite0"), cache_dir=tmp_path / "cache",
+                               num_workers=0, progress=False)
+    export_shards(embeddings.ids, embeddings.vectors, tmp_path / "shards", rows_per_shard=16)
+    loaded = CliRunner().invoke(app, [
+        "bulk-index", "--shards", str(tmp_path / "shards"), "--uri", milvus_server, "--collection", "served",
+        "--dataset", "grocery-store", "--data-dir", str(grocery_root), "--model", "efficientnet_lite0",
+        "--index-dir", str(tmp_path / "index"), "--index-type", "HNSW", "--quiet"])
+    assert loaded.exit_code == 0, loaded.output
+    assert f"{len(catalog)} rows inserted" in loaded.output and "shelfsight serve --index-dir" in loaded.output
+    probe = catalog.items[3]
+    with serve_process(tmp_path / "index", "--uri", milvus_server, "--api-key", "k") as (url, _):
+        with httpx.Client(base_url=url, timeout=60) as http:
+            assert http.get("/health").json()["items"] == len(catalog)
+            best = http.post("/search", files=upload(probe.image_path), data={"k": "3"}).json()["results"][0]
+            assert best["id"] == probe.item_id and best["score"] == pytest.approx(1.0, abs=1e-5)
+            assert best["metadata"]["coarse_label"] == probe.coarse_label
+            assert http.get(best["image_url"]).content == probe.image_path.read_bytes()
+            similar = http.get(f"/items/{probe.item_id}/similar", params={"k": "3"}).json()["results"]
+            assert probe.item_id not in [hit["id"] for hit in similar] and len(similar) == 3
+            added = http.post("/items", files=upload(catalog.items[0].image_path), data={"id": "added"},
+                              headers={"Authorization": "Bearer k"})
+            assert added.status_code == 201, added.text
+            assert http.delete("/items/added", headers={"X-API-Key": "k"}).status_code == 200
+        if CHROMIUM.is_file():
+            _search_from_the_page(url, probe.image_path, probe.label)
+
+
+def _search_from_the_page(url: str, photo: Path, label: str) -> None:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from test_serve_browser import CHROMIUM
+
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.set_input_files("#file", str(photo))
+            results = page.locator("#results .result")
+            playwright_api.expect(results).to_have_count(10)
+            assert results.first.get_attribute("data-label") == label
+            page.wait_for_function("() => [...document.querySelectorAll('#results img')]"
+                                   ".every(img => img.complete && img.naturalWidth > 0)")
+        finally:
+            browser.close()
+
+
+def test_a_bare_bulk_load_is_served_read_only(grocery_photos: list[Path], tmp_path: Path) -> None:
+    """A collection bulk-loaded without --index-dir has no attributes field: given the folder's service.json, the
+    service opens it (no longer refused), searches it, and refuses additions with a 409 that says what to do."""
+    from fastapi.testclient import TestClient
+
+    from shelfsight.serve import ServeSettings, create_app
+    from shelfsight.serve.bulk_serving import served_bulk
+    from shelfsight.serve.manifest import MilvusTarget
+
+    ids = [f"sku-{i:03d}" for i in range(40)]
+    export_shards(ids, _unit(40, 1280, 4), tmp_path / "shards", rows_per_shard=16)
+    folder = served_bulk(tmp_path / "index", model="efficientnet_lite0", dim=1280,
+                         target=MilvusTarget(collection="bare"), catalog=None)
+    with MilvusIndex.lite(folder.layout.milvus_lite, "bare", 1280) as bare:  # no attributes field
+        assert bulk_index(bare, sorted((tmp_path / "shards").glob("*.parquet"))).inserted == 40
+    folder.finish(40)
+    photo = {"image": ("p.jpg", grocery_photos[0].read_bytes(), "image/jpeg")}
+    settings = ServeSettings(index_dir=tmp_path / "index", encoder="torch")
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        health = client.get("/health").json()
+        assert health["items"] == 40 and health["writable"] is False
+        results = client.post("/search", files=photo, data={"k": "5"}).json()["results"]
+        assert len(results) == 5 and {r["id"] for r in results} <= set(ids) and results[0]["metadata"] == {}
+        assert client.get(results[0]["image_url"]).status_code == 404
+        refused = client.post("/items", files=photo, data={"id": "new"})
+        assert refused.status_code == 409 and "--index-dir" in refused.json()["detail"]

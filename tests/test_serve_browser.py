@@ -1,8 +1,9 @@
 """End to end: `shelfsight serve` in its own process on loopback, the page driven by headless Chromium.
 
-A Grocery Store photo is picked with the file input, another is dropped on the drop zone, and a text
-file is uploaded; the page must show thumbnails (loaded images) with scores and the predicted tags, then
-a clear error. A screenshot goes to $SHELFSIGHT_TEST_ARTIFACTS (default: test-artifacts/ at the repo root).
+A Grocery Store photo is picked with the file input, a result is clicked (its similar items must appear,
+without itself, with loaded thumbnails), another photo is dropped on the drop zone, and a text file is
+uploaded; the page must show thumbnails (loaded images) with scores and the predicted tags, then a clear
+error. A screenshot goes to $SHELFSIGHT_TEST_ARTIFACTS (default: test-artifacts/ at the repo root).
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _serving(index_dir: Path) -> Iterator[str]:
-    """`shelfsight serve` as a subprocess; waits for /health, stops it (SIGTERM, graceful) afterwards."""
+def serve_process(index_dir: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`shelfsight serve` as a subprocess; waits for /health, yields (URL, process), stops it (SIGTERM, graceful)."""
     port = _free_port()
     log = index_dir.parent / "serve.log"
     command = [sys.executable, "-m", "shelfsight.cli", "serve", "--index-dir", str(index_dir), "--port", str(port),
-               "--encoder", "torch", "--log-level", "warning"]
+               "--encoder", "torch", "--log-level", "warning", *options]
     with open(log, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
@@ -55,7 +56,7 @@ def _serving(index_dir: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"shelfsight serve did not answer within 120 s:\n{log.read_text()}")
                 time.sleep(0.2)
-            yield url
+            yield url, process
         finally:
             process.terminate()
             try:
@@ -63,6 +64,12 @@ def _serving(index_dir: Path) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextlib.contextmanager
+def _serving(index_dir: Path, *options: str) -> Iterator[str]:
+    with serve_process(index_dir, *options) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +116,19 @@ def test_page_searches_a_photo_in_headless_chromium(browser_index: tuple[Path, l
             assert labels[0] in top_labels and labels[0] in top_tags
             assert "score 0." in results.first.inner_text()
             page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+
+            clicked = results.nth(1)  # click a result: its similar items, from its stored vector
+            clicked_id, clicked_label = clicked.get_attribute("data-id"), clicked.get_attribute("data-label")
+            clicked.click()
+            similar = page.locator("#similar .result")
+            expect(similar).to_have_count(10)
+            expect(page.locator("#similar-box")).to_have_attribute("data-source", clicked_id or "")
+            page.wait_for_function("() => [...document.querySelectorAll('#similar img')]"
+                                   ".every(img => img.complete && img.naturalWidth > 0)")
+            similar_ids = [similar.nth(i).get_attribute("data-id") for i in range(10)]
+            assert clicked_id not in similar_ids and len(set(similar_ids)) == 10
+            assert clicked_label in [similar.nth(i).get_attribute("data-label") for i in range(3)]
+            page.screenshot(path=str(ARTIFACTS / "serve-page-similar.png"), full_page=True)
 
             _drop(page, photos[1])  # drag and drop path, a photo of another class
             expect(results.first).to_have_attribute("data-label", labels[1], timeout=30_000)

@@ -28,12 +28,17 @@ _BACKGROUND = (255, 255, 255)
 
 
 def decode_image(
-    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
+    max_decoded_pixels: int | None = None, reduce_to: int | None = None,
 ) -> Image.Image:
     """Open ``path`` as an upright 8-bit RGB image, or raise ``ImageDecodeError``.
 
     ``draft_size`` lets the JPEG decoder scale down by a power of two while keeping both sides
     at least that long: much faster for large photos that will be resized anyway.
+    ``max_decoded_pixels`` refuses, before decoding, an image whose decoded size (after the JPEG draft)
+    is above it: the memory a decode takes is bounded by it (a server's budget, lower than ``max_pixels``).
+    ``reduce_to`` shrinks the decoded image at once by the largest integer factor that keeps its shorter
+    side at least that long (``Image.reduce``, box averaging), before any mode conversion or rotation copies it.
     """
     name = str(path)
     try:
@@ -54,6 +59,9 @@ def decode_image(
                 )
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
+            if max_decoded_pixels is not None and image.width * image.height > max_decoded_pixels:
+                raise ImageDecodeError(name, f"image too large to decode here ({image.width}x{image.height} > "
+                                             f"{max_decoded_pixels:,} pixels); send a smaller photo")
             image.load()
     except ImageDecodeError:
         raise
@@ -63,7 +71,31 @@ def decode_image(
         raise ImageDecodeError(name, "image too large (possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(name, f"corrupt or truncated image data ({exc})") from None
+    if reduce_to and min(image.size) >= 2 * reduce_to:
+        return to_rgb(_reduced_upright(image, min(image.size) // reduce_to))
     return to_rgb(_upright(image))
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+"""EXIF orientation -> the transposition that makes the image upright (as ``ImageOps.exif_transpose``)."""
+
+
+def _reduced_upright(image: Image.Image, factor: int) -> Image.Image:
+    """Reduce by ``factor`` first, then rotate the small image: the EXIF orientation is read before reducing
+    (the reduced copy has no EXIF), so no full-size rotated copy is ever made."""
+    try:
+        orientation = int(image.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the pixels
+        orientation = 1
+    if image.mode == "P":  # Image.reduce takes neither palettes, bilevel nor 16-bit modes
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode == "1" or image.mode.startswith("I;16"):
+        image = image.convert("L" if image.mode == "1" else "I")
+    reduced = image.reduce(factor)
+    method = _TRANSPOSE.get(orientation)
+    return reduced.transpose(method) if method is not None else reduced
 
 
 def _upright(image: Image.Image) -> Image.Image:

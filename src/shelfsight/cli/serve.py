@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from shelfsight.cli.common import CacheDir, DataDir, console
+
+if TYPE_CHECKING:
+    from shelfsight.serve import IndexReport
 
 IndexDir = Annotated[Path, typer.Option("--index-dir", help="Index folder: manifest, Milvus Lite store, uploads.")]
 
@@ -32,6 +35,12 @@ def index_command(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Default: 16 on CPU, 128 on GPU.")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    sync: Annotated[bool, typer.Option("--sync", help="Also delete items of this catalogue that it no longer "
+                                                      "lists.")] = False,
+    runtime: Annotated[str, typer.Option(help="Extraction runtime: auto, torch, onnx or openvino.")] = "auto",
+    compress: Annotated[str | None, typer.Option(
+        help="Store vectors compressed: pcaD (PCA fitted on this catalogue), sq8 (Milvus int8 codes), pcaD-sq8, "
+             "or none (default: the folder's own).")] = None,
 ) -> None:
     """Build or extend the Milvus collection that `shelfsight serve` searches (items already there are kept)."""
     from shelfsight.backbones import get_spec
@@ -46,29 +55,73 @@ def index_command(
     report = build_index(model, source, index_dir, head=head, vectors=vectors,  # type: ignore[arg-type]
                          weights=weights, uri=uri, token=token, collection=collection, index_type=index_type,
                          overwrite=overwrite, export_onnx=onnx, cache_dir=cache_dir, batch_size=batch_size,
-                         num_workers=workers, progress=not quiet)
-    console.print(f"{report.added} added, {report.already_indexed} already indexed, {len(report.skipped)} skipped "
+                         num_workers=workers, progress=not quiet, sync=sync,
+                         runtime=runtime, compress=compress)  # type: ignore[arg-type]
+    console.print(f"{report.added} added ({report.embedded} photo(s) embedded, the rest from the cache), "
+                  f"{report.removed} removed, {report.already_indexed} already indexed, {len(report.skipped)} skipped "
                   f"(unreadable), {report.total} items in {report.folder} ({report.vectors} vectors, {report.dim}-d, "
                   f"{report.seconds:.1f} s)" + (f"; ONNX encoder {report.onnx}" if report.onnx else ""))
+    console.print(_storage_line(report))
     if report.outside_root:
         console.print(f"[yellow]{report.outside_root} item(s) lie outside {source.root}: searchable, images not served")
 
 
+def _storage_line(report: IndexReport) -> str:
+    """Bytes per stored vector: the code as designed, and what Milvus Lite's files hold per item, measured."""
+    code = "int8" if report.bytes_per_item == report.dim else "float32"
+    line = (f"compression {report.compression}: {report.bytes_per_item:,} bytes per stored vector "
+            f"({report.dim}-d {code})")
+    if report.index_bytes_per_item is not None and report.disk_bytes_per_item is not None:
+        line += (f"; measured {report.index_bytes_per_item:,.0f} index bytes and {report.disk_bytes_per_item:,.0f} "
+                 "collection bytes on disk per item")
+    return line
+
+
 def serve_command(
     index_dir: IndexDir = Path("shelfsight-index"),
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to listen on (beyond loopback: needs --api-key or "
+                                           "--read-only, and --allowed-host).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     encoder: Annotated[str, typer.Option(help="auto (the faster that agrees), torch or onnx.")] = "auto",
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest accepted upload (413 above).")] = 10.0,
+    uri: Annotated[str | None, typer.Option(help="Milvus server URI, overriding the index folder's.")] = None,
     token: Annotated[str, typer.Option(envvar="MILVUS_TOKEN", help="Milvus server token.")] = "",
+    api_key: Annotated[str, typer.Option(envvar="SHELFSIGHT_API_KEY", show_default=False,
+                                         help="Key that POST/DELETE /items need (Authorization: Bearer KEY).")] = "",
+    read_access: Annotated[str, typer.Option(help="open, or token: reads need the API key too.")] = "open",
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write (403).")] = False,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        help="Host names clients use (repeatable; default: loopback names only).")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="Web origins allowed to call the API from a browser (repeatable; default: none).")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, max=256, help="Micro-batch size; 1 turns batching off.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(min=0, max=1000, help="Longest wait to fill a batch.")] = 5.0,
+    max_decode_megapixels: Annotated[float, typer.Option(min=0.1, help="Decoded pixels allowed per image.")] = 16.0,
+    decode_concurrency: Annotated[int, typer.Option(min=1, help="Photos decoded at once.")] = 2,
+    body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to receive a request body (408).")] = 60.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve visual search, tagging and catalogue changes over an index folder, with a web page at /."""
-    from shelfsight.serve import ServeSettings, run_server
+    from shelfsight.serve import ServeError, ServeSettings, run_server
+    from shelfsight.serve.security import LOOPBACK_HOSTS, check_binding
 
     if encoder not in ("auto", "torch", "onnx"):
         raise typer.BadParameter("use auto, torch or onnx", param_hint="--encoder")
-    settings = ServeSettings(index_dir=index_dir, encoder=encoder,  # type: ignore[arg-type]
-                             max_upload_bytes=int(max_upload_mb * 1024 * 1024), token=token)
-    console.print(f"serving {index_dir} on http://{host}:{port}/ (API docs at /docs)")
+    if read_access not in ("open", "token"):
+        raise typer.BadParameter("use open or token", param_hint="--read-access")
+    if read_access == "token" and not api_key:
+        raise typer.BadParameter("token reads need --api-key (or $SHELFSIGHT_API_KEY)", param_hint="--read-access")
+    settings = ServeSettings(
+        index_dir=index_dir, encoder=encoder, max_upload_bytes=int(max_upload_mb * 1024 * 1024),  # type: ignore[arg-type]
+        token=token, uri=uri, api_key=api_key, read_access=read_access, read_only=read_only,  # type: ignore[arg-type]
+        allowed_hosts=allowed_host or list(LOOPBACK_HOSTS), cors_origins=cors_origin or [], max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_decode_pixels=int(max_decode_megapixels * 1_000_000), decode_concurrency=decode_concurrency,
+        body_timeout_s=body_timeout)
+    try:
+        check_binding(host, api_key=api_key, read_only=read_only, allowed_hosts=settings.allowed_hosts)
+    except ServeError as error:
+        raise typer.BadParameter(str(error), param_hint="--host") from None
+    writes = "disabled" if read_only else "need the API key" if api_key else "open to this machine only (no key)"
+    console.print(f"serving {index_dir} on http://{host}:{port}/ (writes {writes}; schema at /openapi.json)")
     run_server(settings, host=host, port=port, log_level=log_level)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,14 @@ def bulk_index(
     index: VectorIndex, shards: Sequence[str | Path], *, catalog: Catalog | None = None,
     keep_ids: set[str] | None = None, batch_rows: int = 5000, read_ahead: int = 2,
     existing: Container[str] | None = None, progress: bool = False,
+    attributes_for: Callable[[Sequence[str]], list[dict[str, Any]]] | None = None,
 ) -> BulkReport:
     """Insert every row of ``shards`` (``keep_ids`` narrows them, e.g. to a protocol's gallery).
 
     ``catalog`` supplies labels and splits by id (rows whose id it lacks are counted and left out);
-    ``existing`` lists ids already in the index (default: ask the index when it can tell).
+    ``existing`` lists ids already in the index (default: ask the index when it can tell);
+    ``attributes_for`` gives each inserted batch's JSON attributes (a collection made with attributes, such
+    as one ``shelfsight serve`` will serve: image location and metadata per item).
     """
     if batch_rows < 1 or read_ahead < 1:
         raise ValueError("batch_rows and read_ahead must be at least 1")
@@ -66,14 +69,14 @@ def bulk_index(
         try:
             while (entry := loaded.get()) is not None:
                 inserted_now, present_now, unknown_now = _route(entry, index, keep_ids, present, items, pending_ids,
-                                                                pending_vectors, batch_rows)
+                                                                pending_vectors, batch_rows, attributes_for)
                 inserted += inserted_now
                 skipped_present += present_now
                 skipped_unknown += unknown_now
                 advance(1)
             if failure:
                 raise failure[0]
-            inserted += _flush(index, pending_ids, pending_vectors, items)
+            inserted += _flush(index, pending_ids, pending_vectors, items, attributes_for)
         finally:
             reader.join(timeout=1)
     return BulkReport(inserted=inserted, already_present=skipped_present, not_in_catalog=skipped_unknown,
@@ -81,8 +84,8 @@ def bulk_index(
 
 
 def _route(entry: tuple[list[str], np.ndarray], index: VectorIndex, keep_ids: set[str] | None, present: Any,
-           items: Any, pending_ids: list[str], pending_vectors: list[np.ndarray],
-           batch_rows: int) -> tuple[int, int, int]:
+           items: Any, pending_ids: list[str], pending_vectors: list[np.ndarray], batch_rows: int,
+           attributes_for: Callable[[Sequence[str]], list[dict[str, Any]]] | None) -> tuple[int, int, int]:
     """One shard's rows into the pending batch (flushed whenever it is full): (inserted, present, unknown)."""
     inserted = skipped_present = skipped_unknown = 0
     ids, vectors = entry
@@ -98,7 +101,7 @@ def _route(entry: tuple[list[str], np.ndarray], index: VectorIndex, keep_ids: se
         pending_ids.append(item_id)
         pending_vectors.append(vectors[row])
         if len(pending_ids) == batch_rows:
-            inserted += _flush(index, pending_ids, pending_vectors, items)
+            inserted += _flush(index, pending_ids, pending_vectors, items, attributes_for)
     return inserted, skipped_present, skipped_unknown
 
 
@@ -114,15 +117,19 @@ def _read_shards(shards: Sequence[str | Path], out: queue.Queue[tuple[list[str],
         out.put(None)
 
 
-def _flush(index: VectorIndex, ids: list[str], vectors: list[np.ndarray],
-           items: Mapping[str, object] | None) -> int:
+def _flush(index: VectorIndex, ids: list[str], vectors: list[np.ndarray], items: Mapping[str, object] | None,
+           attributes_for: Callable[[Sequence[str]], list[dict[str, Any]]] | None = None) -> int:
     if not ids:
         return 0
     labels = splits = None
     if items is not None:
         labels = [str(items[i].label) for i in ids]  # type: ignore[attr-defined]
         splits = [str(items[i].split) for i in ids]  # type: ignore[attr-defined]
-    index.add(list(ids), np.stack(vectors).astype(np.float32), labels=labels, splits=splits)
+    vectors_ = np.stack(vectors).astype(np.float32)
+    if attributes_for is not None:
+        index.add(list(ids), vectors_, labels=labels, splits=splits, attributes=attributes_for(ids))  # type: ignore[call-arg]
+    else:
+        index.add(list(ids), vectors_, labels=labels, splits=splits)
     count = len(ids)
     ids.clear()
     vectors.clear()

@@ -10,11 +10,13 @@ from shelfsight.serve.encoder import EncoderReport, OnnxEncoder, TorchEncoder, e
 from shelfsight.serve.errors import ServeError
 from shelfsight.serve.indexer import IndexReport, build_index
 from shelfsight.serve.manifest import IndexLayout, ServiceManifest, read_manifest
+from shelfsight.serve.opening import ServiceOptions
+from shelfsight.serve.pipeline import Hit
 from shelfsight.serve.server import run_server, serve_in_thread
-from shelfsight.serve.service import Hit, Item, SearchOutcome, Tag, VisualSearchService
+from shelfsight.serve.service import Item, SearchOutcome, Tag, VisualSearchService
 
 __all__ = [
     "EncoderReport", "Hit", "IndexLayout", "IndexReport", "Item", "OnnxEncoder", "SearchOutcome", "ServeError",
-    "ServeSettings", "ServiceManifest", "Tag", "TorchEncoder", "VisualSearchService", "build_index", "create_app",
-    "ensure_onnx", "export_onnx", "read_manifest", "run_server", "serve_in_thread",
+    "ServeSettings", "ServiceManifest", "ServiceOptions", "Tag", "TorchEncoder", "VisualSearchService", "build_index",
+    "create_app", "ensure_onnx", "export_onnx", "read_manifest", "run_server", "serve_in_thread",
 ]

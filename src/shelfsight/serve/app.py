@@ -1,64 +1,70 @@
 """The HTTP face of :class:`~shelfsight.serve.service.VisualSearchService`: a FastAPI app and its web page.
 
-Endpoints: ``POST /search``, ``POST /tag``, ``POST /items``, ``GET``/``DELETE /items/{id}``,
-``GET /items/{id}/image``, ``GET /health``, the page at ``/`` and the OpenAPI schema at
-``/openapi.json`` (``/docs`` renders it). Handlers are plain functions, so FastAPI runs them in its
-thread pool and the service's locks decide what may overlap.
+Endpoints (``routes.py``): ``POST /search``, ``POST /search/batch``, ``POST /tag``, ``POST /items``,
+``GET``/``DELETE /items/{id}``, ``GET /items/{id}/image``, ``GET /items/{id}/similar``, ``GET /health``,
+the page at ``/`` and the OpenAPI schema at ``/openapi.json``. ``/docs`` and ``/redoc`` are off: FastAPI's
+viewers load their scripts from a CDN, which an offline deployment cannot reach.
 
-Uploads are bounded twice: a request body larger than the limit plus a small allowance for the
-multipart envelope is refused as it streams in (413, before it is all received), and each image is
-counted again as it is spooled to disk.
+Around the routes, outermost first: every non-JSON error answer rewritten as JSON (``guards.JsonErrors``),
+the Host allow-list (Starlette's ``TrustedHostMiddleware``), CORS (only when origins are configured), the
+key/Origin checks (``security.AccessGuard``), and the body's size and read-time limits
+(``guards.BodyGuard``); then an exception handler for each refusal and a catch-all, so no request ever
+gets a plain-text 500.
 """
 
-
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from shelfsight.serve.decode import DEFAULT_DECODE_CONCURRENCY, DEFAULT_DECODE_PIXELS
 from shelfsight.serve.encoder import EncoderChoice
 from shelfsight.serve.errors import (
     DuplicateItemError,
+    ForbiddenError,
     ImageOutsideRootError,
     ImageUnavailableError,
+    IndexReadOnlyError,
     InvalidItemError,
     ItemNotFoundError,
     ServeError,
     TaggingUnavailableError,
+    UnauthorizedError,
     UnreadableImageError,
     UnsupportedImageError,
     UploadTooLargeError,
 )
-from shelfsight.serve.service import DEFAULT_MAX_UPLOAD_BYTES, VisualSearchService
+from shelfsight.serve.forms import StrictFormRoute
+from shelfsight.serve.guards import BodyGuard, JsonErrors
+from shelfsight.serve.opening import DEFAULT_MAX_UPLOAD_BYTES, ServiceOptions
+from shelfsight.serve.routes import add_catalogue_routes, add_search_routes, add_service_routes
+from shelfsight.serve.security import LOOPBACK_HOSTS, AccessGuard, ReadAccess
+from shelfsight.serve.service import VisualSearchService
+from shelfsight.serve.text import add_text_routes
 
-STATIC = Path(__file__).parent / "static"
 ENVELOPE_BYTES = 64 * 1024
 """Allowance for the multipart envelope and small form fields on top of the image size limit."""
-DRAIN_BYTES = 64 * 1024 * 1024
-"""How much of a refused body is still read (and discarded) so that the client receives the 413."""
 STATUS: dict[type[ServeError], int] = {
     UploadTooLargeError: 413, UnsupportedImageError: 415, UnreadableImageError: 422, InvalidItemError: 422,
     ItemNotFoundError: 404, DuplicateItemError: 409, ImageOutsideRootError: 403, ImageUnavailableError: 404,
-    TaggingUnavailableError: 404,
+    TaggingUnavailableError: 404, UnauthorizedError: 401, ForbiddenError: 403, IndexReadOnlyError: 409,
 }
 """The HTTP status of each request the service refuses. A subclass finds its own entry first; any other
-``ServeError`` raised in a request is not a client's mistake and is left to the server's 500."""
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+``ServeError`` raised in a request is not a client's mistake: the catch-all answers it with a JSON 500."""
+log = logging.getLogger("shelfsight.serve")
 
 
 class ServeSettings(BaseModel):
-    """How to serve an index folder."""
+    """How to serve an index folder: the model path, bounds per request, batching and access."""
 
     model_config = ConfigDict(extra="forbid")
     index_dir: Path
@@ -66,171 +72,87 @@ class ServeSettings(BaseModel):
     """``auto`` keeps the faster of PyTorch and ONNX Runtime (after checking that they agree)."""
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, gt=0)
     max_k: int = Field(default=100, ge=1, le=1000)
-    token: str = ""
+    token: str = Field(default="", repr=False)
     """Token of a Milvus server, when the index lives on one."""
+    uri: str | None = None
+    """A Milvus server URI overriding the one recorded in the index folder."""
+    max_decode_pixels: int = Field(default=DEFAULT_DECODE_PIXELS, gt=0)
+    decode_concurrency: int = Field(default=DEFAULT_DECODE_CONCURRENCY, ge=1)
+    max_batch: int = Field(default=16, ge=1, le=256)
+    """Photos per encoder call and lookups per Milvus search; 1 turns micro-batching off."""
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    """A request body not received within this many seconds is refused (408)."""
+    api_key: str = Field(default="", repr=False)
+    """Needed by writes (and reads with ``read_access="token"``) as ``Authorization: Bearer KEY``."""
+    read_access: ReadAccess = "open"
+    read_only: bool = False
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_HOSTS))
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _token_reads_need_a_key(self) -> "ServeSettings":
+        if self.read_access == "token" and not self.api_key:
+            raise ValueError("read_access='token' needs an api_key (--api-key or $SHELFSIGHT_API_KEY)")
+        return self
+
+    def options(self) -> ServiceOptions:
+        return ServiceOptions(max_upload_bytes=self.max_upload_bytes, max_decode_pixels=self.max_decode_pixels,
+                              decode_concurrency=self.decode_concurrency, max_batch=self.max_batch,
+                              max_wait_ms=self.max_wait_ms)
+
+    def access(self) -> dict[str, Any]:
+        """How access is configured, for ``/health`` (never the key itself)."""
+        writes = "disabled" if self.read_only else "api key" if self.api_key else "loopback, no key"
+        return {"writes": writes, "reads": self.read_access, "allowed_hosts": self.allowed_hosts,
+                "cors_origins": self.cors_origins}
 
 
-# ── response models (the OpenAPI schema) ──────────────────────────────────────────────────────────
-
-
-class TagModel(BaseModel):
-    label: str
-    probability: float
-
-
-class HitModel(BaseModel):
-    id: str
-    label: str
-    score: float = Field(description="Cosine similarity to the query photo.")
-    split: str
-    image_url: str
-    metadata: dict[str, Any]
-
-
-class SearchResponse(BaseModel):
-    results: list[HitModel]
-    tags: list[TagModel] | None = Field(description="The head's top classes for the photo; null without a head.")
-    encoder: str
-    took_ms: float
-
-
-class TagResponse(BaseModel):
-    tags: list[TagModel]
-    encoder: str
-
-
-class ItemModel(BaseModel):
-    id: str
-    label: str
-    split: str
-    image_url: str
-    metadata: dict[str, Any]
-
-
-class HealthResponse(BaseModel):
-    status: str
-    items: int
-    model: str
-    vectors: str
-    dim: int
-    encoder: str
-    encoder_report: dict[str, Any]
-    tagging: bool
-    classes: list[str]
-    max_upload_bytes: int
-
-
-# ── the body limit ────────────────────────────────────────────────────────────────────────────────
-
-
-class _BodyTooLarge(HTTPException):
-    """An HTTPException, so that FastAPI's body parsing passes it through instead of calling it a 400."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(413, detail)
-
-
-class BodySizeLimit:
-    """Refuse request bodies over ``max_bytes``: by Content-Length up front, else while they stream in.
-
-    Before the 413 goes out, up to ``DRAIN_BYTES`` more of the refused body are read and discarded:
-    a server that closes a socket with unread data resets the connection, and the client loses the
-    answer. Bodies beyond that get the 413 and a closed connection.
-    """
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int,
-                 detail: str | None = None) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.detail = detail or f"request body larger than {max_bytes:,} bytes"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            if int(declared) <= self.max_bytes + DRAIN_BYTES:
-                await _drain(receive)
-            await self._refuse(send)
-            return
-        received, over, started, complete = 0, False, False, False
-
-        async def limited() -> Message:
-            nonlocal received, over, complete
-            message = await receive()
-            complete = message["type"] != "http.request" or not message.get("more_body", False)
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    over = True
-                    raise _BodyTooLarge(self.detail)
-            return message
-
-        async def guarded(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            if over and not complete and message["type"] == "http.response.body" and not message.get("more_body"):
-                await _drain(receive)  # the app answered 413: read the rest before the answer completes
-            await send(message)
-
-        try:
-            await self.app(scope, limited, guarded)
-        except _BodyTooLarge:
-            if not started:
-                if not complete:
-                    await _drain(receive)
-                await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": self.detail}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-
-async def _drain(receive: Receive) -> None:
-    """Read and discard the rest of a request body, at most ``DRAIN_BYTES``."""
-    drained = 0
-    while drained <= DRAIN_BYTES:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        drained += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
-
-
-# ── the app ───────────────────────────────────────────────────────────────────────────────────────
+def open_service(settings: ServeSettings) -> VisualSearchService:
+    return VisualSearchService.open(settings.index_dir, encoder=settings.encoder, token=settings.token,
+                                    uri=settings.uri, options=settings.options())
 
 
 def create_app(settings: ServeSettings, service: VisualSearchService | None = None) -> FastAPI:
-    """The service app. The model and the collection open at startup (or ``service``, already open, is
-    used) and close at shutdown."""
-    app = FastAPI(title="shelfsight visual search", lifespan=_lifespan(settings, service),
-                  description="Upload a product photo, find similar catalogue items, get predicted tags.")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + ENVELOPE_BYTES,
+    """The service app. The model and the collection open at startup and close at shutdown; a ``service``
+    given already open is used as it is and left open (whoever opened it closes it)."""
+    app = FastAPI(title="shelfsight visual search", lifespan=_lifespan(settings, service), docs_url=None,
+                  redoc_url=None, description="Upload a product photo, find similar catalogue items, get predicted "
+                  "tags. Interactive docs are off (they would load from a CDN); this schema is complete.")
+    app.router.route_class = StrictFormRoute
+    app.state.access = settings.access()
+    app.add_middleware(BodyGuard, max_bytes=settings.max_upload_bytes + ENVELOPE_BYTES,
+                       timeout_s=settings.body_timeout_s,
                        detail=f"upload larger than the limit of {settings.max_upload_bytes:,} bytes")
+    app.add_middleware(AccessGuard, api_key=settings.api_key, read_access=settings.read_access,
+                       read_only=settings.read_only, origins=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, www_redirect=False)
+    app.add_middleware(JsonErrors)
     for kind in STATUS:
         app.add_exception_handler(kind, _refused)
-    _add_search_routes(app, settings)
-    _add_catalogue_routes(app)
-    _add_service_routes(app)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(Exception, _internal)
+    add_search_routes(app, settings.max_k, STATUS)
+    add_catalogue_routes(app, settings.max_k)
+    add_service_routes(app)
+    add_text_routes(app, settings.max_k)  # GET /text, POST /search/text, POST /tag?zero_shot= (text-image models)
     return app
 
 
 def _lifespan(settings: ServeSettings,
               service: VisualSearchService | None) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Open the service at startup (unless one is given, already open) and close it at shutdown."""
+    """Open the service at startup and close it at shutdown (unless one is given, already open)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        opened = service
-        if opened is None:
-            opened = await run_in_threadpool(lambda: VisualSearchService.open(
-                settings.index_dir, encoder=settings.encoder, token=settings.token,
-                max_upload_bytes=settings.max_upload_bytes))
+        if service is not None:
+            app.state.service = service
+            yield
+            return
+        opened = await run_in_threadpool(open_service, settings)
         app.state.service = opened
         try:
             yield
@@ -242,98 +164,22 @@ def _lifespan(settings: ServeSettings,
 
 async def _refused(request: Request, error: Exception) -> JSONResponse:
     """A request the service refuses (a ``ServeError`` of ``STATUS``): its status, and the message as ``detail``."""
-    status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 400)
+    status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), None)
+    if status is None:
+        return await _internal(request, error)
     return JSONResponse({"detail": str(error)}, status_code=status)
 
 
-def _current(request: Request) -> VisualSearchService:
-    return request.app.state.service  # type: ignore[no-any-return]
+async def _invalid(request: Request, error: Exception) -> JSONResponse:
+    """A request whose fields do not validate: 422 with one readable line per field."""
+    problems = error.errors() if isinstance(error, RequestValidationError) else []
+    lines = [f"{'.'.join(str(p) for p in problem.get('loc', ()) if p != 'body')}: {problem.get('msg', '')}"
+             for problem in problems]
+    return JSONResponse({"detail": "; ".join(lines) or "invalid request"}, status_code=422)
 
 
-ImageFile = Annotated[UploadFile, File(description="A product photo (JPEG, PNG, WebP, ...).")]
-
-
-def _add_search_routes(app: FastAPI, settings: ServeSettings) -> None:
-    """``POST /search`` and ``POST /tag``."""
-
-    @app.post("/search", response_model=SearchResponse, tags=["search"])
-    def search(request: Request, image: ImageFile,
-               k: Annotated[int, Form(ge=1, le=settings.max_k, description="How many results.")] = 10,
-               category: Annotated[str | None, Form(description="Only items with this label.")] = None,
-               ) -> SearchResponse:
-        """The catalogue items most similar to the photo, best first, with the head's tags when there is one."""
-        svc = _current(request)
-        with svc.receive(image.file) as path:
-            outcome = svc.search(path, k=k, category=category or None)
-        return SearchResponse(results=[HitModel(**vars(hit)) for hit in outcome.hits],
-                              tags=[TagModel(**vars(t)) for t in outcome.tags] if outcome.tags is not None else None,
-                              encoder=svc.encoder.name, took_ms=outcome.took_ms)
-
-    @app.post("/tag", response_model=TagResponse, tags=["search"])
-    def tag(request: Request, image: ImageFile,
-            top: Annotated[int, Form(ge=1, le=1000, description="How many classes.")] = 5) -> TagResponse:
-        """Class probabilities from the top-tuned head, most probable first."""
-        svc = _current(request)
-        svc.require_tagging()  # before reading the upload
-        with svc.receive(image.file) as path:
-            tags = svc.tag(path, top=top)
-        return TagResponse(tags=[TagModel(**vars(t)) for t in tags], encoder=svc.encoder.name)
-
-
-def _add_catalogue_routes(app: FastAPI) -> None:
-    """``POST /items``, ``GET /items/{id}/image``, ``GET`` and ``DELETE /items/{id}``, in that order: the image
-    route must come before ``/items/{id}``, whose path would also match it."""
-
-    @app.post("/items", response_model=ItemModel, status_code=201, tags=["catalogue"])
-    def add_item(request: Request, image: ImageFile, id: Annotated[str, Form(description="A new, unique item id.")],
-                 label: Annotated[str, Form(description="Category or product label.")] = "",
-                 metadata: Annotated[str | None, Form(description="A JSON object stored with the item.")] = None,
-                 ) -> ItemModel:
-        """Add a product photo to the index; it is searchable as soon as this returns."""
-        extra = _json_object(metadata)
-        svc = _current(request)
-        with svc.receive(image.file) as path:
-            item = svc.add_item(path, id, label, extra)
-        return ItemModel(**vars(item))
-
-    @app.get("/items/{item_id:path}/image", tags=["catalogue"], response_class=FileResponse)
-    def item_image(request: Request, item_id: str) -> FileResponse:
-        """The item's image, only if it is registered in the index and lies inside its catalogue folder."""
-        path, media_type = _current(request).image_file(item_id)
-        return FileResponse(path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
-
-    @app.get("/items/{item_id:path}", response_model=ItemModel, tags=["catalogue"])
-    def get_item(request: Request, item_id: str) -> ItemModel:
-        return ItemModel(**vars(_current(request).item(item_id)))
-
-    @app.delete("/items/{item_id:path}", tags=["catalogue"])
-    def delete_item(request: Request, item_id: str) -> dict[str, str]:
-        """Remove the item; it stops appearing in results at once."""
-        _current(request).delete_item(item_id)
-        return {"deleted": item_id}
-
-
-def _add_service_routes(app: FastAPI) -> None:
-    """``GET /health``, the web page at ``/`` and its static files."""
-
-    @app.get("/health", response_model=HealthResponse, tags=["service"])
-    def health(request: Request) -> HealthResponse:
-        return HealthResponse(**_current(request).health())
-
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-
-def _json_object(text: str | None) -> dict[str, Any] | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidItemError(f"metadata is not valid JSON: {error.msg} at character {error.pos}") from None
-    if not isinstance(value, dict):
-        raise InvalidItemError("metadata must be a JSON object")
-    return value
+async def _internal(request: Request, error: Exception) -> JSONResponse:
+    """Anything unforeseen: logged with its traceback, answered as JSON (never a plain-text 500)."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"detail": f"internal error ({type(error).__name__}); the service logged it"},
+                        status_code=500)

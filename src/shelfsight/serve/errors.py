@@ -49,3 +49,15 @@ class ImageOutsideRootError(ImageUnavailableError):
 
 class TaggingUnavailableError(ServeError):
     """The index was built without a top-tuned head, so there are no class probabilities."""
+
+
+class UnauthorizedError(ServeError):
+    """The request needs the service's API key and did not carry it (or carried another)."""
+
+
+class ForbiddenError(ServeError):
+    """The request is refused whoever sends it: a write from another web origin, or writes disabled."""
+
+
+class IndexReadOnlyError(ServeError):
+    """The collection cannot take items through the API (it was bulk-loaded without the attributes field)."""

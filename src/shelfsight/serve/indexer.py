@@ -28,12 +28,24 @@ import numpy as np
 from shelfsight.adapt import embed_with_head, load_head
 from shelfsight.backbones import Backbone, load_backbone
 from shelfsight.catalog.types import Catalog, CatalogItem
-from shelfsight.embeddings import embed_catalog
+from shelfsight.embeddings import Embeddings, RuntimeChoice, embed_catalog
 from shelfsight.search.milvus import MilvusIndex
+from shelfsight.serve.compression import (
+    PROJECTION_NAME,
+    ServedCompression,
+    check_same,
+    fit_and_save,
+    load_projection,
+    milvus_params,
+    one_blas_thread,
+    parse_compression,
+    recorded_method,
+)
 from shelfsight.serve.encoder import ensure_onnx
 from shelfsight.serve.errors import ServeError
 from shelfsight.serve.manifest import (
     CatalogueRecord,
+    CompressionRecord,
     IndexLayout,
     MilvusTarget,
     ServiceManifest,
@@ -56,6 +68,10 @@ class IndexReport:
     already_indexed: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(item id, reason) of items that were not indexed: unreadable images, degenerate embeddings."""
+    removed: int = 0
+    """Items deleted by ``sync`` because the catalogue no longer lists them."""
+    embedded: int = 0
+    """Photos embedded by this call (the others came from the per-photo cache)."""
     outside_root: int = 0
     """Items indexed whose image lies outside the catalogue root: searchable, but their image is not served."""
     total: int = 0
@@ -63,6 +79,14 @@ class IndexReport:
     vectors: str = "backbone"
     onnx: Path | None = None
     seconds: float = 0.0
+    compression: str = "none"
+    """The ``--compress`` method the folder stores its vectors with (``none``, ``pca64``, ``sq8``, ``pca64-sq8``)."""
+    bytes_per_item: int = 0
+    """Bytes of one stored vector's code in the index: 4 x dim as float32, dim as int8."""
+    index_bytes_per_item: float | None = None
+    """Measured: the Milvus Lite index files over the items (None on a server)."""
+    disk_bytes_per_item: float | None = None
+    """Measured: the whole Milvus Lite collection on disk over the items (its rows keep float32 vectors too)."""
 
 
 def head_digest(folder: str | os.PathLike[str]) -> str:
@@ -74,16 +98,20 @@ def head_digest(folder: str | os.PathLike[str]) -> str:
 
 
 def open_collection(layout: IndexLayout, manifest: ServiceManifest, *, token: str = "",
-                    overwrite: bool = False) -> MilvusIndex:
-    """The manifest's collection (created when absent, replaced with ``overwrite``), with the attributes field."""
+                    overwrite: bool = False, require_attributes: bool = True) -> MilvusIndex:
+    """The manifest's collection (created when absent, replaced with ``overwrite``), with the attributes field.
+
+    ``require_attributes=False`` also opens a collection without it (a bare ``shelfsight bulk-index``
+    load), which the service then serves read-only.
+    """
     target = manifest.milvus
     options: dict[str, Any] = {"index_type": target.index_type, "metric": target.metric, "reuse": not overwrite,
-                               "overwrite": overwrite, "attributes": True}
+                               "overwrite": overwrite, "attributes": True, **target.params}
     if target.uri is None:
         index = MilvusIndex.lite(layout.milvus_lite, target.collection, manifest.dim, **options)
     else:
         index = MilvusIndex.server(target.uri, token, target.collection, manifest.dim, **options)
-    if not index.has_attributes:
+    if require_attributes and not index.has_attributes:
         index.close()
         raise ServeError(f"collection {target.collection!r} ({index.where}) was not written by `shelfsight index` "
                          "(no attributes field): choose another --collection or pass --overwrite")
@@ -96,13 +124,18 @@ def build_index(
     preprocess: dict[str, Any] | None = None, uri: str | None = None, token: str = "",
     collection: str = "catalogue", index_type: str = "FLAT", overwrite: bool = False, export_onnx: bool = True,
     cache_dir: str | os.PathLike[str] | None = None, batch_size: int | None = None, num_workers: int | None = None,
-    progress: bool = True,
+    progress: bool = True, sync: bool = False, runtime: RuntimeChoice = "auto", compress: str | None = None,
 ) -> IndexReport:
-    """Embed ``catalog`` (through the cache) and add its items to the index folder's collection.
+    """Embed ``catalog`` (through the per-photo cache) and add its items to the index folder's collection.
 
-    A second call on the same folder extends it: items already indexed are left alone, so re-running
-    after new photos arrive adds only those. The backbone must be the one the folder was built with;
+    A second call on the same folder extends it: items already indexed are left alone and only new photos
+    are embedded, so re-running after new photos arrive costs time in proportion to them. ``sync`` also
+    deletes the items this catalogue's folder indexed earlier that it no longer lists (items added through
+    the API, or from other catalogues, are kept). The backbone must be the one the folder was built with;
     a different head may be given when the collection stores backbone vectors (it changes tagging only).
+    ``compress`` (``pca256``, ``sq8``, ``pca256-sq8``; None: the folder's own, none for a new one) stores the
+    vectors compressed; the projection is fitted on this catalogue at the first build and kept for every later
+    addition (``serve/compression.py``).
     """
     started = time.perf_counter()
     if vectors == "head" and head is None:
@@ -110,44 +143,114 @@ def build_index(
     layout = IndexLayout.at(index_dir)
     backbone = load_backbone(model, pretrained=pretrained, weights=weights, preprocess=preprocess)
     head_path = Path(head).expanduser().resolve() if head is not None else None
-    head_module = None
-    if head_path is not None:
-        head_module, _, _ = load_head(head_path)
-    embedded = embed_catalog(catalog, backbone, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
-                             progress=progress)
-    if embedded.dim and head_module is not None and head_module.in_dim != embedded.dim:
-        raise ServeError(f"head {head_path} takes {head_module.in_dim}-d embeddings but {model} gives "
-                         f"{embedded.dim}-d: train the head on this backbone's embeddings")
-    backbone_dim = embedded.dim or _probe_dim(backbone)
-    dim = head_module.embed_dim if vectors == "head" and head_module is not None else backbone_dim
+    embedded, rows, backbone_dim = _embed(catalog, backbone, model, head_path, vectors, runtime=runtime,
+                                          batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+                                          progress=progress)
+    compression = parse_compression(compress if compress is not None else _recorded(layout, overwrite), index_type)
+    rows, record = _compressed(layout, compression, rows, overwrite)
+    dim = record.dim if record is not None else int(rows.shape[1])
+    built_type = compression.index_type(index_type)
+    target = MilvusTarget(uri=uri, collection=collection, index_type=built_type,
+                          params=milvus_params(built_type, dim, len(rows)))
     manifest = _manifest_for(layout, backbone, model=model, pretrained=pretrained, weights=weights,
                              backbone_dim=backbone_dim, dim=dim, vectors=vectors, head=head_path,
-                             target=MilvusTarget(uri=uri, collection=collection, index_type=index_type.upper()),
-                             overwrite=overwrite)
-    rows = embedded.vectors
-    if vectors == "head" and head_module is not None and len(rows):
-        rows = embed_with_head(head_module, rows)
+                             target=target, overwrite=overwrite, compression=record)
     report = IndexReport(folder=layout.folder, items=len(catalog), added=0, already_indexed=0, dim=dim,
-                         vectors=vectors, skipped=[(s.item_id, s.reason) for s in embedded.skipped])
+                         vectors=vectors, skipped=[(s.item_id, s.reason) for s in embedded.skipped],
+                         compression=compression.name, bytes_per_item=compression.bytes_per_item(dim))
     if overwrite and layout.uploads.is_dir():
         shutil.rmtree(layout.uploads)  # the images of API-added items go with the collection they belonged to
     layout.uploads.mkdir(parents=True, exist_ok=True)
-    index = open_collection(layout, manifest, token=token, overwrite=overwrite)
-    try:
-        _add_items(index, catalog, embedded.ids, rows, manifest, report)
-        report.total = len(index)
-    finally:
-        index.close()
+    _fill(layout, manifest, catalog, embedded.ids, rows, report, token=token, overwrite=overwrite, sync=sync)
     manifest.catalogues.append(CatalogueRecord(source=catalog.name, root=manifest.root_key(catalog.root.resolve()),
                                                items=len(catalog), added=report.added))
     write_manifest(layout, manifest)
     if export_onnx:
         report.onnx, _ = ensure_onnx(backbone, layout.onnx)
     report.seconds = time.perf_counter() - started
+    report.embedded = embedded.computed
     return report
 
 
-def _probe_dim(backbone: Backbone) -> int:
+def _embed(catalog: Catalog, backbone: Backbone, model: str, head_path: Path | None, vectors: VectorKind, *,
+           runtime: RuntimeChoice, batch_size: int | None, num_workers: int | None,
+           cache_dir: str | os.PathLike[str] | None, progress: bool) -> tuple[Embeddings, np.ndarray, int]:
+    """The catalogue's embeddings, the rows to store (the head's when ``vectors`` is head) and the backbone size."""
+    head_module = load_head(head_path)[0] if head_path is not None else None
+    embedded = embed_catalog(catalog, backbone, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+                             progress=progress, runtime=runtime)
+    if embedded.dim and head_module is not None and head_module.in_dim != embedded.dim:
+        raise ServeError(f"head {head_path} takes {head_module.in_dim}-d embeddings but {model} gives "
+                         f"{embedded.dim}-d: train the head on this backbone's embeddings")
+    backbone_dim = embedded.dim or probe_dim(backbone)
+    rows = embedded.vectors
+    if vectors == "head" and head_module is not None:
+        rows = embed_with_head(head_module, rows) if len(rows) else np.zeros((0, head_module.embed_dim), np.float32)
+    elif not len(rows):
+        rows = np.zeros((0, backbone_dim), dtype=np.float32)
+    return embedded, rows, backbone_dim
+
+
+def _recorded(layout: IndexLayout, overwrite: bool) -> str | None:
+    """The compression an existing folder was built with (kept when ``--compress`` is not given)."""
+    if overwrite or not layout.exists():
+        return None
+    manifest = read_manifest(layout)
+    return recorded_method(manifest.compression, manifest.milvus.index_type)
+
+
+def _compressed(layout: IndexLayout, compression: ServedCompression, rows: np.ndarray,
+                overwrite: bool) -> tuple[np.ndarray, CompressionRecord | None]:
+    """The rows in the stored space: a new folder fits (and saves) the projection on them, an existing one
+    must have been built with the same compression and reuses its stored projection."""
+    if layout.exists() and not overwrite:
+        existing = read_manifest(layout)
+        record = existing.compression
+        check_same(record, compression, f"index {layout.folder}", existing.milvus.index_type)
+    elif compression.name == "none":
+        (layout.folder / PROJECTION_NAME).unlink(missing_ok=True)
+        record = None
+    else:
+        record = fit_and_save(layout, compression, rows[np.linalg.norm(rows, axis=1) > 0.5])
+    if record is None or record.projection is None:
+        return rows, record
+    with one_blas_thread():
+        projected = load_projection(layout, record).apply(rows)
+    projected[np.linalg.norm(rows, axis=1) <= 0.5] = 0.0  # degenerate rows stay degenerate, and are skipped
+    return projected, record
+
+
+def _fill(layout: IndexLayout, manifest: ServiceManifest, catalog: Catalog, ids: list[str], rows: np.ndarray,
+          report: IndexReport, *, token: str, overwrite: bool, sync: bool) -> None:
+    """Open (or create) the collection, sync and add, and measure what its index occupies on disk."""
+    index = open_collection(layout, manifest, token=token, overwrite=overwrite)
+    try:
+        if sync:
+            report.removed = _remove_unlisted(index, catalog, manifest)
+        _add_items(index, catalog, ids, rows, manifest, report)
+        report.total = len(index)
+        disk = index.disk_bytes()
+        if disk is not None and report.total:
+            report.index_bytes_per_item = disk.index / report.total
+            report.disk_bytes_per_item = disk.total / report.total
+    finally:
+        index.close()
+
+
+def _remove_unlisted(index: MilvusIndex, catalog: Catalog, manifest: ServiceManifest) -> int:
+    """Delete the items indexed from this catalogue's root that the catalogue no longer lists."""
+    root_key = manifest.root_key(catalog.root.resolve())
+    listed = {item.item_id for item in catalog}
+    candidates = sorted(index.stored_ids() - listed)
+    stored = index.get(candidates) if candidates else {}
+    gone = [item_id for item_id, row in stored.items()
+            if isinstance(row.get("attributes"), dict) and row["attributes"].get("root") == root_key]
+    if gone:
+        index.delete(gone)
+    return len(gone)
+
+
+def probe_dim(backbone: Backbone) -> int:
     """The embedding size when the catalogue gave no vector to read it from (every image unreadable)."""
     import torch
 
@@ -158,7 +261,8 @@ def _probe_dim(backbone: Backbone) -> int:
 
 def _manifest_for(layout: IndexLayout, backbone: Backbone, *, model: str, pretrained: bool,
                   weights: str | os.PathLike[str] | None, backbone_dim: int, dim: int, vectors: VectorKind,
-                  head: Path | None, target: MilvusTarget, overwrite: bool) -> ServiceManifest:
+                  head: Path | None, target: MilvusTarget, overwrite: bool,
+                  compression: CompressionRecord | None = None) -> ServiceManifest:
     """A new manifest, or the folder's existing one after checking that it was built the same way."""
     identity = normalised_identity(backbone.cache_identity())
     digest = head_digest(head) if head is not None else None
@@ -185,7 +289,8 @@ def _manifest_for(layout: IndexLayout, backbone: Backbone, *, model: str, pretra
     return ServiceManifest(
         model=model, pretrained=pretrained, weights=str(Path(weights).expanduser().resolve()) if weights else None,
         preprocess=backbone.preprocess.as_dict(), backbone=identity, backbone_dim=backbone_dim, vectors=vectors,
-        dim=dim, head=str(head) if head is not None else None, head_digest=digest, milvus=target)
+        dim=dim, head=str(head) if head is not None else None, head_digest=digest, milvus=target,
+        compression=compression)
 
 
 def _add_items(index: MilvusIndex, catalog: Catalog, ids: list[str], rows: np.ndarray, manifest: ServiceManifest,
@@ -205,14 +310,14 @@ def _add_items(index: MilvusIndex, catalog: Catalog, ids: list[str], rows: np.nd
         if not keep:
             continue
         items = [by_id[ids[i]] for i in keep]
-        attributes = [_attributes(item, root, root_key) for item in items]
+        attributes = [item_attributes(item, root, root_key) for item in items]
         report.outside_root += sum(1 for a in attributes if a["path"] is None)
         index.add([item.item_id for item in items], rows[keep], [item.label for item in items],
                   [item.split for item in items], attributes)
         report.added += len(keep)
 
 
-def _attributes(item: CatalogItem, root: Path, root_key: str) -> dict[str, Any]:
+def item_attributes(item: CatalogItem, root: Path, root_key: str) -> dict[str, Any]:
     try:
         relative: str | None = item.image_path.resolve().relative_to(root).as_posix()
     except ValueError:

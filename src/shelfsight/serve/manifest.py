@@ -2,7 +2,8 @@
 
 An index folder holds::
 
-    service.json      this manifest (model, preprocessing, head, vector kind, Milvus target, image roots)
+    service.json      this manifest (model, preprocessing, head, vector kind, compression, Milvus target, roots)
+    projection.npz    the PCA of ``--compress pcaD`` (components, mean, variances), when there is one
     milvus.db         the Milvus Lite store (absent when the collection lives on a Milvus server)
     uploads/          images added through the API (the service owns this folder)
     encoder.onnx      the exported backbone (ONNX Runtime path), with encoder.onnx.json naming its key
@@ -39,6 +40,29 @@ class MilvusTarget(BaseModel):
     collection: str = "catalogue"
     index_type: str = "FLAT"
     metric: Literal["IP"] = "IP"
+    params: dict[str, int] = Field(default_factory=dict)
+    """Build parameters other than the defaults (``nlist``, ``m``, ``ef_construction``), as MilvusIndex options."""
+
+
+class CompressionRecord(BaseModel):
+    """How the stored vectors were compressed (``shelfsight index --compress``): the service applies the same
+    projection to every query, and a later ``index`` run must use the same method."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    """Canonical name: ``pca64``, ``sq8``, ``pca64-sq8``."""
+    pca: int | None = None
+    whiten: bool = False
+    sq8: bool = False
+    """Int8 codes in Milvus (IVF_SQ8 or HNSW_SQ, see ``milvus.index_type``)."""
+    source_dim: int = Field(gt=0)
+    """Dimensions before the projection (the backbone's or the head's)."""
+    dim: int = Field(gt=0)
+    projection: str | None = None
+    """File of the fitted PCA in the index folder (``projection.npz``), None without a projection."""
+    projection_digest: str | None = None
+    bytes_per_item: int = Field(gt=0)
+    """Bytes of one stored code in the index: 4 per dimension as float32, 1 as int8."""
 
 
 class CatalogueRecord(BaseModel):
@@ -71,6 +95,8 @@ class ServiceManifest(BaseModel):
     head: str | None = None
     head_digest: str | None = None
     milvus: MilvusTarget = Field(default_factory=MilvusTarget)
+    compression: CompressionRecord | None = None
+    """None: the vectors are stored as computed (float32, ``dim`` = the source's)."""
     roots: dict[str, str] = Field(default_factory=dict)
     """Image roots by key: each item stores its root key and a path relative to that root."""
     catalogues: list[CatalogueRecord] = Field(default_factory=list)

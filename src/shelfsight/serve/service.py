@@ -1,75 +1,60 @@
 """The visual search and tagging service as a library object: what the HTTP app calls, without HTTP.
 
 One :class:`VisualSearchService` owns the model, the optional top-tuned head and the Milvus
-collection of an index folder. It is safe to call from many threads: model inference runs under
-one lock (on a CPU, two requests computing at once only slow each other down) and every Milvus
-call under another (the client and :class:`~shelfsight.search.MilvusIndex`'s id mirror are not
-thread-safe), so a search never sees half an addition. One service process per index folder: Milvus Lite is
-single-process, and the collection's id mirror assumes one writer.
+collection of an index folder, and is safe to call from many threads. A search runs:
+
+1. **decode** in the request's thread, bounded (:class:`~shelfsight.serve.decode.BoundedDecoder`: pixel
+   budget, early reduction, a semaphore on concurrent decodes);
+2. **embed** in the encoder stage, micro-batched with the other requests' photos (one encoder call);
+3. **search** in the Milvus stage, micro-batched too (one batched Milvus search), results split back.
+
+With ``max_batch=1`` the stages run in the request's thread under their locks instead (no batching).
+Catalogue changes take the collection's lock, so a search never sees half an addition. One service
+process per index folder: Milvus Lite is single-process, and the collection's id mirror assumes one writer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote as url_quote
 
 import numpy as np
-from PIL import Image
 
-from shelfsight.adapt import MLPHead, embed_with_head, load_head, predict
-from shelfsight.backbones import Backbone, load_backbone
-from shelfsight.errors import ImageDecodeError
-from shelfsight.search.milvus import ID_MAX_LENGTH, LABEL_MAX_LENGTH, MilvusIndex
-from shelfsight.serve.encoder import (
-    Encoder,
-    EncoderChoice,
-    EncoderReport,
-    OnnxEncoder,
-    Pixels,
-    TorchEncoder,
-    choose_encoder,
-    ensure_onnx,
-    probe_pixels,
-)
+from shelfsight.adapt import MLPHead
+from shelfsight.backbones import load_backbone
+from shelfsight.search.milvus import MilvusIndex
+from shelfsight.search.milvus_fields import VECTOR_FIELD, id_filter
+from shelfsight.serve.batching import runner
+from shelfsight.serve.compression import load_projection
+from shelfsight.serve.decode import BoundedDecoder, media_type
+from shelfsight.serve.encoder import Encoder, EncoderChoice, EncoderReport
 from shelfsight.serve.errors import (
     DuplicateItemError,
     ImageOutsideRootError,
     ImageUnavailableError,
-    InvalidItemError,
+    IndexReadOnlyError,
     ItemNotFoundError,
     ServeError,
     TaggingUnavailableError,
     UnreadableImageError,
-    UnsupportedImageError,
     UploadTooLargeError,
 )
-from shelfsight.serve.indexer import head_digest, open_collection
-from shelfsight.serve.manifest import (
-    UPLOADS_ROOT,
-    IndexLayout,
-    ServiceManifest,
-    normalised_identity,
-    preprocess_overrides,
-    read_manifest,
-)
+from shelfsight.serve.manifest import UPLOADS_ROOT, IndexLayout, ServiceManifest, read_manifest
+from shelfsight.serve.opening import ServiceOptions, check_weights, open_encoder, open_head, open_served_collection
+from shelfsight.serve.pipeline import Embedded, EmbedStage, Hit, Lookup, SearchStage, record_metadata
+from shelfsight.serve.validation import check_item_id, check_metadata, image_url
 
-DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-MAX_METADATA_BYTES = 16 * 1024
-STALE_UPLOAD_SECONDS = 3600
 UPLOADED_SPLIT = "uploaded"
 """The ``split`` of items added through the API (catalogue items keep their dataset split)."""
 _COPY_BLOCK = 1 << 16
-_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
 @dataclass(frozen=True)
@@ -78,17 +63,7 @@ class Item:
     label: str
     split: str
     image_url: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    label: str
-    score: float
-    split: str
-    image_url: str
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -105,55 +80,54 @@ class SearchOutcome:
     took_ms: float
 
 
-def image_url(item_id: str) -> str:
-    return f"/items/{url_quote(item_id, safe='/')}/image"
-
-
 class VisualSearchService:
     """Search, tag, add and delete over one index folder; open with :meth:`open`, release with :meth:`close`."""
 
     def __init__(self, layout: IndexLayout, manifest: ServiceManifest, encoder: Encoder, report: EncoderReport,
-                 pixels: Pixels, head: MLPHead | None, classes: list[str], index: MilvusIndex, *,
-                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
-        if max_upload_bytes < 1:
-            raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
-        self.layout = layout
-        self.manifest = manifest
-        self.encoder = encoder
-        self.encoder_report = report
-        self.pixels = pixels
-        self.head = head
-        self.classes = classes
-        self.index = index
-        self.max_upload_bytes = max_upload_bytes
-        self._model_lock = threading.Lock()
+                 decoder: BoundedDecoder, head: tuple[MLPHead, list[str]] | None, index: MilvusIndex, *,
+                 options: ServiceOptions | None = None) -> None:
+        self.options = options or ServiceOptions()
+        self.layout, self.manifest, self.index = layout, manifest, index
+        self.encoder, self.encoder_report, self.decoder = encoder, report, decoder
+        self.head: MLPHead | None = head[0] if head is not None else None
+        self.classes: list[str] = head[1] if head is not None else []
         self._index_lock = threading.RLock()
+        batch, wait = self.options.max_batch, self.options.max_wait_ms
+        projection = load_projection(layout, manifest.compression)
+        self.embed_stage = EmbedStage(encoder, self.head, head_vectors=manifest.vectors == "head",
+                                      projection=projection)
+        self.search_stage = SearchStage(index, self._index_lock, projection)
+        self._embedder = runner(self.embed_stage, max_batch=batch, max_wait_ms=wait, name="encoder")
+        self._searcher = runner(self.search_stage, max_batch=batch, max_wait_ms=wait, name="milvus")
         layout.incoming.mkdir(parents=True, exist_ok=True)
-        cutoff = time.time() - STALE_UPLOAD_SECONDS
-        for stale in layout.incoming.glob("upload-*"):  # left by a process killed mid-request
+        for leftover in layout.incoming.glob("upload-*"):  # left by a process killed mid-request
             with contextlib.suppress(OSError):
-                if stale.stat().st_mtime < cutoff:
-                    stale.unlink()
+                leftover.unlink()
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike[str], *, encoder: EncoderChoice = "auto", token: str = "",
-             max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> VisualSearchService:
-        """Load the model (and head) the folder was indexed with, pick the encoder, open the collection."""
+             uri: str | None = None, options: ServiceOptions | None = None) -> VisualSearchService:
+        """Load the model (and head) the folder was indexed with, pick the encoder, open the collection
+        (``uri`` overrides the Milvus server recorded in the folder)."""
         layout = IndexLayout.at(index_dir)
         manifest = read_manifest(layout)
+        if uri is not None:
+            manifest = manifest.model_copy(update={"milvus": manifest.milvus.model_copy(update={"uri": uri})})
         backbone = load_backbone(manifest.model, pretrained=manifest.pretrained, weights=manifest.weights,
-                                 preprocess=preprocess_overrides(manifest))
-        if normalised_identity(backbone.cache_identity()) != manifest.backbone:
-            raise ServeError(f"the weights of {manifest.model} changed since {layout.folder} was indexed "
-                             f"({manifest.backbone.get('weights')} then, {backbone.weights_id} now): the stored "
-                             "vectors are not comparable; rebuild with `shelfsight index --overwrite`")
-        head, classes = _open_head(manifest)
-        chosen, report = _open_encoder(layout, backbone, encoder)
-        index = open_collection(layout, manifest, token=token)
-        return cls(layout, manifest, chosen, report, Pixels(backbone.preprocess), head, classes, index,
-                   max_upload_bytes=max_upload_bytes)
+                                 preprocess={k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in manifest.preprocess.items()})
+        check_weights(layout, manifest, backbone)
+        head = open_head(manifest)
+        chosen, report = open_encoder(layout, backbone, encoder)
+        index = open_served_collection(layout, manifest, token=token)
+        opts = options or ServiceOptions()
+        decoder = BoundedDecoder(backbone.preprocess, max_pixels=opts.max_decode_pixels,
+                                 concurrency=opts.decode_concurrency)
+        return cls(layout, manifest, chosen, report, decoder, head, index, options=opts)
 
     def close(self) -> None:
+        self._embedder.close()
+        self._searcher.close()
         with self._index_lock:
             self.index.close()
 
@@ -162,6 +136,10 @@ class VisualSearchService:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.options.max_upload_bytes
 
     # ── uploads ───────────────────────────────────────────────────────────────────────────────
 
@@ -185,19 +163,12 @@ class VisualSearchService:
 
     # ── model ─────────────────────────────────────────────────────────────────────────────────
 
-    def embed(self, path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(backbone embedding, indexed-space vector) of one photo; the two are equal for backbone indexes."""
-        try:
-            pixels = self.pixels(path)
-        except ImageDecodeError as error:
-            if error.reason.startswith("not an image") and not has_image_signature(path):
-                raise UnsupportedImageError(f"the upload is not an image ({error.reason}); send a JPEG, PNG, WebP, "
-                                            "GIF, BMP or TIFF photo") from None
-            raise UnreadableImageError(f"the upload cannot be decoded as an image: {error.reason}") from None
-        with self._model_lock:
-            raw = self.encoder(pixels[None])
-            vector = embed_with_head(self.head, raw) if self.manifest.vectors == "head" and self.head else raw
-        return raw[0], vector[0]
+    def embed_photo(self, path: str | os.PathLike[str]) -> Embedded:
+        """Decode (bounded) and embed one photo, batched with concurrent requests."""
+        with self._searcher.expecting():  # this request will search soon: worth a short wait
+            with self._embedder.expecting():
+                pixels = self.decoder(path)
+            return self._embedder.submit(pixels)
 
     def require_tagging(self) -> MLPHead:
         if self.head is None:
@@ -205,12 +176,11 @@ class VisualSearchService:
                                           "`shelfsight index --head HEAD_FOLDER` (same model and catalogue)")
         return self.head
 
-    def _tags(self, raw: np.ndarray, top: int) -> list[Tag]:
-        head = self.require_tagging()
-        with self._model_lock:
-            _, probabilities = predict(head, raw[None])
-        order = np.argsort(-probabilities[0], kind="stable")[:top]
-        return [Tag(self.classes[i], float(probabilities[0, i])) for i in order]
+    def _tags(self, embedded: Embedded, top: int) -> list[Tag] | None:
+        if embedded.probabilities is None or top <= 0:
+            return None
+        order = np.argsort(-embedded.probabilities, kind="stable")[:top]
+        return [Tag(self.classes[i], float(embedded.probabilities[i])) for i in order]
 
     # ── requests ──────────────────────────────────────────────────────────────────────────────
 
@@ -218,33 +188,68 @@ class VisualSearchService:
                tags: int = 5) -> SearchOutcome:
         """The top ``k`` items like the photo (cosine similarity), optionally within one label; plus its tags."""
         started = time.perf_counter()
-        raw, vector = self.embed(path)
-        with self._index_lock:
-            result = self.index.search(vector[None], k, label=category or None)
-            ids = [item_id for item_id in result.ids[0] if item_id]
-            records = self.index.get(ids)
-        hits = [Hit(id=item_id, label=records[item_id]["label"], score=float(score), split=records[item_id]["split"],
-                    image_url=image_url(item_id), metadata=_metadata(records[item_id]))
-                for item_id, score in zip(result.ids[0], result.scores[0], strict=True) if item_id in records]
-        predicted = self._tags(raw, tags) if self.head is not None and tags > 0 else None
-        return SearchOutcome(hits, predicted, (time.perf_counter() - started) * 1000.0)
+        embedded = self.embed_photo(path)
+        hits = self._searcher.submit(Lookup(embedded.vector, k, category or None))
+        return SearchOutcome(hits, self._tags(embedded, tags), (time.perf_counter() - started) * 1000.0)
+
+    def search_many(self, paths: Sequence[str | os.PathLike[str]], *, k: int = 10, category: str | None = None,
+                    tags: int = 5) -> list[SearchOutcome | ServeError]:
+        """Several photos in one encoder call and one Milvus search; a photo that cannot be used gets its
+        error in its place, the others their results."""
+        started = time.perf_counter()
+        decoded: list[np.ndarray | ServeError] = []
+        for path in paths:
+            try:
+                decoded.append(self.decoder(path))
+            except ServeError as error:
+                decoded.append(error)
+        pixels = [value for value in decoded if not isinstance(value, ServeError)]
+        embedded = self.embed_stage(pixels) if pixels else []
+        hits = self.search_stage([Lookup(e.vector, k, category or None) for e in embedded]) if pixels else []
+        took = (time.perf_counter() - started) * 1000.0
+        answers = iter(zip(embedded, hits, strict=True))
+        outcomes: list[SearchOutcome | ServeError] = []
+        for value in decoded:
+            if isinstance(value, ServeError):
+                outcomes.append(value)
+            else:
+                one, found = next(answers)
+                outcomes.append(SearchOutcome(found, self._tags(one, tags), took))
+        return outcomes
 
     def tag(self, path: str | os.PathLike[str], *, top: int = 5) -> list[Tag]:
         """The head's ``top`` most probable classes for the photo, most probable first."""
         self.require_tagging()
-        raw, _ = self.embed(path)
-        return self._tags(raw, top)
+        return self._tags(self.embed_photo(path), top) or []
+
+    def similar(self, item_id: str, *, k: int = 10, category: str | None = None) -> list[Hit]:
+        """The ``k`` items nearest a stored item, from its stored vector (no re-encoding), itself left out."""
+        with self._index_lock:
+            client = self.index.client
+            if client is None:
+                raise ServeError("the collection is closed")
+            rows = client.query(self.index.collection, filter=id_filter([item_id]), output_fields=[VECTOR_FIELD],
+                                consistency_level="Strong")
+        if not rows:
+            raise ItemNotFoundError(f"no item with id {item_id!r}")
+        vector = np.asarray(rows[0][VECTOR_FIELD], dtype=np.float32)
+        return self._searcher.submit(Lookup(vector, k, category or None, exclude=item_id))
 
     def add_item(self, path: Path, item_id: str, label: str = "", metadata: Mapping[str, Any] | None = None) -> Item:
         """Embed the photo and add it; searchable at once. The file is moved into the service's uploads folder."""
-        _check_item(item_id, label, metadata)
-        _, vector = self.embed(path)
+        check_item_id(item_id)
+        stored_metadata = dict(metadata or {})
+        check_metadata(stored_metadata)
+        if not self.index.has_attributes:
+            raise IndexReadOnlyError("this collection was loaded without the attributes field (a bare `shelfsight "
+                                     "bulk-index`), so items cannot be added through the API; bulk-load it with "
+                                     "--index-dir to make it writable")
+        vector = self.embed_photo(path).vector
         if not float(np.linalg.norm(vector)) > 0.5:
             raise UnreadableImageError("this photo's top-tuned embedding is all zeros, so it cannot be indexed")
-        media_type, suffix = _media_type(path)
+        kind, suffix = media_type(path)
         stored = self.layout.uploads / (hashlib.sha256(item_id.encode()).hexdigest()[:40] + suffix)
-        attributes = {"root": UPLOADS_ROOT, "path": stored.name, "media_type": media_type,
-                      "metadata": dict(metadata or {})}
+        attributes = {"root": UPLOADS_ROOT, "path": stored.name, "media_type": kind, "metadata": stored_metadata}
         with self._index_lock:
             if self.index.get([item_id]):
                 raise DuplicateItemError(f"an item with id {item_id!r} already exists; delete it first to replace it")
@@ -254,7 +259,7 @@ class VisualSearchService:
             except BaseException:
                 stored.unlink(missing_ok=True)
                 raise
-        return Item(item_id, label, UPLOADED_SPLIT, image_url(item_id), dict(metadata or {}))
+        return Item(item_id, label, UPLOADED_SPLIT, image_url(item_id), stored_metadata)
 
     def delete_item(self, item_id: str) -> None:
         """Remove the item from the index (at once) and, for an uploaded item, its stored image."""
@@ -269,7 +274,7 @@ class VisualSearchService:
 
     def item(self, item_id: str) -> Item:
         record = self._record(item_id)
-        return Item(item_id, record["label"], record["split"], image_url(item_id), _metadata(record))
+        return Item(item_id, record["label"], record["split"], image_url(item_id), record_metadata(record))
 
     def image_file(self, item_id: str) -> tuple[Path, str | None]:
         """(file, media type) of the item's image, only if registered and resolved inside its root."""
@@ -277,7 +282,8 @@ class VisualSearchService:
         key, relative = attributes.get("root"), attributes.get("path")
         folder = self.layout.uploads if key == UPLOADS_ROOT else self.manifest.roots.get(str(key))
         if folder is None or not relative:
-            raise ImageUnavailableError(f"item {item_id!r} has no servable image (it lies outside its catalogue)")
+            raise ImageUnavailableError(f"item {item_id!r} has no servable image (it lies outside its catalogue, or "
+                                        "the collection records no image paths)")
         root = Path(folder).resolve()
         candidate = (root / str(relative)).resolve()
         if not candidate.is_relative_to(root):
@@ -297,75 +303,21 @@ class VisualSearchService:
         with self._index_lock:
             return len(self.index)
 
+    def _compression(self) -> dict[str, Any]:
+        """What ``--compress`` the index was built with, its Milvus index type and bytes per stored code."""
+        record = self.manifest.compression
+        return {"method": record.method if record else "none", "index_type": self.manifest.milvus.index_type,
+                "source_dim": record.source_dim if record else self.manifest.dim,
+                "bytes_per_item": record.bytes_per_item if record else 4 * self.manifest.dim}
+
     def health(self) -> dict[str, Any]:
-        """What is served: model, vectors, encoder (and why), item count, whether tagging is available."""
+        """What is served: model, vectors, encoder (and why), item count, tagging, batching and decode bounds."""
         return {"status": "ok", "items": self.count(), "model": self.manifest.model, "vectors": self.manifest.vectors,
-                "dim": self.manifest.dim, "encoder": self.encoder.name, "encoder_report": asdict(self.encoder_report),
+                "dim": self.manifest.dim, "compression": self._compression(), "encoder": self.encoder.name,
+                "encoder_report": asdict(self.encoder_report),
                 "tagging": self.head is not None, "classes": list(self.classes),
-                "max_upload_bytes": self.max_upload_bytes}
-
-
-def _open_head(manifest: ServiceManifest) -> tuple[MLPHead | None, list[str]]:
-    if manifest.head is None:
-        return None, []
-    folder = Path(manifest.head)
-    if not folder.is_dir():
-        raise ServeError(f"the head {folder} recorded in the index is missing: restore it, or re-run `shelfsight "
-                         "index` on this folder with --head pointing at its new place")
-    if manifest.vectors == "head" and head_digest(folder) != manifest.head_digest:
-        raise ServeError(f"the head {folder} changed since the index stored its top-tuned vectors: rebuild with "
-                         "`shelfsight index --overwrite`")
-    head, classes, _ = load_head(folder)
-    if head.in_dim != manifest.backbone_dim:
-        raise ServeError(f"the head {folder} takes {head.in_dim}-d inputs but {manifest.model} gives "
-                         f"{manifest.backbone_dim}-d embeddings")
-    return head, classes
-
-
-def _open_encoder(layout: IndexLayout, backbone: Backbone, choice: EncoderChoice) -> tuple[Encoder, EncoderReport]:
-    torch_encoder = TorchEncoder(backbone)
-    onnx_encoder = None
-    note = ""
-    if choice != "torch":
-        try:
-            path, _ = ensure_onnx(backbone, layout.onnx)
-            onnx_encoder = OnnxEncoder(path)
-        except (ServeError, OSError) as error:
-            if choice == "onnx":
-                raise ServeError(f"cannot serve through ONNX Runtime: {error}") from error
-            note = f"ONNX unavailable ({error}); "
-    chosen, report = choose_encoder(torch_encoder, onnx_encoder, probe_pixels(backbone.preprocess), choice=choice)
-    return chosen, EncoderReport(**{**asdict(report), "note": note + report.note}) if note else report
-
-
-def _metadata(record: Mapping[str, Any]) -> dict[str, Any]:
-    return dict((record.get("attributes") or {}).get("metadata") or {})
-
-
-def _check_item(item_id: str, label: str, metadata: Mapping[str, Any] | None) -> None:
-    if not item_id or len(item_id.encode()) > ID_MAX_LENGTH:
-        raise InvalidItemError(f"an item id must be 1 to {ID_MAX_LENGTH} bytes of UTF-8")
-    if any(ord(c) < 32 or ord(c) == 127 for c in item_id + label):
-        raise InvalidItemError("item ids and labels cannot hold control characters")
-    if len(label.encode()) > LABEL_MAX_LENGTH:
-        raise InvalidItemError(f"a label must be at most {LABEL_MAX_LENGTH} bytes of UTF-8")
-    if metadata is not None and len(json.dumps(dict(metadata)).encode()) > MAX_METADATA_BYTES:
-        raise InvalidItemError(f"metadata must be at most {MAX_METADATA_BYTES:,} bytes of JSON")
-
-
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
-
-
-def has_image_signature(path: str | os.PathLike[str]) -> bool:
-    """Whether the file starts like a common image format: such a file that fails to decode is corrupt
-    (422), not of an unsupported type (415)."""
-    with open(path, "rb") as handle:
-        head = handle.read(12)
-    return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-
-
-def _media_type(path: Path) -> tuple[str, str]:
-    """(media type, file suffix) of an image that already decoded, from its header."""
-    with Image.open(path) as image:
-        kind = image.format or ""
-    return Image.MIME.get(kind, "application/octet-stream"), _EXTENSIONS.get(kind, ".img")
+                "max_upload_bytes": self.max_upload_bytes, "writable": self.index.has_attributes,
+                "batching": {"max_batch": self.options.max_batch, "max_wait_ms": self.options.max_wait_ms,
+                             "encoder": asdict(self._embedder.stats), "milvus": asdict(self._searcher.stats)},
+                "decode": {"max_pixels": self.decoder.max_pixels, "concurrency": self.decoder.concurrency,
+                           "memory_bound_bytes": self.decoder.memory_bound_bytes}}

@@ -33,23 +33,58 @@ function element(tag, className, text) {
   return node;
 }
 
-function renderResults(results) {
-  const list = $("results");
-  list.replaceChildren(...results.map((hit, rank) => {
+function renderHits(listId, results) {
+  $(listId).replaceChildren(...results.map((hit, rank) => {
     const item = element("li", "result");
     item.dataset.id = hit.id;
     item.dataset.label = hit.label;
+    item.tabIndex = 0;
+    item.title = `${hit.id}: show similar items`;
     const image = element("img");
     image.src = hit.image_url;
     image.alt = hit.label || hit.id;
-    image.title = hit.id;
     const meta = element("div", "meta");
     meta.append(element("div", "label", `${rank + 1}. ${hit.label || "(no label)"}`),
                 element("div", "score", `score ${hit.score.toFixed(3)}`));
     item.append(image, meta);
+    // the item's own URL is its image URL without "/image": the service encodes ids once, the page reuses it
+    const itemUrl = hit.image_url.slice(0, -"/image".length);
+    item.addEventListener("click", () => showSimilar(hit, itemUrl));
+    item.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") { event.preventDefault(); showSimilar(hit, itemUrl); }
+    });
     return item;
   }));
-  $("results-note").textContent = results.length ? "" : "No similar item found.";
+}
+
+function renderResults(results) {
+  renderHits("results", results);
+  $("results-note").textContent = results.length ? "Click a product to see similar items." : "No similar item found.";
+}
+
+async function showSimilar(hit, itemUrl) {
+  const box = $("similar-box");
+  box.hidden = false;
+  $("similar-title").textContent = `Similar to ${hit.label || hit.id}`;
+  $("similar-note").textContent = "Loading…";
+  showError("");
+  try {
+    const query = new URLSearchParams({ k: $("k").value });
+    const category = $("category").value.trim();
+    if (category) query.set("category", category);
+    const response = await fetch(`${itemUrl}/similar?${query}`);
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(`${response.status}: ${body.detail || response.statusText}`);
+    box.dataset.source = hit.id;
+    renderHits("similar", body.results);
+    $("similar-note").textContent = body.results.length ? `${body.results.length} items, from the stored vector ` +
+      `(${body.took_ms.toFixed(0)} ms)` : "No similar item found.";
+    box.scrollIntoView({ block: "nearest" });
+  } catch (error) {
+    $("similar").replaceChildren();
+    $("similar-note").textContent = "";
+    showError(error.message);
+  }
 }
 
 function renderTags(tags) {
@@ -76,6 +111,7 @@ async function search() {
   showError("");
   document.body.classList.add("busy");
   $("results-note").textContent = "Searching…";
+  $("similar-box").hidden = true;
   try {
     const response = await fetch("/search", { method: "POST", body: form });
     const body = await response.json().catch(() => ({}));

@@ -1,0 +1,72 @@
+"""Bounded decoding for serving: the budget counts pixels actually decoded (after the JPEG draft), early
+reduction keeps the EXIF orientation and barely changes the model's input, and small photos decode
+exactly as batch extraction decodes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shelfsight.backbones import Preprocess
+from shelfsight.catalog.images import decode_image
+from shelfsight.errors import ImageDecodeError
+from shelfsight.serve.decode import BoundedDecoder
+from shelfsight.serve.encoder import Pixels
+from shelfsight.serve.errors import UnreadableImageError
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    """A smooth colour field with some texture, like a product shot (not noise, which no resize preserves)."""
+    y, x = np.mgrid[0:height, 0:width]
+    red = 128 + 100 * np.sin(x / 97.0)
+    green = 128 + 100 * np.cos(y / 61.0)
+    blue = 128 + 60 * np.sin((x + y) / 143.0)
+    return Image.fromarray(np.stack([red, green, blue], axis=-1).clip(0, 255).astype(np.uint8))
+
+
+def _jpeg(path: Path, image: Image.Image, orientation: int | None = None) -> Path:
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    image.save(path, format="JPEG", quality=92, exif=exif.tobytes())
+    return path
+
+
+def test_the_budget_counts_pixels_after_the_jpeg_draft(tmp_path: Path) -> None:
+    big = _jpeg(tmp_path / "big.jpg", _photo(2400, 2000))  # 4.8 MP
+    drafted = decode_image(big, draft_size=256, max_decoded_pixels=1_000_000)  # decoded at 1/4: 600x500
+    assert drafted.size == (600, 500)
+    with pytest.raises(ImageDecodeError, match="too large to decode here"):
+        decode_image(big, max_decoded_pixels=1_000_000)  # no draft: 4.8 MP decoded, over the budget
+    png = tmp_path / "big.png"
+    _photo(1200, 1000).save(png)
+    with pytest.raises(ImageDecodeError, match="1,200x1,000|1200x1000"):
+        decode_image(png, draft_size=256, max_decoded_pixels=1_000_000)  # PNG has no draft: refused from its header
+
+
+def test_early_reduction_keeps_orientation_and_the_picture(tmp_path: Path) -> None:
+    rotated = _jpeg(tmp_path / "rotated.jpg", _photo(2400, 1200), orientation=6)  # shown 1200 wide, 2400 tall
+    full = decode_image(rotated)
+    reduced = decode_image(rotated, reduce_to=512)  # factor 1200 // 512 = 2, then rotated
+    assert full.size == (1200, 2400) and reduced.size == (600, 1200)
+    assert np.abs(np.asarray(full.resize(reduced.size)).astype(float) - np.asarray(reduced)).mean() < 2.0
+    palette = tmp_path / "palette.png"
+    _photo(1600, 1600).convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(palette)
+    assert decode_image(palette, reduce_to=512).size == (534, 534)  # converted, then reduced by 3 (rounding up)
+
+
+def test_serving_pixels_equal_extraction_pixels_for_small_photos_and_nearly_for_large(tmp_path: Path) -> None:
+    preprocess = Preprocess()
+    served, extracted = BoundedDecoder(preprocess), Pixels(preprocess)
+    small = _jpeg(tmp_path / "small.jpg", _photo(348, 464))  # a Grocery Store photo's size: no reduction
+    np.testing.assert_array_equal(served(small), extracted(small))
+    large = tmp_path / "large.png"
+    _photo(2000, 1500).save(large)  # reduced by 2 before the resize
+    difference = np.abs(served(large).astype(float) - extracted(large).astype(float))
+    assert difference.mean() < 1.0 and served(large).shape == extracted(large).shape == (3, 224, 224)
+    with pytest.raises(UnreadableImageError, match="too large to decode"):
+        BoundedDecoder(preprocess, max_pixels=2_000_000)(large)
+    assert BoundedDecoder(preprocess).memory_bound_bytes == 2 * 16_000_000 * 8
