@@ -1,43 +1,98 @@
-"""One progress bar for every long loop: Rich, with a rate column, or nothing when disabled."""
+"""One progress display for every long loop: Rich bars with a rate column, or nothing when disabled.
+
+A bench run opens one shared display (:func:`run_display`) whose first line is the whole run (cells done,
+elapsed, estimated time left); every bar opened while it is up (extraction, a top-tuning search, a
+fine-tuning epoch) becomes a line under it instead of a display of its own, so they never fight over
+the terminal.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Protocol
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-__all__ = ["progress_bar"]
+__all__ = ["Advance", "progress_bar", "run_display"]
+
+class _LeftColumn(ProgressColumn):
+    """The time left: counted down from a task's ``eta`` (a ``time.monotonic()`` deadline) between updates,
+    else the task's ``left`` text."""
+
+    def render(self, task: Task) -> Text:
+        eta = task.fields.get("eta")
+        if isinstance(eta, float):
+            return Text(f"~{_clock(max(0.0, eta - time.monotonic()))} left")
+        return Text(str(task.fields.get("left", "")))
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+_COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), _LeftColumn())
+_shared: Progress | None = None
+
+
+class Advance(Protocol):
+    def __call__(self, n: int, note: str = "") -> None: ...
+
+
+def _left(done: float, total: float, elapsed: float) -> str:
+    if done <= 0 or elapsed <= 0 or done >= total:
+        return ""
+    return f"~{_clock((total - done) * elapsed / done)} left"
+
+
+@contextlib.contextmanager
+def run_display(console: Console, enabled: bool = True) -> Iterator[Progress | None]:
+    """The shared display of a run: bars opened inside it become its lines (nothing when disabled)."""
+    global _shared
+    if not enabled or _shared is not None:
+        yield None
+        return
+    with Progress(*_COLUMNS, console=console, transient=False) as display:
+        _shared = display
+        try:
+            yield display
+        finally:
+            _shared = None
 
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool, total: int, description: str, *, completed: int = 0, unit: str = "items",
-                 console: Console | None = None, transient: bool = False) -> Iterator[Callable[[int], None]]:
-    """Yields ``advance(n)``; shows done/total, the rate in ``unit``/s, elapsed and remaining time."""
+                 console: Console | None = None, transient: bool = False) -> Iterator[Advance]:
+    """Yields ``advance(n, note="")``; shows done/total, the rate in ``unit``/s (and the note), elapsed and
+    remaining time. Inside a :func:`run_display` the bar is a line of it, removed when done."""
     if not enabled:
-        yield lambda n: None
+        yield lambda n, note="": None
         return
-    columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} " + unit + "/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=transient) as bar:
-        task = bar.add_task(description, total=total, completed=completed, rate="-")
-        started, done = time.perf_counter(), 0
+    with contextlib.ExitStack() as stack:
+        display = _shared
+        if display is None:
+            display = stack.enter_context(Progress(*_COLUMNS, console=console, transient=transient))
+        task = display.add_task(description, total=total, completed=completed, count=f"{completed}/{total}",
+                                detail="", left="")
+        if display is _shared:
+            stack.callback(display.remove_task, task)
+        yield _advancer(display, task, total, completed, unit)
 
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            elapsed = time.perf_counter() - started
-            bar.update(task, advance=n, rate=f"{done / elapsed:.1f}" if elapsed > 0 else "-")
 
-        yield advance
+def _advancer(display: Progress, task: TaskID, total: int, completed: int, unit: str) -> Advance:
+    started, done = time.perf_counter(), 0
+
+    def advance(n: int, note: str = "") -> None:
+        nonlocal done
+        done += n
+        elapsed = time.perf_counter() - started
+        rate = f"{done / elapsed:.1f} {unit}/s" if elapsed > 0 else ""
+        display.update(task, advance=n, count=f"{completed + done}/{total}",
+                       detail=" · ".join(part for part in (note, rate) if part), left=_left(done, total - completed,
+                                                                                         elapsed))
+
+    return advance

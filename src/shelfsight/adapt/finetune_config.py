@@ -48,6 +48,9 @@ class FinetuneConfig:
     warmup_lr: float = 1e-6
     min_lr: float = 1e-6
     clip_grad: float | None = None
+    train_per_class: int | None = None
+    """Train on at most this many photos of each class (a seeded draw; validation and test untouched): a
+    budget for demos and quick looks, recorded with the result."""
     input_size: int | None = None
     eval_input_size: int | None = None
     augment: Augment = "timm"
@@ -93,7 +96,7 @@ class FinetuneConfig:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {self.scale}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.hflip <= 1:
             raise ValueError("label_smoothing must be in [0, 1) and hflip in [0, 1]")
-        for name in ("input_size", "eval_input_size", "num_workers"):
+        for name in ("input_size", "eval_input_size", "num_workers", "train_per_class"):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "num_workers" else 1):
                 raise ValueError(f"{name} must be positive, got {value}")

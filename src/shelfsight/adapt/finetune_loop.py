@@ -9,12 +9,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from shelfsight.adapt.finetune_checkpoint import TrainingProgress
@@ -24,6 +23,7 @@ from shelfsight.adapt.finetune_processes import autocast
 from shelfsight.adapt.finetune_record import EpochStats
 from shelfsight.adapt.finetune_setup import FinetuneRun
 from shelfsight.backbones import normalize_pixels
+from shelfsight.progress import Advance, progress_bar
 
 
 def run_epoch(run: FinetuneRun, epoch: int, progress: TrainingProgress) -> EpochStats:
@@ -72,7 +72,8 @@ def _train_pass(run: FinetuneRun, epoch: int, progress: TrainingProgress) -> tup
     run.scheduler.step_update(progress.updates)
     run.optimizer.zero_grad(set_to_none=True)
     total, batches, images = 0.0, 0, 0
-    with _bar(run.progress, run.console, steps, f"epoch {epoch + 1}/{run.config.epochs}") as advance:
+    total_images = steps * run.config.batch_size  # this process's share, under DDP too (the last batch may be short)
+    with _bar(run.progress, run.console, total_images, f"epoch {epoch + 1}/{run.config.epochs}") as advance:
         for step, (pixels, labels) in enumerate(run.train_loader):
             boundary = (step + 1) % accum == 0 or step + 1 == steps
             if len(labels) > 1:
@@ -84,7 +85,7 @@ def _train_pass(run: FinetuneRun, epoch: int, progress: TrainingProgress) -> tup
                 _step(run)
                 progress.updates += 1
                 run.scheduler.step_update(progress.updates)
-            advance(len(labels), total / max(batches, 1))
+            advance(len(labels), f"loss {total / max(batches, 1):.3f}")
     return (total, batches), images
 
 
@@ -112,23 +113,7 @@ def _sync(model: nn.Module, boundary: bool) -> contextlib.AbstractContextManager
     return model.no_sync()
 
 
-@contextlib.contextmanager
-def _bar(enabled: bool, console: Console, total: int,
-         description: str) -> Iterator[Callable[[int, float], None]]:
-    if not enabled or not console.is_terminal:  # logs get the epoch lines, not a bar's redraws
-        yield lambda n, loss: None
-        return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]} · {task.fields[rate]} img/s"), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total, loss="-", rate="-")
-        started, seen = time.perf_counter(), 0
-
-        def advance(images: int, loss: float) -> None:
-            nonlocal seen
-            seen += images
-            elapsed = time.perf_counter() - started
-            bar.update(task, advance=1, loss=f"{loss:.3f}", rate=f"{seen / elapsed:.1f}" if elapsed else "-")
-
-        yield advance
+def _bar(enabled: bool, console: Console, total: int, description: str) -> AbstractContextManager[Advance]:
+    """The epoch's bar (a line of the bench's display when one is up); logs get the epoch lines, not redraws."""
+    return progress_bar(enabled and console.is_terminal, total, description, unit="img", console=console,
+                        transient=True)

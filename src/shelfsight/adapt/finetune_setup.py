@@ -24,7 +24,7 @@ from shelfsight.adapt.finetune_model import (
     freeze_unused,
 )
 from shelfsight.adapt.finetune_processes import Processes, amp_dtype
-from shelfsight.adapt.splits import LabelledSplits, labelled_splits
+from shelfsight.adapt.splits import LabelledSplits, at_most_per_class, labelled_splits
 from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform
 from shelfsight.catalog import Catalog
 from shelfsight.protocols import ClassificationSplits
@@ -85,6 +85,8 @@ def build_run(catalog: Catalog, backbone: Backbone, dataset: str, folder: Path, 
     shown = progress and processes.main  # one process speaks for all
     console = (console or Console(stderr=True)) if shown else Console(quiet=True)
     labelled = labelled_splits(dataset, catalog, config.seed, splits=splits)
+    if config.train_per_class is not None:
+        labelled = at_most_per_class(labelled, config.train_per_class, config.seed)
     if len(labelled.train) < 2 * processes.world or not labelled.val:
         raise FinetuneError(f"{dataset}: fine-tuning needs at least two training images per process and a "
                             f"validation set; got {len(labelled.train)} and {len(labelled.val)}")

@@ -7,6 +7,7 @@ top-tuned head trained on.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,3 +85,15 @@ def labelled_splits(dataset: str, catalog: Catalog, seed: int, ids: Sequence[str
     test_items, y_test = known(test, labels_test)
     return LabelledSplits(train_items, y_train, val_items, y_val, test_items, y_test, classes,
                           dropped_test=len(test) - len(test_items))
+
+
+def at_most_per_class(splits: LabelledSplits, per_class: int, seed: int) -> LabelledSplits:
+    """The same splits with at most ``per_class`` training items of each class, a seeded draw kept in
+    catalogue order (validation and test untouched): a training budget, not a different protocol."""
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for label in np.unique(splits.y_train):
+        members = np.flatnonzero(splits.y_train == label)
+        keep.extend(rng.permutation(members)[:per_class].tolist() if len(members) > per_class else members.tolist())
+    order = sorted(keep)
+    return dataclasses.replace(splits, train=tuple(splits.train[i] for i in order), y_train=splits.y_train[order])

@@ -58,11 +58,13 @@ class RunContext:
         self._finetuned: dict[tuple[str, str, int, str], tuple[TunedModel, Backbone]] = {}
         self._toptuned: dict[tuple[str, str, int], TunedModel] = {}
         self._claimed: set[Path] = set()
+        self.skipped: dict[tuple[str, str], tuple[str, str, str]] = {}
+        """(catalogue, item id) -> (path, reason, the backbone that met it) of every photo left out."""
 
     # ------------------------------------------------------------------ loading
     def catalog(self, dataset: BenchDataset) -> Catalog:
         if dataset.name not in self._catalogs:
-            catalog = load_catalog(dataset.name, data_dir=self.config.data_dir, image_root=dataset.image_root)
+            catalog = load_catalog(dataset.location, data_dir=self.config.data_dir, image_root=dataset.image_root)
             self._catalogs[dataset.name] = _subset(catalog, dataset.per_class)
         return self._catalogs[dataset.name]
 
@@ -89,8 +91,12 @@ class RunContext:
 
     def embed(self, catalog: Catalog, backbone: Backbone, progress: bool) -> Embeddings:
         embedding = self.config.embedding
-        return embed_catalog(catalog, backbone, batch_size=embedding.batch_size, num_workers=embedding.num_workers,
-                             device=embedding.device, precision=embedding.precision, progress=progress)
+        result = embed_catalog(catalog, backbone, batch_size=embedding.batch_size, num_workers=embedding.num_workers,
+                             device=embedding.device, precision=embedding.precision, runtime=embedding.runtime,
+                             progress=progress)
+        for item in result.skipped:
+            self.skipped.setdefault((catalog.name, item.item_id), (item.path, item.reason, backbone.spec.name))
+        return result
 
     # ------------------------------------------------------------------ identity
     def cell_inputs(self, cell: Cell, model: ModelEntry, dataset: BenchDataset) -> dict[str, Any]:
@@ -104,9 +110,12 @@ class RunContext:
         return {
             "model": self.model_identity(model, seed), "dataset": self.dataset_identity(dataset.name),
             "strategy": strategy, "seed": cell.seed,
-            "embedding": {"device": self.config.embedding.device, "precision": self.config.embedding.precision},
+            "embedding": {"device": self.config.embedding.device, "precision": self.config.embedding.precision,
+                          "runtime": self.config.embedding.runtime},
             "index": {"backend": index.backend, "type": index.type, "params": dict(sorted(index.params.items()))},
             "retrieval": {"k": self.config.retrieval.k, "ks": list(self.config.retrieval.ks)},
+            **({"dedupe": self.config.dedupe.model_dump()} if self.config.dedupe.action != "warn"
+               or self.config.dedupe.threshold is not None else {}),
         }
 
     def tuning_inputs(self, model: ModelEntry, dataset: str, kind: str, seed: int) -> dict[str, Any]:
@@ -121,7 +130,8 @@ class RunContext:
         entry = self.dataset(name)
         if name not in self._fingerprints:
             self._fingerprints[name] = self.catalog(entry).fingerprint()
-        return {"name": name, "per_class": entry.per_class, "image_root": entry.image_root,
+        source = {"source": entry.source} if entry.source else {}
+        return {"name": name, **source, "per_class": entry.per_class, "image_root": entry.image_root,
                 "fingerprint": self._fingerprints[name]}
 
     def strategy_settings(self, kind: str) -> dict[str, Any]:
@@ -146,7 +156,8 @@ class RunContext:
             collection_prefix=_collection_name(cell), k=self.config.retrieval.k, ks=self.config.retrieval.ks,
             seed=self.seed_of(cell), workdir=self.run_dir / "work" / cell.cell_id, progress=progress, tuned=tuned,
             options={s.name: s.settings(self.config) for s in strategies.REGISTRY.values()},
-            protocol_tuned=protocol_tuned or {}, keep_collections=self.config.index.keep_collections)
+            protocol_tuned=protocol_tuned or {}, keep_collections=self.config.index.keep_collections,
+            dedupe=self.config.dedupe)
 
     def run_cell(self, cell: Cell, model: ModelEntry, dataset: BenchDataset, *,
                  progress: bool) -> tuple[CellResult, pd.DataFrame | None]:
@@ -163,7 +174,7 @@ class RunContext:
             embeddings = self.embed(catalog, backbone, progress)
             output = strategy.run(self.strategy_inputs(cell, catalog, embeddings, progress, prepared.tuned,
                                                        prepared.protocol_tuned))
-            costs = {**self._backbone_costs(backbone), "embed_dim": float(embeddings.dim),
+            costs = {**self.backbone_costs(backbone), "embed_dim": float(embeddings.dim),
                      "index_bytes": float(embeddings.vectors.nbytes), **output.costs,
                      "cell_seconds": time.perf_counter() - started}
             if embeddings.extraction_rate:
@@ -257,7 +268,7 @@ class RunContext:
         marker.write_text(key, encoding="utf-8")
         self._claimed.add(folder)
 
-    def _backbone_costs(self, backbone: Backbone) -> dict[str, float]:
+    def backbone_costs(self, backbone: Backbone) -> dict[str, float]:
         """Parameters and GFLOPs per image (at its input size), measured once per backbone."""
         key = json.dumps(backbone.cache_identity(), sort_keys=True)
         if key not in self._costs:

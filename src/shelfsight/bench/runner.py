@@ -24,10 +24,27 @@ from shelfsight import __version__
 from shelfsight.bench import strategies
 from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry, config_to_json
 from shelfsight.bench.context import RunContext
+from shelfsight.bench.estimate import CellEstimate, RunEstimator
 from shelfsight.bench.identity import describe_change, digest
 from shelfsight.bench.results import Cell, CellResult, ResultStore
+from shelfsight.bench.run_progress import RunProgress, duration, print_plan, write_skipped
 from shelfsight.bench.strategies import is_stochastic, parse_strategy, seeded_validation
 from shelfsight.bench.tracking import Tracker, default_tracking_uri
+from shelfsight.errors import ShelfsightError
+from shelfsight.progress import run_display
+
+
+class BenchDatasetError(ShelfsightError):
+    """A dataset of the config cannot be loaded: the run stops before its first cell."""
+
+
+def _load_datasets(context: RunContext) -> None:
+    """Load every dataset up front: one clear error, not the same failure once per cell."""
+    for dataset in context.config.datasets:
+        try:
+            context.catalog(dataset)
+        except Exception as exc:  # noqa: BLE001 - any loading failure stops the run with its reason
+            raise BenchDatasetError(f"dataset {dataset.name!r} cannot be loaded: {exc}") from exc
 
 
 @dataclass
@@ -44,6 +61,8 @@ class BenchSummary:
     """Stored cells the config no longer asks for: left out of the table."""
     table: pd.DataFrame | None = None
     tracking_uri: str | None = None
+    seconds: float = 0.0
+    """Wall time of the cells (planning and the tables excluded)."""
 
 
 Plan = list[tuple[Cell, ModelEntry, BenchDataset]]
@@ -97,13 +116,22 @@ def run_bench(
     tracker = Tracker(uri, config.tracking.experiment or config.name, enabled=config.tracking.enabled,
                       artifact_root=run_path / "mlflow-artifacts")
     summary = BenchSummary(run_dir=run_path, tracking_uri=uri if config.tracking.enabled else None)
-    context = RunContext(config, run_path, forced=lambda cell: _forced(cell, recompute))
-    cells = plan_cells(config, seeded=context.seeded_validation)
-    for number, (cell, model, dataset) in enumerate(cells, start=1):
-        _run_one(context, store, tracker, summary, out, f"[{number}/{len(cells)}] {cell.cell_id}",
-                 (cell, model, dataset), forced=_forced(cell, recompute), progress=progress)
-        if on_cell is not None:
-            on_cell(cell)
+    context, cells, decisions, estimates = _planned(config, run_path, store, recompute)
+    print_plan(out, cells, decisions, estimates)
+    started = time.perf_counter()
+    with run_display(out, progress) as display:
+        overall = RunProgress(display, [e.seconds for e in estimates])
+        for number, (entry, decision) in enumerate(zip(cells, decisions, strict=True), start=1):
+            cell_started = time.perf_counter()
+            _run_one(context, store, tracker, summary, out, f"[{number}/{len(cells)}] {entry[0].cell_id}",
+                     entry, decision, progress=progress)
+            overall.done(number - 1, time.perf_counter() - cell_started if decision.reason else 0.0)
+            if on_cell is not None:
+                on_cell(entry[0])
+    summary.seconds = time.perf_counter() - started
+    write_skipped(run_path, context.skipped, out)
+    out.print(f"[bold]{len(cells)} cells[/] in {duration(summary.seconds)}: {len(summary.computed)} computed, "
+              f"{len(summary.reused)} reused, {len(summary.failed)} failed")
     planned = {cell.cell_id for cell, _, _ in cells}
     summary.stale = sorted(r.cell.cell_id for r in store.load_all() if r.cell.cell_id not in planned)
     if summary.stale:
@@ -121,28 +149,62 @@ def run_bench(
     return summary
 
 
-def _run_one(context: RunContext, store: ResultStore, tracker: Tracker, summary: BenchSummary, out: Console,
-             prefix: str, planned: tuple[Cell, ModelEntry, BenchDataset], *, forced: bool, progress: bool) -> None:
+@dataclass(frozen=True)
+class Decision:
+    """Whether a cell runs, and why: ``reason`` None means the stored result is reused."""
+
+    inputs: dict[str, object]
+    key: str
+    reason: str | None
+    error: str = ""
+    trace: str = ""
+
+
+def _decide(context: RunContext, store: ResultStore, planned: tuple[Cell, ModelEntry, BenchDataset],
+            forced: bool) -> Decision:
     cell, model, dataset = planned
-    error, trace = "", ""
     try:
         inputs = context.cell_inputs(cell, model, dataset)
     except Exception as exc:  # noqa: BLE001 - a cell whose inputs cannot be resolved fails alone
-        inputs, error, trace = {}, f"{type(exc).__name__}: {exc}", traceback.format_exc()
-    key = digest(inputs) if inputs else ""
-    stored = store.load(cell)
-    reason = _why_compute(stored, key, inputs, forced)
-    if reason is None:
+        return Decision({}, "", "new", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    key = digest(inputs)
+    return Decision(inputs, key, _why_compute(store.load(cell), key, inputs, forced))
+
+
+def _planned(config: BenchConfig, run_path: Path, store: ResultStore, recompute: Sequence[str]
+             ) -> tuple[RunContext, Plan, list[Decision], list[CellEstimate]]:
+    """Load the datasets (one clear error if one cannot be), plan the cells, decide reuse, estimate costs."""
+    context = RunContext(config, run_path, forced=lambda cell: _forced(cell, recompute))
+    _load_datasets(context)
+    cells = plan_cells(config, seeded=context.seeded_validation)
+    decisions = [_decide(context, store, planned, _forced(planned[0], recompute)) for planned in cells]
+    return context, cells, decisions, _estimates(context, cells, decisions)
+
+
+def show_plan(config: BenchConfig, run_dir: str | Path, *, console: Console, recompute: Sequence[str] = ()) -> float:
+    """Print what ``run_bench`` would do and its estimated time, running nothing; returns the estimate (s)."""
+    run_path = Path(run_dir)
+    _, cells, decisions, estimates = _planned(config, run_path, ResultStore(run_path), recompute)
+    print_plan(console, cells, decisions, estimates)
+    return sum(e.seconds for e in estimates)
+
+
+def _run_one(context: RunContext, store: ResultStore, tracker: Tracker, summary: BenchSummary, out: Console,
+             prefix: str, planned: tuple[Cell, ModelEntry, BenchDataset], decision: Decision, *,
+             progress: bool) -> None:
+    cell, model, dataset = planned
+    if decision.reason is None:
         summary.reused.append(cell.cell_id)
         out.print(f"{prefix}: [dim]reused (inputs unchanged)[/]")
         return
-    summary.reasons[cell.cell_id] = reason
-    out.print(f"{prefix}: running ({reason})")
-    if not error:
+    summary.reasons[cell.cell_id] = decision.reason
+    out.print(f"{prefix}: running ({decision.reason})")
+    if not decision.error:
         result, per_query = context.run_cell(cell, model, dataset, progress=progress)
     else:
-        result, per_query = CellResult(cell=cell, status="error", error=error, details={"traceback": trace}), None
-    result.key, result.inputs = key, inputs
+        result = CellResult(cell=cell, status="error", error=decision.error, details={"traceback": decision.trace})
+        per_query = None
+    result.key, result.inputs = decision.key, decision.inputs
     path = store.save(result, per_query)
     try:
         tracker.log_cell(result, context.params(cell, model), path)
@@ -154,6 +216,21 @@ def _run_one(context: RunContext, store: ResultStore, tracker: Tracker, summary:
     else:
         summary.failed.append(cell.cell_id)
         out.print(f"{prefix}: [red]failed[/]: {result.error}")
+
+
+def _estimates(context: RunContext, cells: Plan, decisions: list[Decision]) -> list[CellEstimate]:
+    """Each cell's estimate (0 for a reused one); a cell that cannot be estimated counts as unknown."""
+    estimator = RunEstimator(context)
+    out = []
+    for (cell, model, dataset), decision in zip(cells, decisions, strict=True):
+        if decision.reason is None:
+            out.append(CellEstimate(0.0, "reused"))
+            continue
+        try:
+            out.append(estimator.estimate(cell, model, dataset))
+        except Exception as exc:  # noqa: BLE001 - an estimate is advice; the cell says what is wrong
+            out.append(CellEstimate(0.0, f"not estimated ({type(exc).__name__})"))
+    return out
 
 
 def _why_compute(stored: CellResult | None, key: str, inputs: dict[str, object], forced: bool) -> str | None:

@@ -21,6 +21,8 @@ def bench_command(
         "--recompute", help="Glob of cell ids to compute again whatever is stored (repeatable), e.g. '*toptune*'.",
     )] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the cells, what each will do and the estimated "
+                                                      "time; run nothing.")] = False,
 ) -> None:
     """Run every cell of an experiment. A stored cell is reused only when its inputs (weights, preprocessing,
     catalogue, strategy settings, index, seed) are unchanged, so an interrupted run resumes and a changed
@@ -31,6 +33,11 @@ def bench_command(
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": str(data_dir)})
     target = run_dir or Path("runs") / settings.name
+    if plan:
+        from shelfsight.bench.runner import show_plan
+
+        show_plan(settings, target, console=console, recompute=recompute or ())
+        return
     summary = run_bench(settings, target, tracking_uri=tracking_uri, progress=not quiet, console=console,
                         recompute=recompute or ())
     console.print(f"{len(summary.computed)} computed, {len(summary.reused)} reused, "
@@ -99,11 +106,28 @@ def report_command(
 def demo_command(
     data_dir: DataDir = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: runs/demo).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="The paper-sized budgets (configs/demo-full.yaml; about an "
+                                                      "hour on a 2-core CPU).")] = False,
 ) -> None:
     """Benchmark real pretrained backbones (EfficientNet-Lite) on the real datasets at hand."""
     from shelfsight.demo import run_demo
 
-    run_demo(data_dir=data_dir, run_dir=run_dir, console=console)
+    run_demo(data_dir=data_dir, run_dir=run_dir or (Path("runs") / "demo-full" if full else None), console=console,
+             config_name="demo-full" if full else "demo")
+
+
+def run_command(
+    path: Annotated[Path, typer.Argument(help="A folder of class sub-folders, or a manifest (CSV/Parquet).")],
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<catalogue name>).")] = None,
+    image_root: Annotated[Path | None, typer.Option(help="Base folder for a manifest's relative paths.")] = None,
+) -> None:
+    """Benchmark the offline backbones on your own photos with no config: plan, run, report, one-line answer."""
+    from shelfsight.demo import run_and_report
+    from shelfsight.zero_config import auto_config, display_name
+
+    target = run_dir or Path("runs") / display_name(path)
+    raw = auto_config(path, target, console=console, image_root=str(image_root) if image_root else None)
+    run_and_report(raw, target, console=console)
 
 
 def _p_text(p_value: float, permutations: int) -> str:

@@ -31,6 +31,8 @@ class ReportFiles:
     figures: tuple[Path, ...]
     mlflow_run_id: str | None = None
     mlflow_error: str | None = None
+    recommendations: Recommendations | None = None
+    """What the report recommends (for a one-line answer on the console)."""
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, log_mlflow: bool = True) -> ReportFiles:
@@ -50,7 +52,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, log_
     markdown = target / "report.md"
     markdown.write_text(render_markdown(report), encoding="utf-8")
     run_id, error = (_log_to_mlflow(run, target) if log_mlflow else (None, None))
-    return ReportFiles(html, markdown, tuple(written), run_id, error)
+    return ReportFiles(html, markdown, tuple(written), run_id, error, report.recommendations)
 
 
 def _log_to_mlflow(run: RunData, folder: Path) -> tuple[str | None, str | None]:

@@ -14,6 +14,7 @@ from shelfsight.report.recommend import (
     AUTO_TAGGING,
     TIERS,
     VISUAL_SEARCH,
+    answer,
     consensus,
     describe,
     format_cost,
@@ -52,7 +53,9 @@ def render_html(report: Report) -> str:
     consensus_lines = [line for task in (VISUAL_SEARCH, AUTO_TAGGING)
                        if (line := consensus(report.recommendations, task, TIERS[-1].name))]
     return environment.from_string(TEMPLATE).render(
-        r=report, sections=_sections(report), headline=headline(report.recommendations), consensus=consensus_lines,
+        r=report, sections=_sections(report),
+        answers=[answer(report.recommendations, task) for task in (VISUAL_SEARCH, AUTO_TAGGING)],
+        headline=headline(report.recommendations), consensus=consensus_lines,
         tiers=TIERS,
         tasks=(VISUAL_SEARCH, AUTO_TAGGING), models=sorted(str(m) for m in table["model"].unique()),
         strategies=sorted(str(s) for s in table["strategy"].unique()),

@@ -8,6 +8,7 @@ from shelfsight.report.recommend import (
     AUTO_TAGGING,
     TIERS,
     VISUAL_SEARCH,
+    answer,
     consensus,
     describe,
     format_cost,
@@ -39,7 +40,8 @@ def render_markdown(report: Report, figures_dir: str = "figures") -> str:
     recs = report.recommendations
     lines = [f"# shelfsight report · {run.name}", "",
              f"Generated {report.generated} from `{run.run_dir}`; the full report with retrieval grids is "
-             "`report.html` beside this file.", "", "## Recommendation", ""]
+             "`report.html` beside this file.", "",
+             *(f"**{answer(recs, task)}**\n" for task in (VISUAL_SEARCH, AUTO_TAGGING)), "## Recommendation", ""]
     if not report.datasets:
         lines.append("No result to recommend from: no cell finished (see the failed cells below).")
     lines += [f"- {describe(rec)}" for rec in headline(recs)]

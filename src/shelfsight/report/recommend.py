@@ -264,6 +264,30 @@ def headline(recs: Recommendations) -> list[Recommendation]:
     return shown
 
 
+def answer(recs: Recommendations, task: str) -> str:
+    """One sentence for the first screen: the choice for ``task`` at the widest budget on each dataset, with
+    its interval, whether it is significantly ahead, and what it costs."""
+    widest = TIERS[-1].name
+    picks = [r for r in recs.items if r.task == task and r.tier.name == widest and r.best is not None]
+    if not picks:
+        return f"Which embedding for {task}? Not measured in this run."
+    parts = []
+    for rec in picks:
+        best = rec.best
+        assert best is not None
+        runner = rec.runner_up
+        lead = ("the only candidate measured" if runner is None else
+                f"significantly ahead of {runner.label}" if rec.decisive else
+                f"tied within noise with {runner.label}" if rec.decisive is False else
+                f"ahead of {runner.label}, not tested")
+        costs = ", ".join(format_cost(n, v) for n, v in best.costs.items() if n in ("tune_seconds",
+                                                                                  "extract_images_per_s"))
+        interval = "" if math.isnan(best.low) else f" [{best.low:.3f}, {best.high:.3f}]"
+        parts.append(f"on {rec.dataset}, {best.label} ({rec.protocol} {rec.metric} {best.mean:.3f}{interval}, "
+                     f"{lead}{'; ' + costs if costs else ''})")
+    return f"Which embedding for {task}? " + "; ".join(parts) + "."
+
+
 def consensus(recs: Recommendations, task: str, tier: str) -> str | None:
     """Whether one choice wins the task on every dataset; None with a single dataset."""
     chosen = [r for r in recs.items if r.task == task and r.tier.name == tier and r.best is not None]

@@ -27,6 +27,7 @@ TEMPLATE = r"""<!DOCTYPE html>
   td.best { font-weight: 700; background: #dafbe1; }
   .std, .ci { color: var(--muted); font-weight: 400; font-size: 0.8em; }
   .tie { color: #9a6700; font-weight: 700; }
+  .answer { font-size: 1.1em; margin: 6px 0; }
   .headline { background: #ddf4ff; border: 1px solid #54aeff; border-radius: 6px; padding: 10px 16px;
               margin: 14px 0; }
   .headline li { margin: 4px 0; }
@@ -68,6 +69,10 @@ TEMPLATE = r"""<!DOCTYPE html>
 <main>
 
 <section id="recommendation">
+<div class="answers">
+{% for line in answers %}<p class="answer"><strong>{{ line }}</strong></p>
+{% endfor %}
+</div>
 <h2>Recommendation</h2>
 {% if not r.datasets %}<p class="absent">No result to recommend from: no cell finished; see <a href="#failed">Failed cells</a>.</p>{% endif %}
 <div class="headline"><ul>

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from shelfsight.bench.evaluate import IndexFactory
+from shelfsight.bench.leakage import DedupePolicy
 from shelfsight.bench.results import Cell
 from shelfsight.catalog import Catalog
 from shelfsight.embeddings import Embeddings
@@ -59,6 +60,8 @@ class StrategyInputs:
     """For ``finetune`` on class-disjoint protocols: the backbone tuned on the protocol's training items
     and the catalogue embedded with it, by protocol name."""
     keep_collections: bool = False
+    dedupe: DedupePolicy | None = None
+    """What to do about queries with a duplicate in their gallery (the config's ``dedupe``)."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shelfsight.report.data import RunData
+from shelfsight.report.sections import compression, duplicates, skipped, zeroshot
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Section:
 SectionBuilder = Callable[[RunData], "Section | None"]
 
 BUILDERS: list[SectionBuilder] = [
+    skipped.build,
+    compression.build,
+    duplicates.build,
+    zeroshot.build,
 ]
 """Every extra section, in page order (after the core sections, before the configuration)."""
 

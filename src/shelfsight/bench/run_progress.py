@@ -1,0 +1,100 @@
+"""What a run tells its user: the plan before the first cell, one overall line while it runs, the photos it
+had to leave out at the end.
+
+The overall line sits above the per-cell bars (one shared Rich display, ``shelfsight.progress``): cells
+done of the total, elapsed time, and the time left, estimated from the plan and corrected by how long the
+finished cells took against their estimates.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from shelfsight.bench.estimate import CellEstimate
+
+SKIPPED_FILE = "skipped.csv"
+SHOWN_SKIPS = 5
+
+
+def duration(seconds: float) -> str:
+    """``1 h 02 min``, ``4 min 05 s``, ``12 s``."""
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{seconds:.0f} s"
+
+
+def print_plan(out: Console, cells: Sequence[tuple[object, object, object]], decisions: Sequence[object],
+               estimates: Sequence[CellEstimate]) -> None:
+    """The cells, what each will do and cost, and the estimated total, before anything runs."""
+    table = Table(title="plan", show_lines=False, title_justify="left")
+    for column in ("#", "cell", "does", "estimate"):
+        table.add_column(column, justify="right" if column in ("#", "estimate") else "left")
+    for number, ((cell, _, _), decision, estimate) in enumerate(zip(cells, decisions, estimates, strict=True), 1):
+        reused = getattr(decision, "reason", None) is None
+        table.add_row(str(number), getattr(cell, "cell_id", str(cell)), "reuse stored result" if reused
+                      else estimate.work, "-" if reused else duration(estimate.seconds))
+    out.print(table)
+    total = sum(e.seconds for e in estimates)
+    running = sum(1 for d in decisions if getattr(d, "reason", None) is not None)
+    out.print(f"[bold]{len(cells)} cells[/]: {running} to compute, {len(cells) - running} reused; "
+              f"estimated {duration(total)} (rates measured by earlier runs where there are any)")
+
+
+class RunProgress:
+    """The overall line: cells done, elapsed, and a self-correcting estimate of the time left."""
+
+    def __init__(self, display: Progress | None, estimates: Sequence[float]) -> None:
+        self.display = display
+        self.estimates = list(estimates)
+        self.actual: list[float | None] = [None] * len(estimates)
+        self.task = display.add_task("run", total=len(estimates), count=f"0/{len(estimates)} cells",
+                                     detail="estimated", eta=time.monotonic() + sum(estimates)) \
+            if display is not None else None
+
+    def done(self, index: int, seconds: float) -> None:
+        """Cell ``index`` finished after ``seconds`` (0 when reused)."""
+        self.actual[index] = seconds
+        if self.display is None or self.task is None:
+            return
+        finished = sum(1 for a in self.actual if a is not None)
+        left = self.remaining() if finished < len(self.estimates) else 0.0
+        self.display.update(self.task, advance=1, count=f"{finished}/{len(self.estimates)} cells",
+                            eta=time.monotonic() + left, detail="" if finished else "estimated")
+
+    def remaining(self) -> float:
+        """The estimates of the cells left, scaled by how the computed cells compared with theirs."""
+        spent = [(a, e) for a, e in zip(self.actual, self.estimates, strict=True) if a and e > 0]
+        ratio = sum(a for a, _ in spent) / sum(e for _, e in spent) if spent else 1.0
+        left = sum(e for a, e in zip(self.actual, self.estimates, strict=True) if a is None)
+        return left * min(5.0, max(0.2, ratio))
+
+
+def write_skipped(run_dir: Path, skipped: dict[tuple[str, str], tuple[str, str, str]], out: Console) -> Path | None:
+    """``skipped.csv`` (dataset, item id, path, reason, backbone) in the run folder, and a console summary."""
+    target = run_dir / SKIPPED_FILE
+    if not skipped:
+        target.unlink(missing_ok=True)
+        return None
+    rows = sorted((dataset, item_id, *rest) for (dataset, item_id), rest in skipped.items())
+    with open(target, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dataset", "item_id", "path", "reason", "backbone"])
+        writer.writerows(rows)
+    out.print(f"[yellow]{len(rows)} photo(s) could not be used and were left out[/] (all listed in {target}):")
+    for dataset, item_id, path, reason, _ in rows[:SHOWN_SKIPS]:
+        out.print(f"  {dataset} · {item_id}: {reason} ({path})", highlight=False)
+    if len(rows) > SHOWN_SKIPS:
+        out.print(f"  ... and {len(rows) - SHOWN_SKIPS} more")
+    return target
