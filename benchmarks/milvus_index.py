@@ -1,4 +1,5 @@
-"""Milvus Lite at catalogue scale: insert rate, query latency and throughput, recall@10 of FLAT and IVF_FLAT.
+"""Milvus Lite at catalogue scale: insert rate, query latency and throughput, recall@10 of FLAT, IVF_FLAT and
+the int8 types IVF_SQ8 and HNSW_SQ.
 
 Data: --n clustered, L2-normalised vectors (--dim; one centre per 100 items plus --spread x unit
 Gaussian noise, seeded: at 1.5 IVF loses a few neighbours, as on real embeddings) and --queries
@@ -9,7 +10,7 @@ held-out queries from the same clusters, in one fresh Milvus Lite ``.db``:
      rows each Milvus Lite request costs ~80 ms of per-row Python bookkeeping, so a pass is ~90 s);
   4. batched: the same queries in batches of --batch, QPS, median of --repeats passes;
   5. recall@k of the single-query answers against ExactIndex.
-IVF_FLAT is measured at each --nprobe on the same index.
+IVF_FLAT and IVF_SQ8 are measured at each --nprobe on the same rows, HNSW_SQ once (M=16, ef=64).
 
     .venv/bin/python benchmarks/milvus_index.py            # 100,000 x 512, a few minutes on 2 cores
     .venv/bin/python benchmarks/milvus_index.py --n 20000  # smaller
@@ -128,7 +129,26 @@ def main() -> None:
         for nprobe in args.nprobe:
             index.tune(nprobe=nprobe)
             rows.append(measure(index, "IVF_FLAT", f"nlist={args.nlist} nprobe={nprobe}", queries, exact, args))
+        rows.extend(compressed(index, queries, exact, args))
     print_table(rows, args.k)
+
+
+def compressed(index: MilvusIndex, queries: np.ndarray, exact: SearchResult, args: argparse.Namespace) -> list[Row]:
+    """The int8 index types Milvus Lite builds (IVF_SQ8, HNSW_SQ) on the same rows, with their index file size."""
+    rows = []
+    for index_type, params in (("IVF_SQ8", {"nlist": args.nlist}), ("HNSW_SQ", {"m": 16, "ef_construction": 200})):
+        started = time.perf_counter()
+        index.rebuild(index_type, **params)
+        disk = index.disk_bytes()
+        size = f"index {disk.index / 1e6:.1f} MB" if disk else "index size unknown"
+        print(f"{index_type}: release + drop + build + load {time.perf_counter() - started:.1f} s, {size}")
+        for nprobe in args.nprobe:
+            index.tune(nprobe=nprobe)
+            label = f"nlist={args.nlist} nprobe={nprobe}" if index_type == "IVF_SQ8" else "M=16 ef=64"
+            rows.append(measure(index, index_type, label, queries, exact, args))
+            if index_type != "IVF_SQ8":
+                break
+    return rows
 
 
 def print_table(rows: list[Row], k: int) -> None:

@@ -28,6 +28,18 @@ SHOWN = 5
 """How many offending ids or rows an error message names before it counts the rest."""
 
 
+def checked_queries(vectors: np.ndarray, dim: int | None, k: int) -> np.ndarray:
+    """Queries as contiguous float32 of shape (Q, dim), finite, with ``k >= 0``: or a ``ValueError`` saying
+    what is wrong (for the backends that search their own arrays)."""
+    queries = np.ascontiguousarray(vectors, dtype=np.float32)
+    if queries.ndim != 2 or (dim and queries.shape[1] != dim):
+        raise ValueError(f"expected queries of shape (Q, {dim or 'D'}), got {queries.shape}")
+    check_finite(queries)
+    if k < 0:
+        raise ValueError(f"need k >= 0, got {k}")
+    return queries
+
+
 def check_finite(vectors: np.ndarray, ids: Sequence[str] | None = None) -> None:
     """Refuse NaN or infinite vectors before an index stores or searches them (every backend calls this).
 

@@ -54,6 +54,16 @@ class FaissFlatIndex:
         self._index = None
         self._items = ItemTable()
 
+    @property
+    def code_bytes(self) -> int:
+        """Bytes of one stored vector (float32)."""
+        return 4 * (self.dim or 0)
+
+    @uses_numpy_faiss
+    def index_bytes(self) -> int:
+        """The serialized index (the float matrix and a header): its memory too."""
+        return 0 if self._index is None else int(self._faiss.serialize_index(self._index).nbytes)
+
     @uses_numpy_faiss
     def search(self, vectors: np.ndarray, k: int, *, label: str | None = None, split: str | None = None,
                exclude_ids: Sequence[str | None] | None = None) -> SearchResult:

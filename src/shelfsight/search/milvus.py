@@ -56,6 +56,7 @@ from shelfsight.search.milvus_fields import (
     text_column,
 )
 from shelfsight.search.milvus_lite import acquire_lite, lite_path, release_lite
+from shelfsight.search.milvus_size import DiskBytes, lite_collection_bytes
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -260,6 +261,10 @@ class MilvusIndex:
         self._ensure_ready()
         return count(self._client(), self.collection, "")
 
+    def stored_ids(self) -> set[str]:
+        """Every id in the collection (from the id mirror: no round trip)."""
+        return set(self._ids)
+
     def __contains__(self, item_id: object) -> bool:
         """Whether an id is stored (from the id mirror: no round trip), e.g. to resume a bulk load."""
         return str(item_id) in self._ids
@@ -281,6 +286,10 @@ class MilvusIndex:
         if self.client is not None:
             self.client.drop_collection(self.collection)
         self.close()
+
+    def disk_bytes(self) -> DiskBytes | None:
+        """On-disk sizes of this collection (index files, everything) for Milvus Lite; None on a server."""
+        return lite_collection_bytes(self._lite_key, self.collection) if self._lite_key is not None else None
 
     def tune(self, *, nprobe: int | None = None, ef: int | None = None, search_list: int | None = None) -> None:
         """Change search-time knobs (IVF nprobe, HNSW ef, DiskANN search list); build parameters are fixed."""

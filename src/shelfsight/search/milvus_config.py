@@ -14,10 +14,13 @@ from typing import Any, TypeVar
 
 from shelfsight.errors import ShelfsightError
 
-INDEX_TYPES: tuple[str, ...] = ("FLAT", "IVF_FLAT", "HNSW", "DISKANN")
-"""Index types this wrapper knows how to parameterise."""
+INDEX_TYPES: tuple[str, ...] = ("FLAT", "IVF_FLAT", "HNSW", "DISKANN", "IVF_SQ8", "HNSW_SQ", "IVF_PQ")
+"""Index types this wrapper knows how to parameterise (the last three compress: int8 codes, int8 codes under
+an HNSW graph, product-quantised codes)."""
 LITE_INDEX_TYPES: tuple[str, ...] = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ")
-"""Dense index types Milvus Lite 3.2 builds (its FAISS-backed index factory; IVF_PQ is reserved)."""
+"""Dense index types Milvus Lite 3.2.2 builds (its FAISS-backed index factory): checked with describe_index.
+It answers IVF_PQ with "reserved for a future phase" and SCANN, IVF_RABITQ, HNSW_PQ and BIN_FLAT with
+"unknown index_type"."""
 METRICS: tuple[str, ...] = ("IP", "L2")
 MAX_TOPK = 16384
 """Milvus' limit on ``limit`` (top-k) per search request."""
@@ -50,6 +53,9 @@ class MilvusIndexConfig:
     ef_construction: int = 200
     ef: int = 64
     search_list: int = 100
+    pq_m: int = 16
+    """IVF_PQ: sub-vectors per item (bytes per item at 8 bits); must divide the dimension."""
+    nbits: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index_type", str(self.index_type).upper())
@@ -58,23 +64,25 @@ class MilvusIndexConfig:
             raise ValueError(f"unknown index type {self.index_type!r}; choose one of {list(INDEX_TYPES)}")
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; choose one of {list(METRICS)}")
-        for name in ("nlist", "nprobe", "m", "ef_construction", "ef", "search_list"):
+        for name in ("nlist", "nprobe", "m", "ef_construction", "ef", "search_list", "pq_m", "nbits"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 
     def build_params(self) -> dict[str, int]:
-        if self.index_type == "IVF_FLAT":
+        if self.index_type in ("IVF_FLAT", "IVF_SQ8"):
             return {"nlist": self.nlist}
-        if self.index_type == "HNSW":
+        if self.index_type == "IVF_PQ":
+            return {"nlist": self.nlist, "m": self.pq_m, "nbits": self.nbits}
+        if self.index_type in ("HNSW", "HNSW_SQ"):
             return {"M": self.m, "efConstruction": self.ef_construction}
         return {}
 
     def search_params(self, limit: int) -> dict[str, Any]:
         """Per-request parameters; HNSW's ef and DiskANN's search list must be at least the limit."""
         params: dict[str, int] = {}
-        if self.index_type == "IVF_FLAT":
+        if self.index_type.startswith("IVF_"):
             params = {"nprobe": self.nprobe}
-        elif self.index_type == "HNSW":
+        elif self.index_type.startswith("HNSW"):
             params = {"ef": max(self.ef, limit)}
         elif self.index_type == "DISKANN":
             params = {"search_list": max(self.search_list, limit)}

@@ -48,7 +48,8 @@ def retrieval_scores(inputs: StrategyInputs, tuned: dict[str, tuple[Embeddings, 
                        f"the model of cell {inputs.collection_prefix}")
         result = evaluate_protocol(
             protocol, inputs.catalog, embeddings, make_index=inputs.make_index, k=inputs.k, ks=inputs.ks,
-            collection=f"{inputs.collection_prefix}_{protocol.name}", keep_collection=inputs.keep_collections)
+            collection=f"{inputs.collection_prefix}_{protocol.name}", keep_collection=inputs.keep_collections,
+            dedupe=inputs.dedupe)
         scores[protocol.name], details[protocol.name] = result.metrics, result.details
         frames.append(result.per_query.assign(protocol=protocol.name))
     return scores, details, frames

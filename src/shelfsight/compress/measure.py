@@ -1,0 +1,118 @@
+"""Run one compression method on one gallery and its queries: build it, size it, time it, keep its answer.
+
+Build time runs from the float gallery to a searchable index (PCA fit, projection, codec training, adding,
+the Milvus build and load), not counting the connection to Milvus. Throughput includes projecting the
+queries: batched (every query in one call) and at batch 1 (the first ``batch1_queries`` queries one call
+each), the way a service receives them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from shelfsight.compress.indexes import MilvusPlace, describe, make_index, prepare, sizes
+from shelfsight.compress.methods import CompressConfig, CompressionMethod
+from shelfsight.compress.project import Projection, Projections
+from shelfsight.search import MilvusIndex, SearchResult, VectorIndex
+from shelfsight.search.faiss_compat import faiss_threads
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One protocol's two sides: the gallery (what is indexed) and the queries, with the id each query must
+    never return (leave-one-out protocols) and a key naming the gallery (PCA fits are shared by key)."""
+
+    gallery_ids: list[str]
+    gallery: np.ndarray
+    queries: np.ndarray
+    exclude: list[str | None] | None
+    key: bytes
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """A method's answer to every query and its costs: sizes, build seconds, queries/s, dimension."""
+
+    method: CompressionMethod
+    answer: SearchResult
+    costs: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def run_method(method: CompressionMethod, side: Side, *, config: CompressConfig, projections: Projections,
+               place: MilvusPlace, collection: str) -> MethodRun:
+    """Build, size and search ``method`` (raises ``NotApplicable`` when it cannot apply to this embedding),
+    with ``config.threads`` FAISS and BLAS threads (Milvus Lite's indexes are FAISS too, in this process; PCA
+    is BLAS)."""
+    from threadpoolctl import threadpool_limits
+
+    with faiss_threads(config.threads), threadpool_limits(limits=config.threads or None):
+        return _run(method, side, config, projections, place, collection)
+
+
+def _run(method: CompressionMethod, side: Side, config: CompressConfig, projections: Projections,
+         place: MilvusPlace, collection: str) -> MethodRun:
+    projection = projections.get(side.key, side.gallery, method.pca, method.whiten)  # fitted once per gallery
+    gallery, projecting = _timed(lambda: projection.apply(side.gallery))
+    index = make_index(method, gallery.shape[1], len(gallery), config, place, collection)  # connected, empty
+    try:
+        started = time.perf_counter()
+        index.add(side.gallery_ids, gallery)
+        prepare(index)
+        build = projection.fit_seconds + projecting + time.perf_counter() - started
+        costs = {**sizes(index, len(gallery)), "build_seconds": build, "dim": float(gallery.shape[1]),
+                 "items": float(len(gallery)),
+                 "fixed_bytes_projection": float(projection.parameter_bytes)}
+        details = {"index": _describe(index, len(gallery)), "backend": method.backend}
+        answer, seconds = _timed(lambda: _search(index, projection, side.queries, config.k, side.exclude))
+        costs["qps_batched"] = len(side.queries) / seconds if seconds > 0 else float("nan")
+        costs["qps_batch1"] = _batch1_rate(index, projection, side, config)
+    finally:
+        _release(index)
+    return MethodRun(method, answer, costs, details)
+
+
+def _search(index: VectorIndex, projection: Projection, queries: np.ndarray, k: int,
+            exclude: list[str | None] | None) -> SearchResult:
+    return index.search(projection.apply(queries), k, exclude_ids=exclude)
+
+
+def _batch1_rate(index: VectorIndex, projection: Projection, side: Side, config: CompressConfig) -> float:
+    """Queries/s answering the first queries one call each."""
+    n = min(config.batch1_queries, len(side.queries))
+    started = time.perf_counter()
+    for row in range(n):
+        _search(index, projection, side.queries[row:row + 1], config.k,
+                None if side.exclude is None else side.exclude[row:row + 1])
+    seconds = time.perf_counter() - started
+    return n / seconds if seconds > 0 and n else float("nan")
+
+
+def _timed(call: Callable[[], T]) -> tuple[T, float]:
+    started = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - started
+
+
+def _describe(index: VectorIndex, n_items: int) -> dict[str, Any]:
+    """What was built, as Milvus's own ``describe_index`` reports it (FAISS indexes: nothing to add)."""
+    if not isinstance(index, MilvusIndex):
+        return {}
+    info = describe(index, n_items)
+    return {key: info[key] for key in ("index_type", "metric_type", "params", "indexed_rows") if key in info}
+
+
+def _release(index: VectorIndex) -> None:
+    """Drop a Milvus collection (a cell's are one-off), close anything else."""
+    drop = getattr(index, "drop", None)
+    if callable(drop):
+        drop()
+    else:
+        index.close()
