@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from shelfsight.bench.leakage import DedupePolicy, duplicate_leakage
 from shelfsight.catalog import Catalog
 from shelfsight.embeddings import Embeddings
 from shelfsight.metrics import count_relevant, full_ranking_average_precision, retrieval_report
@@ -99,10 +100,11 @@ class ProtocolScores:
 def evaluate_protocol(
     protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings, *, make_index: IndexFactory,
     collection: str, k: int = 100, ks: tuple[int, ...] = (1, 5, 10), full_map: bool = True,
-    keep_collection: bool = False,
+    keep_collection: bool = False, dedupe: DedupePolicy | None = None,
 ) -> ProtocolScores:
     """Index the gallery, search the queries, score every metric. The index is dropped afterwards (a
-    Milvus collection per cell would otherwise pile up) unless ``keep_collection``."""
+    Milvus collection per cell would otherwise pile up) unless ``keep_collection``. ``dedupe`` (default:
+    warn about byte-identical copies): queries with a duplicate in the gallery, counted or left out."""
     data = split_for(protocol, catalog, embeddings)
     same_set = protocol.leave_one_out
     exclude = data.query_ids if same_set else None
@@ -127,13 +129,17 @@ def evaluate_protocol(
     if full_map:
         per_query["MAP"] = full_ranking_average_precision(data.query_vectors, data.gallery_vectors, data.query_keys,
                                                           data.gallery_keys, exclude_self=same_set)
-    metrics = {name: _nan_mean(values) for name, values in per_query.items()}
+    keep, duplicates = duplicate_leakage(protocol, catalog, embeddings, data.query_ids, dedupe or DedupePolicy(),
+                                         per_query)
+    metrics = {name: _nan_mean(values[keep]) for name, values in per_query.items()}
     metrics[f"index_recall@{depth}"] = recall_against_exact(answer, reference)
     details: dict[str, object] = {"queries": len(data.query_ids), "gallery": len(data.gallery_ids), "k": depth,
                "excluded_queries": report.n_excluded, "max_relevant": deep, "leave_one_out": same_set,
                "relevance": protocol.relevance,
                "examples": retrieval_examples(data, answer, catalog, protocol.name)}
-    frame = pd.DataFrame({"query": data.query_ids, **per_query})
+    if duplicates is not None:
+        details["duplicates"] = duplicates
+    frame = pd.DataFrame({"query": data.query_ids, **per_query})[keep].reset_index(drop=True)
     return ProtocolScores(metrics=metrics, details=details, per_query=frame)
 
 

@@ -1,4 +1,5 @@
-"""Class-disjoint protocols: what a tuned model may learn from, and the check that it learned nothing else.
+"""Leakage: class-disjoint protocols (what a tuned model may learn from, and the check that it learned nothing
+else), and queries with a duplicate in their own gallery.
 
 Cars196, Stanford Online Products and In-shop evaluate retrieval on classes that no tuned model may have
 seen; that is what makes their numbers comparable with the metric-learning literature (Musgrave et al.
@@ -9,11 +10,20 @@ or classes those overlap.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from shelfsight.catalog import Catalog
+from shelfsight.duplicates.leakage import ProtocolLeakage, leaking_mask, protocol_leakage
+from shelfsight.embeddings import Embeddings
 from shelfsight.errors import ShelfsightError
 from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
+
+_log = logging.getLogger(__name__)
 
 
 class LeakageError(ShelfsightError):
@@ -77,3 +87,57 @@ def _span(values: frozenset[str]) -> str:
     if len(numbers) == len(values) and numbers == list(range(numbers[0], numbers[-1] + 1)):
         return f"{numbers[0]}..{numbers[-1]}"
     return f"{len(values)} values"
+
+
+# ---------------------------------------------------------------------------------------------- duplicates
+# A second kind of leakage: a query whose exact or near duplicate sits in its own gallery is found by
+# memory. The bench always records it (exact copies, and near-duplicates when a threshold is given) and,
+# with ``action: exclude``, scores the queries without such a duplicate, keeping the all-query numbers too.
+
+
+class DedupePolicy(BaseModel):
+    """What the bench does about queries with a duplicate in their gallery (``dedupe`` in the bench config).
+
+    ``warn`` records the count and examples with each protocol's scores; ``exclude`` also leaves those
+    queries out of the scores (the all-query scores stay in the details); ``off`` skips the check.
+    ``threshold``: the cosine similarity of a near-duplicate for the cell's embedding (calibrate it with
+    ``benchmarks/duplicates.py``); without it, only byte-identical copies count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["off", "warn", "exclude"] = "warn"
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+
+
+def duplicate_leakage(
+    protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings, query_ids: list[str],
+    policy: DedupePolicy, per_query: dict[str, np.ndarray],
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """(queries to score, leakage details) for one protocol: every query is scored unless ``exclude``. The
+    details hold the count, examples, and the scores both with and without the leaking queries."""
+    if policy.action == "off":
+        return np.ones(len(query_ids), dtype=bool), None
+    found = protocol_leakage(protocol, catalog, embeddings, policy.threshold)
+    leaking = leaking_mask(query_ids, found)
+    if leaking.any():
+        _log.warning("protocol %r: %d of %d queries have a duplicate in the gallery (%d exact), e.g. %s",
+                     protocol.name, found.count, found.queries, found.exact,
+                     ", ".join(f"{p.a} ~ {p.b} ({p.similarity:.3f})" for p in found.examples[:3]))
+    details = found.as_dict({i.item_id: str(i.image_path) for i in catalog if i.item_id in _example_ids(found)})
+    details |= {"action": policy.action, "scores_all_queries": scores_of(per_query, np.ones_like(leaking)),
+                "scores_without_duplicates": scores_of(per_query, ~leaking)}
+    return (~leaking if policy.action == "exclude" else np.ones_like(leaking)), details
+
+
+def _example_ids(found: ProtocolLeakage) -> set[str]:
+    return {i for p in found.examples for i in (p.a, p.b)}
+
+
+def scores_of(per_query: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, float]:
+    """Metric means over the kept queries, NaN (no relevant item) left out, as every protocol score."""
+    means = {}
+    for name, values in per_query.items():
+        kept = values[keep]
+        kept = kept[~np.isnan(kept)]
+        means[name] = float(kept.mean()) if len(kept) else float("nan")
+    return means

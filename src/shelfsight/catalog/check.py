@@ -3,6 +3,10 @@
 Loading a dataset reads only its metadata; this reads every image. JPEGs are decoded at a reduced
 scale (libjpeg still consumes every byte, so a truncated file is caught) on a thread pool: PIL
 releases the GIL while it decodes.
+
+It also warns when a protocol's queries have duplicates in its gallery (leakage that inflates retrieval
+scores): byte-identical files always, near-duplicates too when given a model (its embeddings, at a given or
+calibrated cosine threshold; see ``shelfsight.duplicates``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -19,6 +24,9 @@ from shelfsight.catalog.images import decode_image
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import ImageDecodeError, ShelfsightError
 from shelfsight.progress import progress_bar
+
+if TYPE_CHECKING:
+    from shelfsight.duplicates import ProtocolLeakage
 
 DRAFT_SIZE = 64
 """Decode JPEGs at this size or a little more: enough to prove the file whole, several times faster."""
@@ -63,6 +71,8 @@ class CheckReport:
     counts_verified: bool = True
     decoded: bool = True
     ignored: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    leakage: tuple[ProtocolLeakage, ...] = ()
+    """Per protocol: queries with an exact (or, with a model, near) duplicate in the gallery."""
 
     @property
     def count_mismatches(self) -> tuple[SplitCount, ...]:
@@ -92,7 +102,17 @@ class CheckReport:
                       for s in self.count_mismatches]
         if not self.decoded:
             notes.append("images were not decoded (--no-decode): only their presence was checked")
+        notes += [_leak(found) for found in self.leakage if found.count]
         return notes
+
+
+def _leak(found: ProtocolLeakage, show: int = 3) -> str:
+    kind = ("exact duplicates" if found.threshold is None
+            else f"exact or near duplicates (cosine >= {found.threshold:.4f})")
+    shown = "; ".join(f"{p.a} ~ {p.b} ({p.similarity:.3f})" for p in found.examples[:show])
+    return (f"protocol {found.protocol!r}: {found.count:,} of {found.queries:,} queries have {kind} in the gallery "
+            f"({found.exact:,} byte-identical), e.g. {shown}; their retrieval is memory, not the embedding "
+            "(the bench can leave them out: dedupe: exclude)")
 
 
 def _mismatch(split: SplitCount) -> str:
@@ -102,9 +122,11 @@ def _mismatch(split: SplitCount) -> str:
 def check_dataset(
     source: str, *, data_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
     decode: bool = True, workers: int | None = None, expected: Mapping[str, int] | None = None,
-    progress: bool = False,
+    progress: bool = False, model: str | None = None, threshold: float | None = None,
 ) -> CheckReport:
-    """Check a registered dataset (or any source ``load_catalog`` reads) split by split, then every file.
+    """Check a registered dataset (or any source ``load_catalog`` reads) split by split, then every file, then
+    each protocol's leakage (when decoding: exact duplicates; with ``model``, near ones at ``threshold``, by
+    default the model's calibrated threshold for precision 0.99).
 
     ``expected`` overrides the official counts (a deliberately partial copy)."""
     from shelfsight.catalog import DATASETS, load_catalog
@@ -132,7 +154,27 @@ def check_dataset(
         unreadable=tuple((path, reason) for path, reason in failures if reason != "file not found"),
         counts_verified=entry.counts_verified if entry and expected is None else True, decoded=decode,
         ignored=tuple(pair for part in parts for pair in part.ignored),
+        leakage=_leakage(source, catalog, model, threshold, progress) if catalog and decode and not errors else (),
     )
+
+
+def _leakage(source: str, catalog: Catalog, model: str | None, threshold: float | None,
+             progress: bool) -> tuple[ProtocolLeakage, ...]:
+    """Each protocol's queries with a duplicate in its gallery (exact; near too with a model)."""
+    from shelfsight.catalog import protocols_for
+    from shelfsight.duplicates import content_hashes, protocol_leakage
+
+    embeddings, cosine = None, None
+    if model is not None:
+        from shelfsight.backbones import load_backbone
+        from shelfsight.duplicates.run import resolve_threshold
+        from shelfsight.embeddings import embed_catalog
+
+        cosine = resolve_threshold(model, threshold, None).value
+        embeddings = embed_catalog(catalog, load_backbone(model), progress=progress)
+    hashes = content_hashes(catalog)
+    return tuple(protocol_leakage(p, catalog, embeddings, cosine, hashes=hashes)
+                 for p in protocols_for(source, catalog))
 
 
 def _split_order(declared: Sequence[str], items: Sequence[CatalogItem]) -> list[str]:

@@ -82,12 +82,17 @@ def datasets_check_command(
     cache_dir: CacheDir = None,
     no_decode: Annotated[bool, typer.Option("--no-decode", help="Only check that the files exist.")] = False,
     workers: Annotated[int | None, typer.Option(min=1, help="Decoding threads (default: CPUs, at most 8).")] = None,
+    model: Annotated[str | None, typer.Option(help="Also count near-duplicate leakage with this backbone's "
+                                                   "embeddings (see docs/duplicates.md).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Near-duplicate cosine for --model (default: its "
+                                                         "calibrated threshold for precision 0.99).")] = None,
 ) -> None:
-    """Verify a download: images per split against the official counts, missing or unreadable files."""
+    """Verify a download: images per split against the official counts, missing or unreadable files, and queries
+    with a duplicate in their gallery."""
     from shelfsight.catalog.check import check_dataset
 
     report = check_dataset(name, data_dir=data_dir or ctx.obj, cache_dir=cache_dir, decode=not no_decode,
-                           workers=workers, progress=console.is_terminal)
+                           workers=workers, progress=console.is_terminal, model=model, threshold=threshold)
     table = Table(title=f"{name} ({report.root or 'not found'})")
     for column in ("split", "images", "official", "labels", "products", ""):
         table.add_column(column, justify="left" if column == "split" else "right")

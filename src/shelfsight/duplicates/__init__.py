@@ -1,0 +1,30 @@
+"""Duplicate listings and leakage between splits, on the embeddings shelfsight already computes.
+
+Exact duplicates are the same bytes (a content digest); near-duplicates are embeddings whose cosine
+similarity reaches a threshold calibrated on real photos and their edited copies (``calibrate``), against
+the perceptual hashes of ``imagehash`` as the baseline. Pairs group into clusters (``find_duplicates``);
+a protocol leaks when its queries have duplicates in its gallery (``protocol_leakage``).
+"""
+
+from shelfsight.duplicates.calibration import (
+    CalibrationError,
+    CalibrationSettings,
+    calibrate,
+    calibrated_threshold,
+    default_path,
+    load_calibration,
+    save_calibration,
+)
+from shelfsight.duplicates.clusters import Cluster, DuplicateReport, clusters_of, find_duplicates
+from shelfsight.duplicates.hashing import content_hash, content_hashes
+from shelfsight.duplicates.leakage import ProtocolLeakage, protocol_leakage
+from shelfsight.duplicates.near import Pair, cross_pairs, self_pairs
+from shelfsight.duplicates.output import write_outputs
+from shelfsight.duplicates.transforms import TRANSFORMS, Transform
+
+__all__ = [
+    "TRANSFORMS", "CalibrationError", "CalibrationSettings", "Cluster", "DuplicateReport", "Pair",
+    "ProtocolLeakage", "Transform", "calibrate", "calibrated_threshold", "clusters_of", "content_hash",
+    "content_hashes", "cross_pairs", "default_path", "find_duplicates", "load_calibration", "protocol_leakage",
+    "save_calibration", "self_pairs", "write_outputs",
+]

@@ -1,0 +1,131 @@
+"""Run the calibration end to end and keep its result as a plain JSON file with its provenance.
+
+The result stores, for each method (the embedding, pHash, dHash), the pooled threshold per target precision,
+the per-transformation table and the pooled precision-recall curve; ``shelfsight duplicates
+--target-precision P`` reads a threshold for any P back from that curve.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shelfsight import paths
+from shelfsight.backbones import Backbone
+from shelfsight.catalog import Catalog
+from shelfsight.duplicates.calibrate import PairScores, evaluate_method, threshold_from_curve, truth
+from shelfsight.duplicates.calibration_set import CalibrationSet, build_calibration_set
+from shelfsight.duplicates.perceptual import HASHES, hash_images, hash_similarity
+from shelfsight.duplicates.transforms import get_transforms
+from shelfsight.embeddings import Embeddings, embed_catalog
+from shelfsight.errors import ShelfsightError
+from shelfsight.files import atomic_write
+
+EMBEDDING = "embedding"
+PRECISIONS = (0.99, 0.95, 0.9)
+
+
+class CalibrationError(ShelfsightError):
+    """A calibration result is missing, unreadable or lacks what was asked of it."""
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    sources: int = 200
+    distractors: int = 800
+    seed: int = 0
+    split: str | None = "train"
+    """Where sources and other photos are drawn from (None: the whole catalogue)."""
+    transforms: tuple[str, ...] | None = None
+    precisions: tuple[float, ...] = PRECISIONS
+    hashes: tuple[str, ...] = tuple(HASHES)
+
+
+def calibrate(catalog: Catalog, backbone: Backbone, workdir: str | Path, settings: CalibrationSettings,
+              *, progress: bool = False) -> dict[str, Any]:
+    """Build the calibration set from ``catalog``, score every method on it, and return the result."""
+    started = time.perf_counter()
+    transforms = get_transforms(settings.transforms)
+    calibration = build_calibration_set(catalog, transforms, workdir, sources=settings.sources,
+                                        distractors=settings.distractors, seed=settings.seed,
+                                        split=settings.split)
+    positive, names = truth(calibration)
+    scored = {EMBEDDING: embedding_scores(catalog, calibration, backbone, progress)}
+    pool_paths = [str(i.image_path) for i in calibration.pool]
+    copy_paths = [str(i.image_path) for i in calibration.copies]
+    for method in settings.hashes:
+        scored[method] = hash_similarity(hash_images(copy_paths, method), hash_images(pool_paths, method))
+    methods = {name: evaluate_method(PairScores(name, scores, positive, names), settings.precisions)
+               for name, scores in scored.items()}
+    return {
+        "model": backbone.spec.name, "model_identity": backbone.cache_identity(), "catalog": catalog.name,
+        "catalog_fingerprint": catalog.fingerprint(), "sources": settings.sources, "split": settings.split,
+        "distractors": settings.distractors, "seed": settings.seed, "copies": len(calibration.copies),
+        "pairs": int(positive.size), "transforms": [t.name for t in transforms],
+        "precisions": list(settings.precisions), "methods": methods,
+        "seconds": time.perf_counter() - started, "written": time.time(),
+    }
+
+
+def embedding_scores(catalog: Catalog, calibration: CalibrationSet, backbone: Backbone,
+                     progress: bool) -> np.ndarray:
+    """Cosine similarities (copies x pool); the pool's vectors come from the whole catalogue's cached ones."""
+    whole = embed_catalog(catalog, backbone, progress=progress)
+    copies = embed_catalog(calibration.copies, backbone, progress=progress)
+    pool = _rows(whole, calibration.pool.ids, catalog.name)
+    return _rows(copies, calibration.copies.ids, calibration.copies.name) @ pool.T
+
+
+def _rows(embeddings: Embeddings, ids: list[str], name: str) -> np.ndarray:
+    position = {item_id: row for row, item_id in enumerate(embeddings.ids)}
+    missing = [i for i in ids if i not in position]
+    if missing:
+        raise CalibrationError(f"{name}: {len(missing)} calibration image(s) could not be embedded, e.g. "
+                               f"{missing[0]!r}; see the embedding's skipped list")
+    return embeddings.vectors[[position[i] for i in ids]]
+
+
+def default_path(model: str) -> Path:
+    """Where the CLI looks for a model's calibration: ``<cache>/duplicates/calibration-<model>.json``."""
+    return paths.cache_dir() / "duplicates" / f"calibration-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}.json"
+
+
+def save_calibration(result: dict[str, Any], path: str | Path) -> Path:
+    text = json.dumps(result, indent=1, sort_keys=True)
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def load_calibration(path: str | Path) -> dict[str, Any]:
+    """Read a calibration result; a missing or malformed file is a CalibrationError naming it."""
+    target = Path(path)
+    try:
+        result = json.loads(target.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CalibrationError(f"{target}: no calibration result; run `python benchmarks/duplicates.py --model "
+                               "MODEL` first, or give --threshold") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CalibrationError(f"{target}: not a readable calibration result ({exc})") from None
+    if not isinstance(result, dict) or EMBEDDING not in result.get("methods", {}):
+        raise CalibrationError(f"{target}: not a calibration result (no 'methods.{EMBEDDING}' field)")
+    return result
+
+
+def calibrated_threshold(result: dict[str, Any], precision: float, method: str = EMBEDDING,
+                         model: str | None = None) -> float:
+    """The threshold of ``method`` reaching ``precision`` in a calibration result (of ``model``, when given)."""
+    if model is not None and result.get("model") != model:
+        raise CalibrationError(f"the calibration is of model {result.get('model')!r}, not {model!r}: a threshold "
+                               "only holds for the embedding it was calibrated on")
+    entry = result["methods"].get(method)
+    if entry is None:
+        raise CalibrationError(f"the calibration has no method {method!r}; it has {sorted(result['methods'])}")
+    try:
+        return threshold_from_curve(entry["curve"], precision)
+    except ValueError as exc:
+        raise CalibrationError(str(exc)) from None
