@@ -23,12 +23,14 @@ from shelfsight.backbones.loaders import FeatureEncoder, efficientnet_lite_weigh
 from shelfsight.backbones.provenance import WeightsSource, file_digest, hf_cached_file, timm_hub_location
 from shelfsight.backbones.registry import get_spec, list_specs, register, register_file
 from shelfsight.backbones.spec import BackboneSpec, Preprocess
+from shelfsight.backbones.text import NoTextTowerError, TextEncoder, require_text_encoder
 from shelfsight.errors import ModelUnavailableError
 
 __all__ = [
-    "Backbone", "BackboneSpec", "Preprocess", "build_pixel_transform", "build_transform", "count_forward_parameters",
-    "count_parameters", "finetuned_name", "get_spec", "gflops_per_image", "list_specs", "load_backbone",
-    "load_class_weights", "normalize_pixels", "register", "register_file", "register_finetuned_dir", "weights_status",
+    "Backbone", "BackboneSpec", "NoTextTowerError", "Preprocess", "TextEncoder", "build_pixel_transform",
+    "build_transform", "count_forward_parameters", "count_parameters", "finetuned_name", "get_spec", "gflops_per_image",
+    "list_specs", "load_backbone", "load_class_weights", "normalize_pixels", "register", "register_file",
+    "register_finetuned_dir", "require_text_encoder", "weights_status",
 ]
 
 WeightsStatus = Literal["packaged", "cached", "download", "local"]
@@ -49,6 +51,7 @@ class Backbone:
     that was loaded), ``random-init:SEED``, or ``unverified:hub:LIBRARY:CHECKPOINT`` when the loaded file
     could not be located (then only the name is known)."""
     _num_parameters: int | None = field(default=None, init=False, repr=False, compare=False)
+    _text: TextEncoder | None = field(default=None, init=False, repr=False, compare=False)
 
     def transform(self) -> transforms.Compose:
         return build_transform(self.preprocess)
@@ -60,6 +63,19 @@ class Backbone:
         if self._num_parameters is None:
             self._num_parameters = count_forward_parameters(self.encoder, self.preprocess.input_size)
         return self._num_parameters
+
+    @property
+    def has_text_tower(self) -> bool:
+        """Whether ``text_encoder`` exists: a text-image model whose image tower is the one it was trained with."""
+        return self.encoder.text_factory is not None and self.spec.has_text_tower is not False
+
+    @property
+    def text_encoder(self) -> TextEncoder | None:
+        """The text tower and its tokenizer (built on first use), same dimension and normalisation as the image
+        embeddings; None for image-only models. ``require_text_encoder`` turns None into a clear error."""
+        if self._text is None and self.has_text_tower and self.encoder.text_factory is not None:
+            self._text = self.encoder.text_factory()
+        return self._text
 
     def cache_identity(self) -> dict[str, Any]:
         """Everything about the model that decides the numbers in an embedding."""

@@ -27,8 +27,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shelfsight import paths
-from shelfsight.backbones.loaders import FeatureEncoder, load_model
+from shelfsight.backbones.loaders import DUAL, FeatureEncoder, load_model
 from shelfsight.backbones.spec import BackboneSpec, Preprocess
+from shelfsight.backbones.text import has_text_features
 from shelfsight.errors import ModelUnavailableError, UnknownModelError
 from shelfsight.files import atomic_write
 
@@ -168,8 +169,8 @@ def load_finetuned_encoder(spec: BackboneSpec) -> FeatureEncoder:
     if spec.library == "transformers":
         import transformers
 
-        encoder = FeatureEncoder(transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(folder)),
-                                 "transformers")
+        model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(folder))
+        encoder = FeatureEncoder(model, DUAL if has_text_features(model) else "transformers")
     else:
         encoder = load_model(spec, pretrained=False)
     try:

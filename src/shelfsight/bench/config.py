@@ -39,6 +39,9 @@ from pydantic import (
 from shelfsight.adapt.finetune import FinetuneConfig
 from shelfsight.adapt.toptune import TopTuneConfig
 from shelfsight.bench import strategies as registry
+from shelfsight.bench.leakage import DedupePolicy
+from shelfsight.bench.strategies.zeroshot import ZeroShotConfig
+from shelfsight.compress.methods import CompressConfig
 from shelfsight.errors import ShelfsightError
 
 
@@ -66,10 +69,29 @@ class ModelEntry(_Strict):
 
 
 class BenchDataset(_Strict):
+    """A dataset of the run. ``name`` is what results, figures and filters call it; with ``source`` (a
+    user catalogue's folder or manifest) the name is a display alias, so figures say ``shop`` rather than
+    ``./exports/shop-2026.csv``. A registered dataset is named by its registered name."""
+
     name: str
+    source: str | None = None
     per_class: dict[str, int] | None = Field(
         default=None, description="At most N items per class in each named split (smaller, balanced runs).")
     image_root: str | None = None
+
+    @model_validator(mode="after")
+    def _alias_of_a_user_catalogue(self) -> BenchDataset:
+        from shelfsight.catalog import DATASETS
+
+        if self.source is not None and (self.name in DATASETS or self.source in DATASETS):
+            raise ValueError(f"dataset {self.name!r}: `source` names a user catalogue (a folder or manifest) shown "
+                             "under `name`; a registered dataset is named by its own name")
+        return self
+
+    @property
+    def location(self) -> str:
+        """What to load: the user catalogue behind an alias, else the name itself."""
+        return self.source or self.name
 
 
 class IndexConfig(_Strict):
@@ -104,6 +126,8 @@ class EmbeddingConfig(_Strict):
     num_workers: int | None = Field(default=None, ge=0)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    runtime: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    """auto: ONNX Runtime on a CPU where it agrees with PyTorch on the catalogue's photos, else PyTorch."""
 
 
 class StrategyEntry(_Strict):
@@ -175,6 +199,14 @@ class BenchConfig(_Strict):
     finetune: FinetuneConfig = FinetuneConfig()
     """Full fine-tuning settings (``adapt.FinetuneConfig``); the seed comes from ``seed`` and ``repeats``."""
     knn_k: int = Field(default=5, ge=1)
+    dedupe: DedupePolicy = DedupePolicy()
+    """Queries with an exact or near duplicate in their gallery: ``warn`` (default), ``exclude`` or ``off``;
+    ``{action: exclude, threshold: 0.93}`` sets the near-duplicate cosine (``bench.leakage.DedupePolicy``, which
+    ``evaluate_protocol(dedupe=...)`` applies; see docs/duplicates.md for how it reaches the cells)."""
+    compress: CompressConfig = CompressConfig()
+    """Methods and measurement of the ``compress`` strategies (``compress.CompressConfig``)."""
+    zeroshot: ZeroShotConfig = ZeroShotConfig()
+    """Prompt templates, descriptions and class texts of the ``zeroshot`` strategy (``strategies.zeroshot``)."""
     stats: StatsConfig = StatsConfig()
     tracking: TrackingConfig = TrackingConfig()
     data_dir: str | None = None
@@ -193,6 +225,11 @@ class BenchConfig(_Strict):
     @classmethod
     def _strategy_shorthand(cls, value: Any) -> Any:
         return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @field_validator("dedupe", mode="before")
+    @classmethod
+    def _dedupe_shorthand(cls, value: Any) -> Any:
+        return {"action": value} if isinstance(value, str) else value
 
     @field_validator("finetune", "toptune", mode="before")
     @classmethod

@@ -115,6 +115,22 @@ def iconic_description(item: CatalogItem) -> str | None:
     return candidate.read_text(encoding="utf-8", errors="replace").strip() if candidate.is_file() else None
 
 
+def class_descriptions(root: Path) -> dict[str, str]:
+    """Fine class name -> the product description the dataset ships for it (``classes.csv``'s sixth column),
+    for zero-shot prompts; a class whose text file is missing is left out. ``root`` is the ``dataset/`` folder."""
+    found: dict[str, str] = {}
+    with open(root / "classes.csv", newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        for row in reader:
+            if len(row) < 6 or not row[5].strip():
+                continue
+            path = root / row[5].strip().lstrip("/")
+            if path.is_file():
+                found[row[0].strip()] = " ".join(path.read_text(encoding="utf-8", errors="replace").split())
+    return found
+
+
 PROTOCOLS = (
     RetrievalProtocol("fine", ("test",), ("train", "val"), "label",
                       "test photos query train+val photos; relevant = same fine class (81)"),

@@ -15,6 +15,7 @@ import pandas as pd
 
 from shelfsight.bench.leaderboard import MAIN_METRICS
 from shelfsight.bench.results import CellResult, ResultStore, read_table
+from shelfsight.bench.strategies.zeroshot import TEXT_PROTOCOL
 from shelfsight.catalog import declared_entry
 
 NON_RETRIEVAL = ("cost", "classification")
@@ -90,7 +91,8 @@ def retrieval_protocols(table: pd.DataFrame, dataset: str) -> list[str]:
 
 
 def main_protocol(table: pd.DataFrame, dataset: str) -> str | None:
-    protocols = retrieval_protocols(table, dataset)
+    """The protocol that decides visual search: the declared main one; never search by words (zeroshot's)."""
+    protocols = [p for p in retrieval_protocols(table, dataset) if p != TEXT_PROTOCOL]
     return protocols[0] if protocols else None
 
 

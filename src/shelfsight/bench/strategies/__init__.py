@@ -6,7 +6,18 @@ in its own module only. Adding one is a new module with a ``STRATEGY`` and a lin
 
 from __future__ import annotations
 
-from shelfsight.bench.strategies import crosstune, finetune, knn, linear, ncm, pretrained, toptune
+from shelfsight.bench.strategies import (
+    compress,
+    compress_toptune,
+    crosstune,
+    finetune,
+    knn,
+    linear,
+    ncm,
+    pretrained,
+    toptune,
+    zeroshot,
+)
 from shelfsight.bench.strategies.base import (
     CLASSIFICATION,
     FULL_TRAINING,
@@ -35,8 +46,9 @@ __all__ = [
 ]
 
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (
-    pretrained.STRATEGY, knn.STRATEGY, ncm.STRATEGY, linear.STRATEGY, toptune.STRATEGY, finetune.STRATEGY,
-    crosstune.STRATEGY,
+    pretrained.STRATEGY, zeroshot.STRATEGY, knn.STRATEGY, ncm.STRATEGY, linear.STRATEGY, toptune.STRATEGY,
+    finetune.STRATEGY, crosstune.STRATEGY,
+    compress.STRATEGY, compress_toptune.STRATEGY,
 )}
 """In order of cost: the order of leaderboards, charts and the recommendation's budgets."""
 
