@@ -20,7 +20,8 @@ def models_command(
     from shelfsight.backbones import list_specs, weights_status
 
     table = Table(title="Registered backbones (any timm:/open_clip:/hf:/torchhub: name works too)")
-    for column in ("name", "family", "library", "checkpoint", "params (M)", "dim", "input", "licence", "weights"):
+    for column in ("name", "family", "library", "checkpoint", "params (M)", "dim", "input", "text", "licence",
+                   "weights"):
         table.add_column(column, justify="right" if column in ("params (M)", "dim", "input") else "left")
     for spec in list_specs(family):
         status = weights_status(spec)
@@ -28,10 +29,12 @@ def models_command(
         table.add_row(
             spec.name + (" *" if spec.in_paper else ""), spec.family, spec.library, spec.checkpoint,
             f"{spec.params_m:.1f}" if spec.params_m else "?", str(spec.embed_dim or "?"),
-            str(spec.preprocess.input_size), spec.licence, f"[{colour}]{status}[/]",
+            str(spec.preprocess.input_size), {True: "yes", False: "-", None: "?"}[spec.has_text_tower],
+            spec.licence, f"[{colour}]{status}[/]",
         )
     console.print(table)
-    console.print("* evaluated in the paper. weights: packaged/cached = available offline; download = needs the hub.")
+    console.print("* evaluated in the paper. text: a text tower for zero-shot tagging and text search (? = known once "
+                  "loaded). weights: packaged/cached = available offline; download = needs the hub.")
 
 
 datasets_app = typer.Typer(help="List the datasets shelfsight reads; `check NAME` verifies one.")
