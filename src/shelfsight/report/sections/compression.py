@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -231,7 +232,7 @@ _INTRO_MD = (
     "Milvus index types that compress (checked with `describe_index`). *bytes/item* is the stored code; *kept* "
     "is the ratio to the same embedding's exact float search; *index* is the index as built (FAISS: serialized, "
     "its memory; Milvus Lite: its index files); queries/s include projecting the query, on a shared CPU.")
-_INTRO_HTML = f"<p>{html.escape(_INTRO_MD).replace('`', '')}</p>"
+_INTRO_HTML = "<p>{}</p>".format(re.sub(r"\*([^*]+)\*", r"<em>\1</em>", html.escape(_INTRO_MD).replace("`", "")))
 COLUMNS = (("model", "model"), ("embedding", "embedding"), ("method", "method"), ("bytes_per_item", "bytes/item"),
            ("mMP@5", "mMP@5"), ("kept mMP@5", "kept"), ("R@1", "R@1"), ("kept R@1", "kept"),
            ("recall", "recall vs float"), ("index_bytes", "index KB"), ("build_seconds", "build s"),
