@@ -14,7 +14,6 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
-from pathlib import Path
 
 from shelfsight import paths
 
@@ -80,8 +79,3 @@ def _known(connection: sqlite3.Connection, names: list[str]) -> dict[str, tuple[
                                   f"({','.join('?' * len(batch))})", batch)
         known.update({row[0]: (row[1], row[2], row[3]) for row in rows})
     return known
-
-
-def digest_of_missing(path: str | os.PathLike[str]) -> str:
-    """A stable stand-in key for a file that cannot be read, so its reason can be reported (never cached)."""
-    return "missing:" + hashlib.sha256(str(Path(path)).encode()).hexdigest()

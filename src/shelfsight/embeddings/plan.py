@@ -39,6 +39,8 @@ class ExtractionPlan:
     stored: StoredItems
     to_compute: list[int]
     """Catalogue positions, one per photo (by content) the store lacks, in catalogue order."""
+    ids: tuple[str, ...] = ()
+    """The catalogue's item ids, aligned with ``digests``."""
     runtime: Runtime | None = None
     report: RuntimeReport | None = None
 
@@ -47,8 +49,6 @@ class ExtractionPlan:
         """The key of these vectors for this catalogue: the space and each item's id and content."""
         return cache_key({"space": self.store.key, "items": [[i, d] for i, d in zip(self.ids, self.digests,
                                                                                           strict=True)]})
-
-    ids: tuple[str, ...] = ()
 
 
 def _versions() -> dict[str, str]:
