@@ -28,6 +28,16 @@ SHOWN = 5
 """How many offending ids or rows an error message names before it counts the rest."""
 
 
+def checked_vectors(vectors: np.ndarray, ids: Sequence[str], dim: int | None) -> np.ndarray:
+    """Vectors to add as contiguous float32 of shape (len(ids), dim), finite: or a ``ValueError`` naming the
+    offending ids (for the backends that keep their own arrays)."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or len(array) != len(ids) or (dim and array.shape[1] != dim):
+        raise ValueError(f"expected vectors of shape ({len(ids)}, {dim or 'D'}), got {array.shape}")
+    check_finite(array, ids)
+    return array
+
+
 def checked_queries(vectors: np.ndarray, dim: int | None, k: int) -> np.ndarray:
     """Queries as contiguous float32 of shape (Q, dim), finite, with ``k >= 0``: or a ``ValueError`` saying
     what is wrong (for the backends that search their own arrays)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from shelfsight.search.base import ItemTable, SearchResult, check_finite, checked_queries
+from shelfsight.search.base import ItemTable, SearchResult, checked_queries, checked_vectors
 from shelfsight.search.faiss_compat import uses_numpy_faiss
 from shelfsight.search.faiss_topk import stable_top_k
 
@@ -41,10 +41,7 @@ class FaissCodecIndex:
     def add(self, ids: Sequence[str], vectors: np.ndarray, labels: Sequence[str] | None = None,
             splits: Sequence[str] | None = None) -> None:
         """Keep the vectors until the codec is trained (on everything added before the first search)."""
-        array = np.ascontiguousarray(vectors, dtype=np.float32)
-        if array.ndim != 2 or len(array) != len(ids) or (self.dim and array.shape[1] != self.dim):
-            raise ValueError(f"expected vectors of shape ({len(ids)}, {self.dim or 'D'}), got {array.shape}")
-        check_finite(array, ids)
+        array = checked_vectors(vectors, ids, self.dim)
         self._items.add(ids, labels, splits)
         self.dim = int(array.shape[1])
         if self._index is None:
