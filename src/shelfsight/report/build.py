@@ -27,21 +27,11 @@ from shelfsight.report.recommend import (
     recommend,
     task_metric,
 )
-from shelfsight.report.sections import Section, build_sections
+from shelfsight.report.sections import Plot, Section, build_sections
 
 MAX_GRID_ROWS = 12
 """Model x strategy rows per retrieval grid: the best ones by the main metric, so the page stays light."""
 TOP_CONFUSIONS = 10
-
-
-@dataclass(frozen=True)
-class Plot:
-    """A figure: its file name under ``figures/``, a title, a caption and the PNG bytes."""
-
-    name: str
-    title: str
-    png: bytes
-    caption: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,8 +139,7 @@ class Report:
     def plots(self) -> list[Plot]:
         """Every figure, in page order: these are also written to ``figures/`` and logged to MLflow."""
         return [*self.bars, *([self.gains_plot] if self.gains_plot else []), *self.cost_plots, *self.cross_plots,
-                *(c.plot for c in self.confusions),
-                *(Plot(p.name, p.title, p.png, p.caption) for s in self.extras for p in s.plots)]
+                *(c.plot for c in self.confusions), *(p for s in self.extras for p in s.plots)]
 
     @property
     def datasets(self) -> list[str]:

@@ -8,7 +8,7 @@ import math
 import jinja2
 
 from shelfsight.bench.leaderboard import COUNTS
-from shelfsight.report.build import Plot, Report, slug
+from shelfsight.report.build import Report, slug
 from shelfsight.report.images import png_uri
 from shelfsight.report.recommend import (
     AUTO_TAGGING,
@@ -21,6 +21,7 @@ from shelfsight.report.recommend import (
     headline,
     margin_note,
 )
+from shelfsight.report.sections import Plot
 
 SECTIONS = (
     ("recommendation", "Recommendation"), ("leaderboard", "Leaderboard"), ("per-dataset", "Per dataset"),

@@ -15,8 +15,9 @@ from shelfsight.report.sections import compression, duplicates, skipped, zerosho
 
 
 @dataclass(frozen=True)
-class SectionPlot:
-    """A figure of a section: file name under ``figures/`` (no extension), title, caption, PNG bytes."""
+class Plot:
+    """A figure of the report: its file name under ``figures/`` (no extension), a title, the PNG bytes and a
+    caption. Core sections and extra ones use the same class."""
 
     name: str
     title: str
@@ -32,7 +33,7 @@ class Section:
     title: str
     html: str
     markdown: str
-    plots: list[SectionPlot] = field(default_factory=list)
+    plots: list[Plot] = field(default_factory=list)
 
 
 SectionBuilder = Callable[[RunData], "Section | None"]

@@ -187,7 +187,7 @@ def _png(figure: Figure) -> bytes:
 
 def build(run: RunData, budget: Budget = Budget()) -> Section | None:
     """The section, or None when the run has no compress cell."""
-    from shelfsight.report.sections import Section, SectionPlot  # the package imports this module
+    from shelfsight.report.sections import Plot, Section  # the package imports this module
 
     frame = frontier_frame(run)
     if frame.empty:
@@ -195,7 +195,7 @@ def build(run: RunData, budget: Budget = Budget()) -> Section | None:
     plots, html_parts, markdown = [], [_INTRO_HTML], [_INTRO_MD, ""]
     for (dataset, protocol), part in frame.groupby(["dataset", "protocol"], sort=True):
         title = f"{dataset} · {protocol}"
-        plot = SectionPlot(f"compression-{_slug(dataset)}-{_slug(protocol)}", title,
+        plot = Plot(f"compression-{_slug(dataset)}-{_slug(protocol)}", title,
                            frontier_plot(part, f"{title}: quality against bytes per item"),
                            "Each point a method; vertical bars 95% bootstrap intervals; black steps: the Pareto front.")
         plots.append(plot)
