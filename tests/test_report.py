@@ -19,7 +19,6 @@ from shelfsight.report.analysis import adaptation_gains, cost_frame, cross_tunin
 from shelfsight.report.recommend import AUTO_TAGGING, VISUAL_SEARCH, Choice, PairedTest, Tester, describe
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 
 # ------------------------------------------------------------------ a results table with a known answer
 
@@ -289,19 +288,6 @@ def real_run(tmp_path_factory: pytest.TempPathFactory, grocery_root: Path) -> It
         summary = run_bench(config, folder / "run", progress=False)
     assert summary.failed == []
     yield folder / "run"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.skip("Debian chromium not installed at /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield launched
-        launched.close()
 
 
 def artifacts_dir() -> Path:

@@ -77,12 +77,14 @@ def test_the_demo_configs_name_only_strategies_and_settings_that_exist() -> None
 
     from shelfsight.bench import load_config, strategies
 
-    for name in ("demo", "demo-full"):
+    for name in ("demo", "demo-full", "label-budgets"):
         raw = yaml.safe_load(demo_config_text(name))
         config = load_config(raw)
         assert {s.name for s in config.strategies} <= set(strategies.names())
-        assert {"pretrained", "linear", "knn", "toptune", "finetune", "crosstune"} <= {s.name for s in
-                                                                                       config.strategies}
+        assert config.label_budgets is not None and "all" in config.label_budgets.budgets
+        if name != "label-budgets":
+            assert {"pretrained", "linear", "knn", "toptune", "finetune", "crosstune"} <= {s.name for s in
+                                                                                           config.strategies}
     demo = load_config(yaml.safe_load(demo_config_text("demo")))
     assert demo.finetune.train_per_class == 8 and demo.toptune.trials == 4
 

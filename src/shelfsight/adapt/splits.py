@@ -88,12 +88,18 @@ def labelled_splits(dataset: str, catalog: Catalog, seed: int, ids: Sequence[str
 
 
 def at_most_per_class(splits: LabelledSplits, per_class: int, seed: int) -> LabelledSplits:
-    """The same splits with at most ``per_class`` training items of each class, a seeded draw kept in
-    catalogue order (validation and test untouched): a training budget, not a different protocol."""
+    """The same splits with at most ``per_class`` training items of each class (validation and test
+    untouched): a training budget, not a different protocol.
+
+    Each class's items are put in one seeded random order, drawn whatever ``per_class`` is, and the first
+    ``per_class`` are kept, in catalogue order: for one seed the draws are nested (the 5-per-class subset
+    holds the 2-per-class one), so a label-efficiency curve adds photos rather than swapping them."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
     rng = np.random.default_rng(seed)
     keep: list[int] = []
     for label in np.unique(splits.y_train):
         members = np.flatnonzero(splits.y_train == label)
-        keep.extend(rng.permutation(members)[:per_class].tolist() if len(members) > per_class else members.tolist())
+        keep.extend(rng.permutation(members)[:per_class].tolist())
     order = sorted(keep)
     return dataclasses.replace(splits, train=tuple(splits.train[i] for i in order), y_train=splits.y_train[order])

@@ -56,8 +56,8 @@ from shelfsight.adapt.toptune_training import (
 __all__ = [
     "HEAD_FORMAT", "HEAD_META", "HEAD_WEIGHTS", "INFERENCE_BATCH", "OPTIMIZERS", "EpochRecord", "HeadEpochCallback",
     "Params", "TopTuneConfig", "TopTuneError", "TopTuneResult", "TrainedHead", "build_head_optimizer",
-    "embed_with_head", "head_config", "load_head", "predict", "save_head", "storage_url", "suggest_params", "toptune",
-    "train_head",
+    "embed_with_head", "head_config", "load_head", "planned_trials", "predict", "save_head", "storage_url",
+    "suggest_params", "toptune", "train_head",
 ]
 
 @dataclass(frozen=True)
@@ -85,6 +85,12 @@ class TopTuneConfig:
     dropout: tuple[float, float] = (0.0, 0.5)
     norms: tuple[str, ...] = ("batch", "layer")
     activations: tuple[str, ...] = ("relu",)
+    photos_per_trial: int | None = 40
+    """The search runs one trial per this many training photos, at least ``min_trials`` and at most ``trials``
+    (``None``: always ``trials``). A small training set gets a small search: on 81 photos (one per class of
+    the Grocery Store Dataset) 20 trials would pick among heads whose validation accuracies differ by less
+    than their noise, and mostly tune to the validation photos."""
+    min_trials: int = 3
     pruner_startup_trials: int = 5
     """MedianPruner prunes nothing until this many trials have finished."""
     pruner_warmup_epochs: int = 5
@@ -92,7 +98,8 @@ class TopTuneConfig:
 
     def __post_init__(self) -> None:
         counts = {"trials": self.trials, "trial_epochs": self.trial_epochs, "trial_repeats": self.trial_repeats,
-                  "final_max_epochs": self.final_max_epochs, "patience": self.patience}
+                  "final_max_epochs": self.final_max_epochs, "patience": self.patience, "min_trials": self.min_trials,
+                  "photos_per_trial": 1 if self.photos_per_trial is None else self.photos_per_trial}
         for name, value in counts.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -105,6 +112,13 @@ class TopTuneConfig:
         unknown = set(self.optimizers) - set(OPTIMIZERS)
         if unknown or not self.optimizers:
             raise ValueError(f"optimizers must be a non-empty subset of {OPTIMIZERS}, got {self.optimizers}")
+
+
+def planned_trials(config: TopTuneConfig, train_photos: int) -> int:
+    """Trials of the search for a training set of ``train_photos`` (``TopTuneConfig.photos_per_trial``)."""
+    if config.photos_per_trial is None:
+        return config.trials
+    return min(config.trials, max(config.min_trials, math.ceil(train_photos / config.photos_per_trial)))
 
 
 @dataclass
@@ -122,6 +136,8 @@ class TopTuneResult:
     trials_pruned: int
     trials_run: int
     """Trials started by this call (the rest were resumed from storage)."""
+    trials_planned: int
+    """The search's size for this training set (``planned_trials``)."""
     tuning_seconds: float
     final_seconds: float
     history: list[EpochRecord] = field(default_factory=list)
@@ -248,11 +264,15 @@ def toptune(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: 
     train, val = as_tensors(x_train, y_train, "train"), as_tensors(x_val, y_val, "val")
     n_classes = n_classes or class_count(train, val)
     console = Console(stderr=True)
+    trials = planned_trials(config, len(y_train))
+    if progress and trials < config.trials:
+        console.print(f"search scaled to {trials} trials for {len(y_train)} training photos "
+                      f"(one per {config.photos_per_trial}, at least {config.min_trials})")
     with _quiet_optuna():
         study = _open_study(storage, study_name, config)
         before = len(study.trials)
-        remaining = max(0, config.trials - _finished(study))
-        callbacks = [lambda s, t: console.print(_trial_line(s, t, config.trials), soft_wrap=True)] if progress else []
+        remaining = max(0, trials - _finished(study))
+        callbacks = [lambda s, t: console.print(_trial_line(s, t, trials), soft_wrap=True)] if progress else []
         started = time.perf_counter()
         if remaining:
             study.optimize(_objective(train, val, n_classes, config), n_trials=remaining, timeout=config.timeout_s,
@@ -273,5 +293,6 @@ def toptune(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: 
                          final_val_accuracy=final.best_val_accuracy, epochs_trained=final.epochs_run,
                          stopped_early=final.stopped_early, trials_completed=len(completed),
                          trials_pruned=_count(study, TrialState.PRUNED), trials_run=len(study.trials) - before,
+                         trials_planned=trials,
                          tuning_seconds=tuning_seconds, final_seconds=final.seconds, history=final.history)
 

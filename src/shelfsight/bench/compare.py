@@ -23,7 +23,7 @@ import pandas as pd
 from shelfsight.bench.aggregate import LABEL_COLUMNS, per_query_matrix
 from shelfsight.bench.leaderboard import CLASSIFICATION_METRICS, MAIN_METRICS
 from shelfsight.bench.results import CellResult, ResultStore
-from shelfsight.bench.strategies.base import CLASSIFICATION
+from shelfsight.bench.strategies.base import CLASSIFICATION, split_budget
 from shelfsight.catalog import declared_entry
 from shelfsight.errors import ShelfsightError
 from shelfsight.stats import Comparison, holm, paired_classification, paired_comparison
@@ -220,6 +220,8 @@ def _columns(scores: RunScores) -> dict[tuple[str, str, str], list[Group]]:
     """(dataset, protocol, main metric) -> the cells that scored it."""
     columns: dict[tuple[str, str, str], list[Group]] = defaultdict(list)
     for group, members in sorted(scores.groups.items()):
+        if split_budget(group[2])[1] is not None:
+            continue  # label-budget cells are compared along their curves (bench.label_budgets), not here
         for protocol, metrics in members[0].metrics.items():
             metric = main_metric(protocol, set(metrics))
             if metric is not None:

@@ -39,6 +39,7 @@ from pydantic import (
 from shelfsight.adapt.finetune import FinetuneConfig
 from shelfsight.adapt.toptune import TopTuneConfig
 from shelfsight.bench import strategies as registry
+from shelfsight.bench.label_budgets import LabelBudgets
 from shelfsight.bench.leakage import DedupePolicy
 from shelfsight.bench.strategies.zeroshot import ZeroShotConfig
 from shelfsight.compress.methods import CompressConfig
@@ -207,6 +208,9 @@ class BenchConfig(_Strict):
     """Methods and measurement of the ``compress`` strategies (``compress.CompressConfig``)."""
     zeroshot: ZeroShotConfig = ZeroShotConfig()
     """Prompt templates, descriptions and class texts of the ``zeroshot`` strategy (``strategies.zeroshot``)."""
+    label_budgets: LabelBudgets | None = None
+    """Label-efficiency curves (``bench.label_budgets``): the tuned strategies trained on N labelled photos
+    per class, for each budget N, on several seeded subsets; ``[1, 2, 5, all]`` is shorthand for the budgets."""
     stats: StatsConfig = StatsConfig()
     tracking: TrackingConfig = TrackingConfig()
     data_dir: str | None = None
@@ -225,6 +229,11 @@ class BenchConfig(_Strict):
     @classmethod
     def _strategy_shorthand(cls, value: Any) -> Any:
         return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @field_validator("label_budgets", mode="before")
+    @classmethod
+    def _budgets_shorthand(cls, value: Any) -> Any:
+        return {"budgets": value} if isinstance(value, list) else value
 
     @field_validator("dedupe", mode="before")
     @classmethod
@@ -254,6 +263,13 @@ class BenchConfig(_Strict):
                 if unknown:
                     raise ValueError(f"strategies.{position}.{field}: {unknown[0]!r} is not among the config's "
                                      f"{'models' if field == 'models' else 'datasets'} ({', '.join(sorted(known))})")
+        budgets = self.label_budgets
+        if budgets is not None:
+            for field, known, given in (("models", models, budgets.models), ("datasets", datasets, budgets.datasets)):
+                unknown = [name for name in given or () if name not in known]
+                if unknown:
+                    raise ValueError(f"label_budgets.{field}: {unknown[0]!r} is not among the config's {field} "
+                                     f"({', '.join(sorted(known))})")
         return self
 
     def strategy(self, name: str) -> StrategyEntry | None:

@@ -21,6 +21,7 @@ from shelfsight.bench import strategies
 from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry
 from shelfsight.bench.evaluate import IndexFactory
 from shelfsight.bench.identity import digest
+from shelfsight.bench.label_budgets import label_budget_identity, scored_protocols
 from shelfsight.bench.leakage import leaks, training_catalog, training_splits
 from shelfsight.bench.results import Cell, CellResult
 from shelfsight.bench.strategies import (
@@ -31,6 +32,7 @@ from shelfsight.bench.strategies import (
     TunedModel,
     parse_strategy,
     seeded_validation,
+    split_budget,
     train_toptune,
 )
 from shelfsight.catalog import Catalog, load_catalog, protocols_for
@@ -55,7 +57,7 @@ class RunContext:
         self._fingerprints: dict[str, str] = {}
         self._backbones: dict[tuple[str, int], Backbone] = {}
         self._costs: dict[str, dict[str, float]] = {}
-        self._finetuned: dict[tuple[str, str, int, str], tuple[TunedModel, Backbone]] = {}
+        self._finetuned: dict[tuple[str, str, int, str, int | None], tuple[TunedModel, Backbone]] = {}
         self._toptuned: dict[tuple[str, str, int], TunedModel] = {}
         self._claimed: set[Path] = set()
         self.skipped: dict[tuple[str, str], tuple[str, str, str]] = {}
@@ -103,7 +105,8 @@ class RunContext:
         """Every input that decides the cell's numbers (its key is their digest)."""
         kind, source = parse_strategy(cell.strategy)
         seed = self.seed_of(cell)
-        strategy: dict[str, Any] = {"name": kind, "settings": self.strategy_settings(kind)}
+        strategy: dict[str, Any] = {"name": kind, "settings": self.strategy_settings(kind),
+                                    **label_budget_identity(cell.strategy, self.config.label_budgets)}
         if source is not None:
             strategy = {"name": cell.strategy, "source": digest(self.tuning_inputs(model, source, kind, seed))}
         index = self.config.index
@@ -118,10 +121,13 @@ class RunContext:
                or self.config.dedupe.threshold is not None else {}),
         }
 
-    def tuning_inputs(self, model: ModelEntry, dataset: str, kind: str, seed: int) -> dict[str, Any]:
-        """What decides a tuned model (a head or a fine-tuned backbone): not the index or retrieval depth."""
+    def tuning_inputs(self, model: ModelEntry, dataset: str, strategy: str, seed: int) -> dict[str, Any]:
+        """What decides a tuned model (a head or a fine-tuned backbone): not the index or retrieval depth.
+        ``strategy`` is the kind, or a label-budget cell's ``KIND/N``."""
+        kind = split_budget(strategy)[0]
         return {"model": self.model_identity(model, seed), "dataset": self.dataset_identity(dataset),
-                "strategy": {"name": kind, "settings": self.strategy_settings(kind)}, "seed": seed}
+                "strategy": {"name": kind, "settings": self.strategy_settings(kind),
+                             **label_budget_identity(strategy, self.config.label_budgets)}, "seed": seed}
 
     def model_identity(self, model: ModelEntry, seed: int) -> dict[str, Any]:
         return {"label": model.label, **self.backbone(model, seed).cache_identity()}
@@ -157,7 +163,13 @@ class RunContext:
             seed=self.seed_of(cell), workdir=self.run_dir / "work" / cell.cell_id, progress=progress, tuned=tuned,
             options={s.name: s.settings(self.config) for s in strategies.REGISTRY.values()},
             protocol_tuned=protocol_tuned or {}, keep_collections=self.config.index.keep_collections,
-            dedupe=self.config.dedupe)
+            dedupe=self.config.dedupe, label_budget=split_budget(cell.strategy)[1],
+            retrieval_protocols=self.scored_protocols(cell.strategy, cell.dataset, catalog))
+
+    def scored_protocols(self, strategy: str, dataset: str, catalog: Catalog) -> tuple[str, ...] | None:
+        """The retrieval protocols a cell scores (None: all; a label-budget cell may keep to the main one)."""
+        declared = [p.name for p in protocols_for(dataset, catalog)]
+        return scored_protocols(strategy, self.config.label_budgets, declared)
 
     def run_cell(self, cell: Cell, model: ModelEntry, dataset: BenchDataset, *,
                  progress: bool) -> tuple[CellResult, pd.DataFrame | None]:
@@ -193,18 +205,20 @@ class RunContext:
 
     # ------------------------------------------------------------------ tuned models
     def finetuned(self, model: ModelEntry, source: str, seed: int, progress: bool,
-                  protocol: RetrievalProtocol | None = None) -> tuple[TunedModel, Backbone]:
+                  protocol: RetrievalProtocol | None = None, budget: int | None = None) -> tuple[TunedModel, Backbone]:
         """The backbone fine-tuned on ``source`` (on a class-disjoint ``protocol``'s training items when
-        given), in the work folder of that dataset's ``finetune`` cell: read back when finished and made
-        from the same inputs, resumed from its last checkpoint when interrupted, else trained."""
+        given; on ``budget`` labelled photos per class for a label-budget cell), in the work folder of that
+        dataset's ``finetune`` cell: read back when finished and made from the same inputs, resumed from its
+        last checkpoint when interrupted, else trained."""
         from shelfsight.adapt.finetune import finetune
         from shelfsight.adapt.splits import labelled_splits
 
         name = protocol.name if protocol is not None else ""
-        key = (model.label, source, seed, name)
+        key = (model.label, source, seed, name, budget)
         if key in self._finetuned:
             return self._finetuned[key]
-        cell = Cell(model.label, source, strategies.finetune.NAME, seed)
+        kind = strategies.finetune.NAME
+        cell = Cell(model.label, source, kind if budget is None else strategies.budget_strategy(kind, budget), seed)
         folder = (self.run_dir / "work" / cell.cell_id / (f"finetuned-{name}" if name else "finetuned")).resolve()
         self.claim(folder, {**self.tuning_inputs(model, source, cell.strategy, seed), "protocol": name}, cell)
         catalog = self.catalog(self.dataset(source))
@@ -213,6 +227,8 @@ class RunContext:
             catalog, splits = training_catalog(protocol, catalog), training_splits(protocol)
         if not (folder / "finetuned.json").is_file():
             config = dataclasses.replace(self.config.finetune, seed=seed)
+            if budget is not None:
+                config = dataclasses.replace(config, train_per_class=budget)
             finetune(catalog, self.backbone(model, seed), dataset=source, output=folder, config=config, resume=True,
                      progress=progress, splits=splits)
         labelled = labelled_splits(source, catalog, seed, splits=splits)
@@ -221,14 +237,17 @@ class RunContext:
         return self._finetuned[key]
 
     def protocol_finetuned(self, model: ModelEntry, dataset: BenchDataset, tuned: TunedModel, seed: int,
-                            progress: bool) -> dict[str, tuple[TunedModel, Embeddings]]:
+                            progress: bool, budget: int | None = None) -> dict[str, tuple[TunedModel, Embeddings]]:
         """For each class-disjoint protocol whose classes the classification fine-tune saw: a backbone
         fine-tuned on the protocol's training items, and the catalogue embedded with it."""
         catalog = self.catalog(dataset)
+        kind = strategies.finetune.NAME
+        scored = self.scored_protocols(kind if budget is None else strategies.budget_strategy(kind, budget),
+                                       dataset.name, catalog)
         found = {}
         for protocol in protocols_for(dataset.name, catalog):
-            if leaks(protocol, catalog, tuned.learned_from):
-                own, backbone = self.finetuned(model, dataset.name, seed, progress, protocol)
+            if (scored is None or protocol.name in scored) and leaks(protocol, catalog, tuned.learned_from):
+                own, backbone = self.finetuned(model, dataset.name, seed, progress, protocol, budget)
                 found[protocol.name] = (own, self.embed(catalog, backbone, progress))
         return found
 

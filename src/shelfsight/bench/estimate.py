@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from shelfsight.backbones import Backbone
 from shelfsight.bench import strategies
-from shelfsight.bench.strategies import parse_strategy
+from shelfsight.bench.strategies import parse_strategy, split_budget
 from shelfsight.catalog import Catalog
 from shelfsight.embeddings.extract import resolve_device, resolve_precision
 from shelfsight.embeddings.plan import uncached_photos
@@ -71,18 +71,19 @@ class RunEstimator:
         strategy = strategies.get(kind)
         retrieves = strategy.baseline or strategy.adaptation or source is not None
         depth = self.context.config.retrieval.k
-        scoring = (SCORE_SECONDS + SCORE_SECONDS_PER_K * depth) * len(catalog) if retrieves \
-            else CLASSIFY_SECONDS * len(catalog)
+        scoring = (SCORE_SECONDS + SCORE_SECONDS_PER_K * depth) * len(catalog) * self._share(cell, dataset, catalog) \
+            if retrieves else CLASSIFY_SECONDS * len(catalog)
         parts: list[tuple[float, str]] = [(CELL_OVERHEAD + scoring, "scoring")]
         if kind == "finetune":
-            parts.append(self._finetune(catalog, rate, dataset.name if source is None else source, model.label))
+            parts.append(self._finetune(catalog, rate, dataset.name if source is None else source, model.label,
+                                        split_budget(cell.strategy)[1]))
         elif (model.label, dataset.name) not in self._embedded:
             self._embedded.add((model.label, dataset.name))
             missing = self._missing(backbone, catalog)
             if missing:
                 parts.append((missing / rate, f"embed {missing:,} photos at ~{rate:.0f}/s"))
         if kind == "toptune" and source is None:
-            parts.append(self._toptune(catalog))
+            parts.append(self._toptune(catalog, split_budget(cell.strategy)[1]))
         elif kind == "linear":
             parts.append((len(catalog) * 2e-3, "logistic regression"))
         elif kind.startswith("compress"):
@@ -91,6 +92,14 @@ class RunEstimator:
         seconds = sum(s for s, _ in parts)
         work = ", ".join(w for s, w in parts[1:] if s >= 1.0) or "scoring"
         return CellEstimate(seconds, work)
+
+    def _share(self, cell: Cell, dataset: BenchDataset, catalog: Catalog) -> float:
+        """The part of the dataset's retrieval protocols the cell scores."""
+        from shelfsight.catalog import protocols_for
+
+        scored = self.context.scored_protocols(cell.strategy, dataset.name, catalog)
+        declared = len(protocols_for(dataset.name, catalog))
+        return 1.0 if scored is None or not declared else len(scored) / declared
 
     def _rate(self, backbone: Backbone, catalog: Catalog) -> float:
         measured = self._uncached(backbone, catalog)[1].get("images_per_second")
@@ -111,15 +120,21 @@ class RunEstimator:
                                                 precision=resolve_precision(embedding.precision, device))
         return self._counts[key]
 
-    def _toptune(self, catalog: Catalog) -> tuple[float, str]:
+    def _toptune(self, catalog: Catalog, budget: int | None) -> tuple[float, str]:
+        from shelfsight.adapt.toptune import planned_trials
+
         settings = self.context.config.toptune
         train = _train_count(catalog)
-        epochs = settings.trials * settings.trial_epochs * settings.trial_repeats + FINAL_EPOCHS
-        return epochs * train * HEAD_SECONDS, f"{settings.trials} trials x {settings.trial_epochs} epochs + final head"
+        if budget is not None:
+            train = min(train, budget * _class_count(catalog))
+        trials = planned_trials(settings, train)
+        epochs = trials * settings.trial_epochs * settings.trial_repeats + FINAL_EPOCHS
+        return epochs * train * HEAD_SECONDS, f"{trials} trials x {settings.trial_epochs} epochs + final head"
 
-    def _finetune(self, catalog: Catalog, rate: float, source: str, label: str) -> tuple[float, str]:
+    def _finetune(self, catalog: Catalog, rate: float, source: str, label: str,
+                  budget: int | None = None) -> tuple[float, str]:
         settings = self.context.config.finetune
-        key = (f"{label}@finetune", source)
+        key = (f"{label}@finetune{'' if budget is None else f'/{budget}'}", source)
         train_size = settings.input_size or 224
         eval_size = settings.eval_input_size or train_size
         seconds = 0.0
@@ -127,13 +142,17 @@ class RunEstimator:
             self._embedded.add(key)
             source_catalog = self.context.catalog(self.context.dataset(source))
             train = _train_count(source_catalog)
-            if settings.train_per_class is not None:
-                classes = len({item.label for item in source_catalog.items if item.split == "train"}) or 1
-                train = min(train, settings.train_per_class * classes)
+            per_class = budget if budget is not None else settings.train_per_class
+            if per_class is not None:
+                train = min(train, per_class * _class_count(source_catalog))
             train_rate = rate * (224 / train_size) ** 2 / TRAIN_SLOWDOWN
             seconds += settings.epochs * train / train_rate
         seconds += len(catalog) / (rate * (224 / eval_size) ** 2)
         return seconds, f"fine-tune {settings.epochs} epoch(s) at {train_size} px, embed at {eval_size} px"
+
+
+def _class_count(catalog: Catalog) -> int:
+    return len({item.label for item in catalog.items if item.split == "train"}) or 1
 
 
 def _train_count(catalog: Catalog) -> int:

@@ -26,6 +26,7 @@ from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry, confi
 from shelfsight.bench.context import RunContext
 from shelfsight.bench.estimate import CellEstimate, RunEstimator
 from shelfsight.bench.identity import describe_change, digest
+from shelfsight.bench.label_budgets import budget_cells, is_budget_cell, required_plain, write_label_budgets
 from shelfsight.bench.results import Cell, CellResult, ResultStore
 from shelfsight.bench.run_progress import RunProgress, duration, print_plan, write_skipped
 from shelfsight.bench.strategies import is_stochastic, parse_strategy, seeded_validation
@@ -73,6 +74,8 @@ def plan_cells(config: BenchConfig, *, seeded: Callable[[str], bool] | None = No
     (``toptune@A``, ``finetune@A``) come last, after the cells that produce what they carry across.
 
     A deterministic cell appears once with seed None; a stochastic one once per seed of ``repeats``.
+    Label-budget cells (``linear/5``, ``bench.label_budgets``) come after the plain cells, once per subset
+    seed, with the plain cells their curves read (``all``, the pre-trained level) added if the config lacks them.
     ``seeded(dataset)`` says whether its classification validation part is a seeded draw (default: from
     the declared splits of public datasets; user catalogues count as seeded).
     """
@@ -94,7 +97,13 @@ def plan_cells(config: BenchConfig, *, seeded: Callable[[str], bool] | None = No
         for dataset in config.datasets for model in config.models
         for strategy in config.crosstune_strategies(model, dataset.name) for seed in config.seeds
     ]
-    return plain + crossed
+    by_name = {dataset.name: dataset for dataset in config.datasets}
+    read_by_curves = [
+        (Cell(model.label, name, kind, seed), model, by_name[name])
+        for kind, model, name in required_plain(config) for seed in seeds(kind, model, by_name[name])
+    ]
+    budgeted = [(cell, model, by_name[name]) for cell, model, name in budget_cells(config)]
+    return plain + read_by_curves + budgeted + crossed
 
 
 def run_bench(
@@ -137,9 +146,10 @@ def run_bench(
     if summary.stale:
         out.print(f"[yellow]{len(summary.stale)} stored cell(s) are not in this config and stay out of the "
                   f"table[/]: {', '.join(summary.stale[:5])}{' ...' if len(summary.stale) > 5 else ''}")
-    summary.table = store.write_tables([cell for cell, _, _ in cells], n_resamples=config.stats.bootstrap,
-                                       seed=config.stats.seed)
+    summary.table = store.write_tables([cell for cell, _, _ in cells if not is_budget_cell(cell)],
+                                       n_resamples=config.stats.bootstrap, seed=config.stats.seed)
     _write_significance(run_path, config, out)
+    _write_label_budgets(run_path, config, [cell for cell, _, _ in cells], out)
     _write_provenance(run_path, config)
     try:
         tracker.log_table(f"{config.name}-results", [run_path / "results.csv", run_path / "config.json"],
@@ -264,6 +274,16 @@ def _write_significance(run_dir: Path, config: BenchConfig, out: Console) -> Non
                            n_resamples=config.stats.bootstrap, seed=config.stats.seed)
     except Exception as exc:  # noqa: BLE001 - the table stands without it; say why
         out.print(f"[yellow]significance tests failed: {type(exc).__name__}: {exc}[/]")
+
+
+def _write_label_budgets(run_dir: Path, config: BenchConfig, cells: list[Cell], out: Console) -> None:
+    """The label-efficiency curves and their break-even tests, when the config asks for them."""
+    if config.label_budgets is None:
+        return
+    try:
+        write_label_budgets(run_dir, config, cells)
+    except Exception as exc:  # noqa: BLE001 - the main table stands without the curves; say why
+        out.print(f"[yellow]label-budget curves failed: {type(exc).__name__}: {exc}[/]")
 
 
 def _write_provenance(run_dir: Path, config: BenchConfig) -> None:

@@ -55,7 +55,8 @@ def render_html(report: Report) -> str:
                        if (line := consensus(report.recommendations, task, TIERS[-1].name))]
     return environment.from_string(TEMPLATE).render(
         r=report, sections=_sections(report),
-        answers=[answer(report.recommendations, task) for task in (VISUAL_SEARCH, AUTO_TAGGING)],
+        answers=[*(answer(report.recommendations, task) for task in (VISUAL_SEARCH, AUTO_TAGGING)),
+                 *(line for extra in report.extras for line in extra.answers)],
         headline=headline(report.recommendations), consensus=consensus_lines,
         tiers=TIERS,
         tasks=(VISUAL_SEARCH, AUTO_TAGGING), models=sorted(str(m) for m in table["model"].unique()),

@@ -41,7 +41,8 @@ def render_markdown(report: Report, figures_dir: str = "figures") -> str:
     lines = [f"# shelfsight report · {run.name}", "",
              f"Generated {report.generated} from `{run.run_dir}`; the full report with retrieval grids is "
              "`report.html` beside this file.", "",
-             *(f"**{answer(recs, task)}**\n" for task in (VISUAL_SEARCH, AUTO_TAGGING)), "## Recommendation", ""]
+             *(f"**{answer(recs, task)}**\n" for task in (VISUAL_SEARCH, AUTO_TAGGING)),
+             *(f"**{line}**\n" for extra in report.extras for line in extra.answers), "## Recommendation", ""]
     if not report.datasets:
         lines.append("No result to recommend from: no cell finished (see the failed cells below).")
     lines += [f"- {describe(rec)}" for rec in headline(recs)]

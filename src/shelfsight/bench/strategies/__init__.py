@@ -31,7 +31,9 @@ from shelfsight.bench.strategies.base import (
     StrategyInputs,
     StrategyOutput,
     TunedModel,
+    budget_strategy,
     parse_strategy,
+    split_budget,
 )
 from shelfsight.bench.strategies.scoring import ClassificationData, classification_data, retrieval_scores
 from shelfsight.bench.strategies.toptune import train_toptune
@@ -40,9 +42,9 @@ from shelfsight.catalog import Catalog, classification_for, declared_entry
 __all__ = [
     "CLASSIFICATION", "FULL_TRAINING", "HEAD_ONLY", "NO_TRAINING", "REGISTRY", "TIER_NAMES", "TUNING_RECORD",
     "CellRequest", "ClassificationData", "Prepared", "Strategy", "StrategyInputs", "StrategyOutput", "TunedModel",
-    "baseline", "carried", "carried_names", "classification_data", "expanding", "get", "is_stochastic", "names",
-    "parse_strategy", "rank", "retrieval_scores", "run_strategy", "seeded_validation", "strategy_of", "tier_of",
-    "train_toptune",
+    "baseline", "budget_strategy", "budgeted_names", "carried", "carried_names", "classification_data", "expanding",
+    "get", "is_stochastic", "names", "parse_strategy", "rank", "retrieval_scores", "run_strategy",
+    "seeded_validation", "split_budget", "strategy_of", "tier_of", "train_toptune",
 ]
 
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (
@@ -81,6 +83,11 @@ def carried(kind: str) -> Strategy:
 def carried_names() -> tuple[str, ...]:
     """Strategies whose tuned model another dataset can evaluate (``NAME@SOURCE``)."""
     return tuple(s.name for s in REGISTRY.values() if s.carry is not None)
+
+
+def budgeted_names() -> tuple[str, ...]:
+    """Strategies that learn from training labels: what a label-efficiency curve can limit."""
+    return tuple(s.name for s in REGISTRY.values() if s.budgeted)
 
 
 def expanding() -> Strategy:

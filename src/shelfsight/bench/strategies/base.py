@@ -62,6 +62,11 @@ class StrategyInputs:
     keep_collections: bool = False
     dedupe: DedupePolicy | None = None
     """What to do about queries with a duplicate in their gallery (the config's ``dedupe``)."""
+    label_budget: int | None = None
+    """For a label-budget cell (``linear/5``): the labelled training photos per class it may learn from, a
+    seeded draw nested across budgets (``adapt.splits.at_most_per_class``); validation and test untouched."""
+    retrieval_protocols: tuple[str, ...] | None = None
+    """The retrieval protocols to score (None: every protocol of the dataset)."""
 
 
 @dataclass(frozen=True)
@@ -147,13 +152,31 @@ class Strategy:
     """The frozen embedding itself, the point every adaptation is measured from."""
     expands: bool = False
     """Expands into ``NAME@SOURCE`` cells of the carried strategies (cross-tuning)."""
+    budgeted: bool = False
+    """Learns from the training labels, so a label-efficiency curve can limit them (``KIND/N`` cells)."""
 
     @property
     def tier_name(self) -> str:
         return TIER_NAMES[self.tier]
 
 
+BUDGET_MARK = "/"
+"""A label-budget cell's strategy is ``KIND/N``: ``KIND`` trained on N labelled photos per class."""
+
+
 def parse_strategy(strategy: str) -> tuple[str, str | None]:
-    """``toptune@fashion-mnist`` -> ``("toptune", "fashion-mnist")``; ``linear`` -> ``("linear", None)``."""
+    """``toptune@fashion-mnist`` -> ``("toptune", "fashion-mnist")``; ``linear`` and the label-budget cell
+    ``linear/5`` -> ``("linear", None)``."""
     kind, _, source = strategy.partition("@")
-    return kind, source or None
+    return split_budget(kind)[0], source or None
+
+
+def budget_strategy(kind: str, per_class: int) -> str:
+    """The strategy name of ``kind`` trained on ``per_class`` labelled photos per class: ``linear/5``."""
+    return f"{kind}{BUDGET_MARK}{per_class}"
+
+
+def split_budget(strategy: str) -> tuple[str, int | None]:
+    """``linear/5`` -> ``("linear", 5)``; any other name -> ``(name, None)``."""
+    kind, mark, budget = strategy.partition(BUDGET_MARK)
+    return (kind, int(budget)) if mark and budget.isdigit() else (strategy, None)

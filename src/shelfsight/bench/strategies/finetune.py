@@ -17,6 +17,7 @@ from shelfsight.bench.strategies.base import (
     Strategy,
     StrategyInputs,
     StrategyOutput,
+    split_budget,
 )
 from shelfsight.bench.strategies.scoring import (
     classification_data,
@@ -24,8 +25,8 @@ from shelfsight.bench.strategies.scoring import (
     per_query_table,
     require_tuned,
     retrieval_scores,
+    scored_protocols,
 )
-from shelfsight.catalog import protocols_for
 
 if TYPE_CHECKING:
     from shelfsight.bench.config import BenchConfig
@@ -51,7 +52,7 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
     classification, per_item = classification_scores(data, predict_classes(weights, data.x_test), details)
     per_protocol = {name: (embeddings, model.learned_from) for name, (model, embeddings)
                     in inputs.protocol_tuned.items()}
-    own = {p.name: (inputs.embeddings, tuned.learned_from) for p in protocols_for(inputs.dataset, inputs.catalog)}
+    own = {p.name: (inputs.embeddings, tuned.learned_from) for p in scored_protocols(inputs)}
     retrieval, retrieval_details, frames = retrieval_scores(inputs, {**own, **per_protocol})
     details.update(retrieval_details)
     costs = dict(tuned.costs)
@@ -67,9 +68,11 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
 def prepare(request: CellRequest) -> Prepared:
     """The backbone fine-tuned on this dataset, and one per class-disjoint protocol whose classes it saw."""
     context = request.context
-    tuned, backbone = context.finetuned(request.model, request.dataset.name, request.seed, request.progress)
+    budget = split_budget(request.cell.strategy)[1]
+    tuned, backbone = context.finetuned(request.model, request.dataset.name, request.seed, request.progress,
+                                        budget=budget)
     protocol_tuned = context.protocol_finetuned(request.model, request.dataset, tuned, request.seed,
-                                                request.progress)
+                                                request.progress, budget)
     return Prepared(backbone, tuned, protocol_tuned)
 
 
@@ -85,5 +88,5 @@ def settings(config: BenchConfig) -> dict[str, Any]:
 
 
 STRATEGY = Strategy(NAME, tier=FULL_TRAINING, stochastic=True, run=run, settings=settings, prepare=prepare,
-                    carry=carry, classifies=True, adaptation=True,
+                    carry=carry, classifies=True, budgeted=True, adaptation=True,
                     description="the backbone and a cosine head trained end to end")

@@ -45,4 +45,4 @@ def settings(config: BenchConfig) -> dict[str, Any]:
 
 
 STRATEGY = Strategy(NAME, tier=HEAD_ONLY, stochastic=False, run=run, settings=settings, classifies=True,
-                    description="logistic-regression probe on the frozen embedding")
+                    budgeted=True, description="logistic-regression probe on the frozen embedding")

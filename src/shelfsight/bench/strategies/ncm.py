@@ -40,5 +40,5 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
     return StrategyOutput({CLASSIFICATION: scores}, {"tune_seconds": fit_seconds}, details, per_item)
 
 
-STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, classifies=True,
+STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, classifies=True, budgeted=True,
                     description="nearest class mean of the frozen training embeddings (cosine)")

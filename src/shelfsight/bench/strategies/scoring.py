@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shelfsight.adapt.splits import labelled_splits
+from shelfsight.adapt.splits import at_most_per_class, labelled_splits
 from shelfsight.bench.evaluate import evaluate_protocol
 from shelfsight.bench.leakage import require_unseen
 from shelfsight.bench.strategies.base import CLASSIFICATION, Scores, StrategyInputs, TunedModel
 from shelfsight.catalog import Catalog, protocols_for
 from shelfsight.embeddings import Embeddings
 from shelfsight.metrics import classification_report
-from shelfsight.protocols import ClassificationSplits
+from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
 
 Frames = list[pd.DataFrame]
 
@@ -42,7 +42,7 @@ def retrieval_scores(inputs: StrategyInputs, tuned: dict[str, tuple[Embeddings, 
     scores: Scores = {}
     details: dict[str, Any] = {}
     frames: Frames = []
-    for protocol in protocols_for(inputs.dataset, inputs.catalog):
+    for protocol in scored_protocols(inputs):
         embeddings, learned_from = tuned.get(protocol.name, (default or inputs.embeddings, ()))
         require_unseen(protocol, inputs.catalog, inputs.dataset, learned_from,
                        f"the model of cell {inputs.collection_prefix}")
@@ -53,6 +53,14 @@ def retrieval_scores(inputs: StrategyInputs, tuned: dict[str, tuple[Embeddings, 
         scores[protocol.name], details[protocol.name] = result.metrics, result.details
         frames.append(result.per_query.assign(protocol=protocol.name))
     return scores, details, frames
+
+
+def scored_protocols(inputs: StrategyInputs) -> list[RetrievalProtocol]:
+    """The dataset's retrieval protocols this cell scores (``inputs.retrieval_protocols``; default all)."""
+    protocols = protocols_for(inputs.dataset, inputs.catalog)
+    if inputs.retrieval_protocols is None:
+        return list(protocols)
+    return [p for p in protocols if p.name in inputs.retrieval_protocols]
 
 
 def per_query_table(parts: Frames) -> pd.DataFrame:
@@ -67,10 +75,13 @@ def classification_data(inputs: StrategyInputs, splits: ClassificationSplits | N
                         catalog: Catalog | None = None) -> ClassificationData:
     """Train, validation and test arrays of the embedded items (``adapt.splits.labelled_splits``: the
     partition fine-tuning uses too); without a validation split, a stratified seeded 10% of train.
-    ``splits`` and ``catalog`` select other items (a class-disjoint protocol's training items)."""
+    ``splits`` and ``catalog`` select other items (a class-disjoint protocol's training items). A label-budget
+    cell keeps ``inputs.label_budget`` training items per class, drawn after validation is set aside."""
     embedded = set((catalog or inputs.catalog).ids)
     ids = [i for i in inputs.embeddings.ids if i in embedded]
     labelled = labelled_splits(inputs.dataset, catalog or inputs.catalog, inputs.seed, ids=ids, splits=splits)
+    if inputs.label_budget is not None:
+        labelled = at_most_per_class(labelled, inputs.label_budget, inputs.seed)
     rows = {item_id: row for row, item_id in enumerate(inputs.embeddings.ids)}
 
     def vectors(items: tuple[Any, ...]) -> np.ndarray:

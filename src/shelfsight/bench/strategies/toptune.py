@@ -27,8 +27,8 @@ from shelfsight.bench.strategies.scoring import (
     classification_scores,
     per_query_table,
     retrieval_scores,
+    scored_protocols,
 )
-from shelfsight.catalog import protocols_for
 from shelfsight.embeddings import Embeddings
 from shelfsight.protocols import RetrievalProtocol
 
@@ -59,7 +59,8 @@ def train_toptune(inputs: StrategyInputs, protocol: RetrievalProtocol | None = N
                      storage=workdir / "study.db", study_name=study, progress=inputs.progress)
     save_head(workdir / "head", result.head, data.classes, result.best_params, int(data.x_train.shape[1]))
     costs = {"tune_seconds": result.tuning_seconds + result.final_seconds, "trials_completed": result.trials_completed,
-             "trials_pruned": result.trials_pruned, "final_epochs": result.epochs_trained}
+             "trials_pruned": result.trials_pruned, "trials_planned": result.trials_planned,
+             "final_epochs": result.epochs_trained}
     record = {"costs": costs, "best_params": result.best_params, "val_accuracy": result.final_val_accuracy,
               "learned_from": list(data.learned_from)}
     (workdir / TUNING_RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
@@ -78,7 +79,7 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
     default = replace(inputs.embeddings, vectors=embed_with_head(result.head, inputs.embeddings.vectors),
                       key=f"{inputs.embeddings.key}:toptune:{inputs.collection_prefix}")
     tuned: dict[str, tuple[Embeddings, tuple[str, ...]]] = {}
-    for protocol in protocols_for(inputs.dataset, inputs.catalog):
+    for protocol in scored_protocols(inputs):
         if not leaks(protocol, inputs.catalog, data.learned_from):
             tuned[protocol.name] = (default, data.learned_from)
             continue
@@ -103,7 +104,8 @@ def prepare(request: CellRequest) -> Prepared:
     """The cell's work folder holds its study and head: cleared first when made from other inputs."""
     context = request.context
     context.claim(context.run_dir / "work" / request.cell.cell_id,
-                  context.tuning_inputs(request.model, request.dataset.name, NAME, request.seed), request.cell)
+                  context.tuning_inputs(request.model, request.dataset.name, request.cell.strategy, request.seed),
+                  request.cell)
     return Prepared(context.backbone(request.model, request.seed))
 
 
@@ -122,5 +124,5 @@ def settings(config: BenchConfig) -> dict[str, Any]:
 
 
 STRATEGY = Strategy(NAME, tier=HEAD_ONLY, stochastic=True, run=run, settings=settings, prepare=prepare, carry=carry,
-                    classifies=True, adaptation=True,
+                    classifies=True, budgeted=True, adaptation=True,
                     description="an MLP head searched with Optuna on the frozen embedding (the paper's top-tuning)")

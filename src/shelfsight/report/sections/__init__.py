@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shelfsight.report.data import RunData
-from shelfsight.report.sections import compression, duplicates, skipped, zeroshot
+from shelfsight.report.sections import compression, duplicates, label_budgets, skipped, zeroshot
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,15 @@ class Section:
     html: str
     markdown: str
     plots: list[Plot] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    """Sentences for the report's first screen, after the answers of the core recommendation."""
 
 
 SectionBuilder = Callable[[RunData], "Section | None"]
 
 BUILDERS: list[SectionBuilder] = [
     skipped.build,
+    label_budgets.build,
     compression.build,
     duplicates.build,
     zeroshot.build,

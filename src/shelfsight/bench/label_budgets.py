@@ -1,0 +1,359 @@
+"""Label-efficiency curves: how many labelled photos per class before tuning pays.
+
+    label_budgets: {budgets: [1, 2, 5, 10, 25, all], subsets: 3, strategies: [linear, knn, toptune]}
+
+For each budget N, each listed strategy trains on N labelled photos per class (cell ``KIND/N``), a seeded
+class-stratified draw per subset seed (``seed``, ``seed + 1``, ...), nested across budgets for one seed (the
+5-per-class photos hold the 2-per-class ones). What stays fixed, so that only the training labels vary:
+
+- **validation**: the run's own validation part (the declared ``val`` split, or the seeded 10% of train set
+  aside before the budget is drawn). Model selection (the probe's C, the head's search and early stopping)
+  therefore sees the same validation photos at every budget, which flatters the smallest budgets a little
+  against a team that would have to carve validation out of its N photos; the curve measures what the
+  training labels buy.
+- **test**: the untouched test protocol, classification and every retrieval protocol.
+- **embeddings**: the frozen catalogue embedding, from the per-photo cache: nothing is re-extracted.
+
+``all`` is the strategy's plain cell (every training photo); the pre-trained embedding is the zero-label
+level. Break-even: the smallest budget at which a tuned strategy is significantly better than a reference on
+the same queries (paired test, Holm-corrected over every comparison the curves make, and an interval that
+excludes zero): retrieval (the main protocol's mMP@5) against the pre-trained embedding for the strategies
+that make an embedding (top-tuning, fine-tuning); classification accuracy of top-tuning against the linear
+probe at the same budget; and accuracy against zero-shot tagging where the model has a text tower.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shelfsight.bench import strategies as registry
+from shelfsight.bench.results import TABLE_COLUMNS, Cell, ResultStore
+from shelfsight.bench.strategies.base import CLASSIFICATION, budget_strategy, split_budget
+
+if TYPE_CHECKING:
+    from shelfsight.bench.config import BenchConfig, ModelEntry
+
+ALL = "all"
+CURVES_FILE = "label-budgets.csv"
+BREAK_EVEN_FILE = "label-budgets-tests.csv"
+VALIDATION = "fixed: the run's validation part, set aside before the budget is drawn"
+NESTED_DRAW = "nested-permutation-v1"
+"""The subset draw (``adapt.splits.at_most_per_class``); part of a budget cell's identity."""
+RETRIEVAL_METRIC = "mMP@5"
+CLASSIFICATION_METRIC = "accuracy"
+ZERO_LABEL = 0
+"""The ``budget`` of the reference rows (pre-trained embedding, zero-shot tagging) in the curves table."""
+
+
+class LabelBudgets(BaseModel):
+    """The config's ``label_budgets`` section (a list is shorthand for ``budgets``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    budgets: tuple[int | Literal["all"], ...] = (1, 2, 5, 10, 25, "all")
+    subsets: int = Field(default=3, ge=1, description="Subset seeds per budget: seed, seed + 1, ...")
+    strategies: tuple[str, ...] | None = None
+    """Default: the label-learning strategies the config runs for the model and dataset, fine-tuning
+    excepted (it is costly: name it to have it)."""
+    models: tuple[str, ...] | None = None
+    datasets: tuple[str, ...] | None = None
+    protocols: Literal["main", "all"] = "main"
+    """Retrieval protocols a budget cell scores: the dataset's main one (the curves' protocol; a third of the
+    scoring on the Grocery Store Dataset's three) or all of them."""
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, value: tuple[int | str, ...]) -> tuple[int | str, ...]:
+        numbers = [b for b in value if b != ALL]
+        if any(not isinstance(b, int) or b < 1 for b in numbers):
+            raise ValueError(f"budgets are labelled photos per class (integers >= 1) or 'all', got {list(value)}")
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"budgets repeat a value: {list(value)}")
+        return (*sorted(int(b) for b in numbers), *((ALL,) if ALL in value else ()))
+
+    @field_validator("strategies")
+    @classmethod
+    def _budgeted(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        allowed = registry.budgeted_names()
+        for name in value or ():
+            if name not in allowed:
+                raise ValueError(f"strategy {name!r} does not learn from training labels; label budgets apply "
+                                 f"to {', '.join(allowed)}")
+        return value
+
+    @property
+    def numbers(self) -> tuple[int, ...]:
+        return tuple(int(b) for b in self.budgets if b != ALL)
+
+    def subset_seeds(self, first: int) -> tuple[int, ...]:
+        return tuple(first + r for r in range(self.subsets))
+
+    def applies(self, model: ModelEntry, dataset: str) -> bool:
+        return ((self.models is None or model.label in self.models)
+                and (self.datasets is None or dataset in self.datasets))
+
+    def strategies_for(self, config: BenchConfig, model: ModelEntry, dataset: str) -> tuple[str, ...]:
+        """The strategies limited on this model and dataset."""
+        if not self.applies(model, dataset):
+            return ()
+        if self.strategies is not None:
+            return self.strategies
+        return tuple(name for name in registry.budgeted_names()
+                     if name != registry.finetune.NAME and config.runs(name, model, dataset))
+
+
+def label_budget_identity(strategy: str, section: LabelBudgets | None) -> dict[str, Any]:
+    """What a label-budget cell adds to its key (nothing for other cells)."""
+    budget = split_budget(strategy)[1]
+    if budget is None:
+        return {}
+    protocols = section.protocols if section is not None else "all"
+    return {"label_budget": {"per_class": budget, "validation": VALIDATION, "draw": NESTED_DRAW,
+                             "protocols": protocols}}
+
+
+def scored_protocols(strategy: str, section: LabelBudgets | None, declared: list[str]) -> tuple[str, ...] | None:
+    """The retrieval protocols a cell scores, of the dataset's ``declared`` ones: None (all) but for a
+    label-budget cell of a section that keeps to the main one."""
+    if split_budget(strategy)[1] is None or section is None or section.protocols == "all" or not declared:
+        return None
+    return (declared[0],)
+
+
+def is_budget_cell(cell: Cell) -> bool:
+    return split_budget(cell.strategy)[1] is not None
+
+
+def budget_cells(config: BenchConfig) -> list[tuple[Cell, ModelEntry, str]]:
+    """Every ``KIND/N`` cell of the config, dataset by dataset, then model, strategy, budget and seed."""
+    section = config.label_budgets
+    if section is None:
+        return []
+    return [(Cell(model.label, dataset.name, budget_strategy(kind, budget), seed), model, dataset.name)
+            for dataset in config.datasets for model in config.models
+            for kind in section.strategies_for(config, model, dataset.name)
+            for budget in section.numbers for seed in section.subset_seeds(config.seed)]
+
+
+def required_plain(config: BenchConfig) -> list[tuple[str, ModelEntry, str]]:
+    """The plain cells the curves read and the config may not run: ``all`` (the strategy on every training
+    photo) and the pre-trained embedding (the zero-label level)."""
+    section = config.label_budgets
+    if section is None:
+        return []
+    needed: list[tuple[str, ModelEntry, str]] = []
+    for dataset in config.datasets:
+        for model in config.models:
+            kinds = section.strategies_for(config, model, dataset.name)
+            if not kinds:
+                continue
+            wanted = [registry.baseline().name, *(kinds if ALL in section.budgets else ())]
+            needed += [(kind, model, dataset.name) for kind in wanted if not config.runs(kind, model, dataset.name)]
+    return needed
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def curves_table(store: ResultStore, cells: Iterable[Cell], *, n_resamples: int, seed: int) -> pd.DataFrame:
+    """The curves: one row per (model, dataset, strategy, budget, protocol, metric) with the mean over subset
+    seeds and a 95% interval (subset seeds resampled, then queries). Budget cells carry their N; the plain
+    cells of the same strategies carry ``all`` and the pre-trained (and zero-shot) cells ``0``."""
+    from shelfsight.bench.aggregate import aggregate
+
+    wanted = list(cells)
+    budgeted = [c for c in wanted if is_budget_cell(c)]
+    if not budgeted:
+        return pd.DataFrame(columns=[*TABLE_COLUMNS, "kind", "budget", "train_per_class"])
+    kinds = {(c.model, c.dataset, split_budget(c.strategy)[0]) for c in budgeted}
+    pairs = {(c.model, c.dataset) for c in budgeted}
+    references = {registry.baseline().name, registry.zeroshot.NAME}
+    plain = [c for c in wanted if not is_budget_cell(c) and ((c.model, c.dataset, c.strategy) in kinds or (
+        c.strategy in references and (c.model, c.dataset) in pairs))]
+    results = store.load_all([*budgeted, *plain])
+    table = aggregate(results, store, n_resamples=n_resamples, seed=seed)
+    table = table[table["protocol"] != "cost"].copy()
+    table["kind"] = [split_budget(s)[0] for s in table["strategy"]]
+    table["budget"] = [_budget_label(s, k) for s, k in zip(table["strategy"], table["kind"], strict=True)]
+    per_class = _train_per_class(results)
+    table["train_per_class"] = [per_class.get((m, d, s), math.nan)
+                                for m, d, s in zip(table["model"], table["dataset"], table["strategy"], strict=True)]
+    return table.reset_index(drop=True)
+
+
+def _budget_label(strategy: str, kind: str) -> str:
+    budget = split_budget(strategy)[1]
+    if budget is not None:
+        return str(budget)
+    return str(ZERO_LABEL) if kind in (registry.baseline().name, registry.zeroshot.NAME) else ALL
+
+
+def _train_per_class(results: list[Any]) -> dict[tuple[str, str, str], float]:
+    """Mean training photos per class each cell learned from (``train`` / ``classes`` in its details)."""
+    found: dict[tuple[str, str, str], list[float]] = {}
+    for result in results:
+        train, classes = result.details.get("train"), result.details.get("classes")
+        if result.status == "ok" and isinstance(train, int | float) and isinstance(classes, int | float) and classes:
+            found.setdefault(result.cell.group, []).append(float(train) / float(classes))
+    return {key: sum(values) / len(values) for key, values in found.items()}
+
+
+@dataclass(frozen=True)
+class BudgetTest:
+    """One point of a curve against its reference: which comparison, at which budget."""
+
+    dataset: str
+    model: str
+    kind: str
+    reference: str
+    """The reference strategy's cell name (``pretrained``, ``linear/5``, ``zeroshot``)."""
+    budget: str
+    protocol: str
+    metric: str
+
+
+def planned_tests(curves: pd.DataFrame, main_protocol: dict[str, str]) -> list[BudgetTest]:
+    """The comparisons the break-even budgets come from (module docstring), over the points the table has."""
+    tests: list[BudgetTest] = []
+    present = set(zip(curves["model"], curves["dataset"], curves["strategy"], strict=True))
+    for (dataset, model, kind), frame in curves[curves["budget"] != str(ZERO_LABEL)].groupby(
+            ["dataset", "model", "kind"], sort=True):
+        strategy = registry.get(kind)
+        for budget in sorted(set(frame["budget"]), key=budget_order):
+            cell = kind if budget == ALL else budget_strategy(kind, int(budget))
+            if strategy.adaptation and dataset in main_protocol and \
+                    (model, dataset, registry.baseline().name) in present:
+                tests.append(BudgetTest(dataset, model, kind, registry.baseline().name, budget,
+                                        main_protocol[dataset], RETRIEVAL_METRIC))
+            linear = registry.linear.NAME if budget == ALL else budget_strategy(registry.linear.NAME, int(budget))
+            if kind == registry.toptune.NAME and (model, dataset, linear) in present:
+                tests.append(BudgetTest(dataset, model, kind, linear, budget, CLASSIFICATION, CLASSIFICATION_METRIC))
+            if (model, dataset, registry.zeroshot.NAME) in present and (model, dataset, cell) in present:
+                tests.append(BudgetTest(dataset, model, kind, registry.zeroshot.NAME, budget, CLASSIFICATION,
+                                        CLASSIFICATION_METRIC))
+    return tests
+
+
+def budget_order(budget: str) -> float:
+    """``"0"`` < ``"1"`` < ... < ``"all"``."""
+    return math.inf if budget == ALL else float(budget)
+
+
+def run_tests(run_dir: Path, tests: list[BudgetTest], *, alpha: float, n_permutations: int, n_resamples: int,
+              seed: int) -> pd.DataFrame:
+    """Each planned comparison, paired on the queries both sides scored, Holm-corrected as one family."""
+    from shelfsight.bench.compare import RunScores, adjust
+
+    scores = RunScores(run_dir)
+    done = []
+    for test in tests:
+        cell = test.kind if test.budget == ALL else budget_strategy(test.kind, int(test.budget))
+        a, b = (test.model, test.dataset, cell), (test.model, test.dataset, test.reference)
+        if a not in scores.groups or b not in scores.groups or scores.frames(a) is None or scores.frames(b) is None:
+            continue
+        done.append((test, scores.compare(a, b, test.protocol, test.metric, n_permutations=n_permutations,
+                                          n_resamples=n_resamples, seed=seed)))
+    adjusted = adjust([c for _, c in done]) if done else []
+    rows = [{"dataset": t.dataset, "model": t.model, "strategy": t.kind, "reference": t.reference,
+             "budget": t.budget, "protocol": t.protocol, "metric": t.metric, "mean": c.mean_a,
+             "reference_mean": c.mean_b, "difference": c.result.difference, "ci_low": c.result.low,
+             "ci_high": c.result.high, "p_value": c.result.p_value, "p_holm": c.p_adjusted,
+             "better": bool(c.significant(alpha) and c.result.difference > 0),
+             "worse": bool(c.significant(alpha) and c.result.difference < 0), "method": c.result.method,
+             "queries": c.result.n_queries} for (t, _), c in zip(done, adjusted, strict=True)]
+    return pd.DataFrame(rows, columns=TEST_COLUMNS)
+
+
+TEST_COLUMNS = ["dataset", "model", "strategy", "reference", "budget", "protocol", "metric", "mean", "reference_mean",
+                "difference", "ci_low", "ci_high", "p_value", "p_holm", "better", "worse", "method", "queries"]
+
+
+def break_even(tests: pd.DataFrame) -> str | None:
+    """The smallest budget at which the strategy is significantly better than its reference (rows of one
+    curve against one reference: ``budget`` and ``better``); ``None`` when it never is."""
+    better = [str(b) for b, wins in zip(tests["budget"], tests["better"], strict=True) if bool(wins)]
+    return min(better, key=budget_order) if better else None
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """Where one curve first beats its reference, and whether it stays ahead at every larger budget."""
+
+    dataset: str
+    model: str
+    strategy: str
+    reference: str
+    metric: str
+    budget: str | None
+    largest: str
+    """The largest budget tested (the curve's end)."""
+    holds: bool
+    """Significantly better at every tested budget from ``budget`` on."""
+    mean: float = math.nan
+    reference_mean: float = math.nan
+    p_holm: float = math.nan
+    """At the break-even budget: the strategy's and the reference's means and the Holm-adjusted p-value."""
+
+
+def break_evens(tests: pd.DataFrame) -> list[BreakEven]:
+    """One ``BreakEven`` per (dataset, model, strategy, reference) curve of the tests table."""
+    found = []
+    tests = tests.assign(reference=[_reference_kind(str(r)) for r in tests["reference"]])
+    for (dataset, model, strategy, reference, metric), frame in tests.groupby(
+            ["dataset", "model", "strategy", "reference", "metric"], sort=True):
+        frame = frame.assign(budget=frame["budget"].astype(str))
+        budget = break_even(frame)
+        budgets = sorted(frame["budget"], key=budget_order)
+        holds = budget is not None and all(bool(w) for b, w in zip(frame["budget"], frame["better"], strict=True)
+                                           if budget_order(b) >= budget_order(budget))
+        at = frame[frame["budget"] == budget].iloc[0] if budget is not None else None
+        numbers = {name: float(at[name]) if at is not None and name in at else math.nan
+                   for name in ("mean", "reference_mean", "p_holm")}
+        found.append(BreakEven(str(dataset), str(model), str(strategy), str(reference), str(metric), budget,
+                               budgets[-1], holds, **numbers))
+    return found
+
+
+def _reference_kind(reference: str) -> str:
+    """``linear/5`` -> ``linear``: one curve is compared with the reference's curve, budget by budget."""
+    return split_budget(reference)[0]
+
+
+def write_label_budgets(run_dir: Path, config: BenchConfig, cells: list[Cell]) -> pd.DataFrame | None:
+    """``label-budgets.csv`` (the curves) and ``label-budgets-tests.csv`` (the comparisons behind the
+    break-even budgets) for the cells of the plan; None when the plan has no label-budget cell."""
+    from shelfsight.catalog import declared_entry
+
+    store = ResultStore(run_dir)
+    stats = config.stats
+    curves = curves_table(store, cells, n_resamples=stats.bootstrap, seed=stats.seed)
+    if curves.empty:
+        return None
+    curves.to_csv(run_dir / CURVES_FILE, index=False)
+    main_protocol = {}
+    for dataset in set(curves["dataset"]):
+        entry = declared_entry(str(dataset))
+        protocols = [p for p in curves.loc[curves["dataset"] == dataset, "protocol"].unique() if p != CLASSIFICATION]
+        declared = [p.name for p in entry.protocols] if entry is not None else []
+        ordered = sorted(protocols, key=lambda p: (declared.index(p) if p in declared else len(declared), p))
+        if ordered:
+            main_protocol[str(dataset)] = str(ordered[0])
+    tests = run_tests(run_dir, planned_tests(curves, main_protocol), alpha=stats.alpha,
+                      n_permutations=stats.permutations, n_resamples=stats.bootstrap, seed=stats.seed)
+    tests.to_csv(run_dir / BREAK_EVEN_FILE, index=False)
+    return curves
+
+
+def read_curves(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The curves and the tests tables of a run, or None when it has no label-budget cells."""
+    curves, tests = run_dir / CURVES_FILE, run_dir / BREAK_EVEN_FILE
+    if not curves.is_file():
+        return None
+    table = pd.read_csv(curves, dtype={"budget": str})
+    found = pd.read_csv(tests, dtype={"budget": str}) if tests.is_file() else pd.DataFrame(columns=TEST_COLUMNS)
+    return table, found
