@@ -9,11 +9,16 @@ without micro-batching, and the encoder's own batched rate in the same run.
    many client threads, each with its own HTTP connection, posting real test photos (round robin) for
    --duration seconds after --warmup requests; every non-200 answer counts as an error.
    Reported: requests/s, p50/p95/p99 latency seen by the clients, the service's own time per request,
-   and the batches the service formed (from ``/health``).
+   the batches the service formed (from ``/health``), and the CPU both sides used during the timed run:
+   the server process's CPU seconds per request (from /proc, its threads and any child processes) and
+   the load-generating client's (this process, whose threads share the same cores).
 3. Encoders, with the server stopped: median time to embed one photo (batch 1) and a batch of
    --max-batch, through PyTorch eager, PyTorch as batch extraction prepares it (batch norm folded,
    channels-last) and ONNX Runtime; the served encoder's batched rate (images/s at --max-batch) is the
-   ceiling micro-batching is measured against (target: concurrency 8 >= 0.8x that rate).
+   ceiling micro-batching is measured against (target: concurrency 8 >= 0.8x that rate). The served
+   encoder's CPU seconds per image are measured too, so the closing lines also compare CPU with CPU: the
+   encoder's CPU per image against the CPU per request (server and client together, and the server alone):
+   the ratio the wall-clock one would reach with every core busy on this work, however busy the machine.
 
     .venv/bin/python benchmarks/serve_load.py                          # 1/4/8 clients, 20 s each, both modes
     .venv/bin/python benchmarks/serve_load.py --concurrency 8 --duration 60 --modes batched
@@ -32,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,7 +61,51 @@ class LoadResult:
     p95_ms: float
     p99_ms: float
     server_median_ms: float
+    client_cpu_s: float = float("nan")
+    """CPU seconds of this process (the client threads) during the timed run."""
+    server_cpu_s: float = float("nan")
+    """CPU seconds of the server process (all its threads, and child processes) during the timed run."""
     error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def client_cpu_ms(self) -> float:
+        return 1000.0 * self.client_cpu_s / self.requests if self.requests else float("nan")
+
+    @property
+    def server_cpu_ms(self) -> float:
+        return 1000.0 * self.server_cpu_s / self.requests if self.requests else float("nan")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc (only ``pid`` without /proc)."""
+    found = [pid]
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as handle:
+                for child in handle.read().split():
+                    found.extend(process_tree(int(child)))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its living descendants so far (NaN without /proc)."""
+    total, ticks = 0.0, os.sysconf("SC_CLK_TCK")
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            if member == pid:
+                return float("nan")
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process (every thread) so far."""
+    times = os.times()
+    return times.user + times.system
 
 
 def free_port() -> int:
@@ -66,7 +115,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(index_dir: Path, encoder: str, log: Path, *options: str) -> Iterator[str]:
+def serving(index_dir: Path, encoder: str, log: Path, *options: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     command = [sys.executable, "-m", "shelfsight.cli", "serve", "--index-dir", str(index_dir), "--port", str(port),
                "--encoder", encoder, "--log-level", "warning", *options]
@@ -84,7 +133,7 @@ def serving(index_dir: Path, encoder: str, log: Path, *options: str) -> Iterator
                 if time.monotonic() > deadline:
                     raise SystemExit(f"shelfsight serve did not start within 300 s:\n{log.read_text()}")
                 time.sleep(0.25)
-            yield url
+            yield url, process.pid
         finally:
             process.terminate()
             try:
@@ -94,8 +143,9 @@ def serving(index_dir: Path, encoder: str, log: Path, *options: str) -> Iterator
 
 
 def run_load(url: str, photos: list[tuple[str, bytes]], *, clients: int, duration: float, k: int,
-             warmup: int) -> LoadResult:
-    """``clients`` threads posting photos until the deadline; latencies measured per request by each client."""
+             warmup: int, server_pid: int | None = None) -> LoadResult:
+    """``clients`` threads posting photos until the deadline; latencies measured per request by each client,
+    and the CPU seconds this process (the clients) and the server process (``server_pid``) used meanwhile."""
     with httpx.Client(base_url=url, timeout=60) as http:
         for name, payload in photos[:warmup]:
             http.post("/search", files={"image": (name, payload, "image/jpeg")}, data={"k": str(k)})
@@ -118,9 +168,9 @@ def run_load(url: str, photos: list[tuple[str, bytes]], *, clients: int, duratio
                 try:
                     response = http.post("/search", files={"image": (name, payload, "image/jpeg")},
                                          data={"k": str(k)})
-                    ok = response.status_code == 200 and len(response.json()["results"]) == k
-                    if ok:
-                        theirs.append(response.json()["took_ms"])
+                    answer = response.json() if response.status_code == 200 else None  # parsed once: client CPU
+                    if answer is not None and len(answer["results"]) == k:
+                        theirs.append(answer["took_ms"])
                     else:
                         failed.append(f"{response.status_code}: {response.text[:200]}")
                 except httpx.HTTPError as error:
@@ -134,23 +184,41 @@ def run_load(url: str, photos: list[tuple[str, bytes]], *, clients: int, duratio
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
+    server_before = cpu_seconds(server_pid) if server_pid is not None else float("nan")
+    client_before = own_cpu_seconds()
     began = time.perf_counter()
     deadline[0] = began + duration
     start_line.wait()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
+    client_cpu = own_cpu_seconds() - client_before
+    server_cpu = cpu_seconds(server_pid) - server_before if server_pid is not None else float("nan")
     ordered = np.sort(np.array(latencies))
     return LoadResult(clients=clients, seconds=elapsed, requests=len(latencies), errors=len(errors),
                       rps=len(latencies) / elapsed, p50_ms=float(np.percentile(ordered, 50)),
                       p95_ms=float(np.percentile(ordered, 95)), p99_ms=float(np.percentile(ordered, 99)),
                       server_median_ms=statistics.median(server_ms) if server_ms else float("nan"),
-                      error_samples=errors[:5])
+                      client_cpu_s=client_cpu, server_cpu_s=server_cpu, error_samples=errors[:5])
+
+
+def timed_with_cpu(encode: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, repeats: int) -> tuple[float, float]:
+    """(median wall ms per call, as ``median_ms``; mean CPU ms per call of this process, intra-op threads included)
+    over the same timed calls, after 3 untimed ones."""
+    for _ in range(3):
+        encode(pixels)
+    times = []
+    cpu_before = own_cpu_seconds()
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encode(pixels)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000.0, (own_cpu_seconds() - cpu_before) * 1000.0 / repeats
 
 
 def encoder_speeds(model: str, onnx_path: Path, photos: list[Path], repeats: int, batch_size: int) -> dict[str, float]:
     """Median ms per call at batch 1 and ``batch_size`` for eager, prepared PyTorch and ONNX Runtime, and their
-    agreement."""
+    agreement; for prepared PyTorch and ONNX Runtime also the CPU ms per call (``<name>_b<size>_cpu_ms``)."""
     import torch
 
     backbone = load_backbone(model)
@@ -166,8 +234,9 @@ def encoder_speeds(model: str, onnx_path: Path, photos: list[Path], repeats: int
     figures: dict[str, float] = {}
     for size in (1, batch_size):
         x = batch[:size]
-        for name, encode in (("eager", eager), ("prepared", prepared), ("onnx", onnx)):
-            figures[f"{name}_b{size}_ms"] = median_ms(encode, x, repeats=repeats if name != "eager" else 3)
+        figures[f"eager_b{size}_ms"], _ = timed_with_cpu(eager, x, 3)
+        for name, encode in (("prepared", prepared), ("onnx", onnx)):
+            figures[f"{name}_b{size}_ms"], figures[f"{name}_b{size}_cpu_ms"] = timed_with_cpu(encode, x, repeats)
         figures[f"onnx_vs_eager_b{size}"] = figures[f"eager_b{size}_ms"] / figures[f"onnx_b{size}_ms"]
         figures[f"onnx_vs_prepared_b{size}"] = figures[f"prepared_b{size}_ms"] / figures[f"onnx_b{size}_ms"]
     for size in sorted({2, 4, 8} - {batch_size}):  # the served encoder's rate between the two ends
@@ -213,16 +282,18 @@ def run_modes(args: argparse.Namespace, index_dir: Path, photos: list[tuple[str,
     health: dict[str, dict[str, object]] = {}
     for mode in args.modes:
         options = MODES[mode] or ("--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms))
-        with serving(index_dir, args.encoder, scratch / f"serve-{mode}.log", *options) as url:
+        with serving(index_dir, args.encoder, scratch / f"serve-{mode}.log", *options) as (url, pid):
             first = httpx.get(f"{url}/health").json()
             print(f"server ({mode}): {first['items']:,} items, encoder {first['encoder']} "
                   f"({json.dumps(first['encoder_report'])})", flush=True)
             loads[mode] = []
             for clients in args.concurrency:
-                load = run_load(url, photos, clients=clients, duration=args.duration, k=args.k, warmup=args.warmup)
+                load = run_load(url, photos, clients=clients, duration=args.duration, k=args.k, warmup=args.warmup,
+                                server_pid=pid)
                 loads[mode].append(load)
                 print(f"  {mode:>9} x{clients}: {load.rps:6.1f} req/s, p50 {load.p50_ms:6.1f} ms, p95 "
-                      f"{load.p95_ms:6.1f} ms, p99 {load.p99_ms:6.1f} ms, errors {load.errors}", flush=True)
+                      f"{load.p95_ms:6.1f} ms, p99 {load.p99_ms:6.1f} ms, errors {load.errors}; CPU per request: "
+                      f"server {load.server_cpu_ms:.1f} ms, client {load.client_cpu_ms:.1f} ms", flush=True)
             health[mode] = httpx.get(f"{url}/health").json()
     return loads, health
 
@@ -232,35 +303,67 @@ def report(args: argparse.Namespace, loads: dict[str, list[LoadResult]], health:
     """Print the table and the targets; returns the served encoder's batched rate (images/s)."""
     size = args.max_batch
     key = "onnx" if encoder == "onnx" else "prepared"
-    batched_rate = size / (speeds[f"{key}_b{size}_ms"] / 1000.0)
+    batched = batched_rate(speeds, key, size)
     single_rate = 1 / (speeds[f"{key}_b1_ms"] / 1000.0)
     print(f"\n/search k={args.k} on loopback, {args.duration:.0f} s per run, encoder {encoder}, {os.cpu_count()} CPUs")
-    print("| mode | clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms | service median ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| mode | clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms | service median ms "
+          "| server CPU ms/req | client CPU ms/req | server cores | client cores |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode, results in loads.items():
         for r in results:
             print(f"| {mode} | {r.clients} | {r.requests} | {r.errors} | {r.rps:.1f} | {r.p50_ms:.0f} | "
-                  f"{r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.server_median_ms:.0f} |")
+                  f"{r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.server_median_ms:.0f} | {r.server_cpu_ms:.1f} | "
+                  f"{r.client_cpu_ms:.1f} | {r.server_cpu_s / r.seconds:.2f} | {r.client_cpu_s / r.seconds:.2f} |")
         print(f"  {mode} batches formed: {json.dumps(health[mode]['batching'])}")
         for sample in (e for r in results for e in r.error_samples):
             print(f"  error: {sample}")
     print(f"encoder {encoder} alone: {single_rate:.1f} images/s at batch 1, "
-          f"{batched_rate:.1f} images/s at batch {size}")
-    sizes = sorted(int(name[len(key) + 2:-3]) for name in speeds if name.startswith(f"{key}_b"))
+          f"{batched:.1f} images/s at batch {size}")
+    sizes = sorted(int(name[len(key) + 2:-3]) for name in speeds
+                   if name.startswith(f"{key}_b") and not name.endswith("_cpu_ms"))
     print("  images/s by batch size: " + ", ".join(f"{b}: {b / (speeds[f'{key}_b{b}_ms'] / 1000.0):.1f}"
                                                      for b in sizes))
     for mode, results in loads.items():
         by_clients = {r.clients: r for r in results}
         if 8 in by_clients:
-            print(f"  {mode}: concurrency 8 = {by_clients[8].rps / batched_rate:.2f}x the batched rate (target >= 0.8)")
+            print(f"  {mode}: concurrency 8 = {by_clients[8].rps / batched:.2f}x the batched rate (target >= 0.8)")
         if 4 in by_clients:
             print(f"  {mode}: p95 at concurrency 4 = {by_clients[4].p95_ms:.0f} ms (target < 250 ms, quiet machine)")
+    cpu_lines(loads, speeds, key, size)
     print("encoders (median ms per call):")
     for b in (1, size):
         print(f"  batch {b:>2}: eager {speeds[f'eager_b{b}_ms']:.1f}, prepared (folded BN, channels-last) "
               f"{speeds[f'prepared_b{b}_ms']:.1f}, ONNX Runtime {speeds[f'onnx_b{b}_ms']:.1f}")
     print(f"  agreement: max |onnx - torch| {speeds['max_abs_diff']:.2e}, min cosine {speeds['min_cosine']:.7f}")
-    return batched_rate
+    return batched
+
+
+def cpu_lines(loads: dict[str, list[LoadResult]], speeds: dict[str, float], key: str, size: int) -> None:
+    """What the batched-rate ratio depends on, CPU against CPU. The encoder alone has every core for embedding;
+    under load the same cores also parse HTTP, decode photos, search Milvus and run this client. The ratio of the
+    encoder's CPU per image to the CPU per request is what the issue's ratio would be with every core busy on this
+    work: it does not depend on how busy the machine was, the wall-clock ratio does."""
+    encoder_cpu = speeds.get(f"{key}_b{size}_cpu_ms", float("nan")) / size
+    cores = os.cpu_count() or 1
+    rate = batched_rate(speeds, key, size)
+    print(f"CPU per request against the encoder's CPU per image ({encoder_cpu:.1f} ms at batch {size}):")
+    for mode, results in loads.items():
+        for r in results:
+            if r.clients != max(x.clients for x in results):  # the busiest run
+                continue
+            both = r.server_cpu_ms + r.client_cpu_ms
+            print(f"  {mode} x{r.clients}: server {r.server_cpu_ms:.1f} ms/request "
+                  f"({r.server_cpu_ms / encoder_cpu:.1f}x the encoder's per image), client {r.client_cpu_ms:.1f} "
+                  f"ms/request ({r.client_cpu_ms / both:.0%} of the CPU both used); cores used: server "
+                  f"{r.server_cpu_s / r.seconds:.2f} + client {r.client_cpu_s / r.seconds:.2f} of {cores}")
+            print(f"    CPU-normalised ratio (encoder CPU per image / CPU per request): {encoder_cpu / both:.2f} with "
+                  f"the client's CPU, {encoder_cpu / r.server_cpu_ms:.2f} server alone; wall-clock: "
+                  f"{r.rps / rate:.2f}x the batched rate")
+
+
+def batched_rate(speeds: dict[str, float], key: str, size: int) -> float:
+    """The served encoder's images/s at batch ``size``."""
+    return size / (speeds[f"{key}_b{size}_ms"] / 1000.0)
 
 
 def main() -> None:
@@ -280,10 +383,10 @@ def main() -> None:
         onnx_path = built.onnx or ensure_onnx(load_backbone(args.model), index_dir / "encoder.onnx")[0]
         speeds = encoder_speeds(args.model, onnx_path, queries, args.repeats, args.max_batch)
     encoder = str(next(iter(health.values()))["encoder"])
-    batched_rate = report(args, loads, health, speeds, encoder)
+    rate = report(args, loads, health, speeds, encoder)
     if args.output:
         args.output.write_text(json.dumps({"loads": {m: [asdict(r) for r in rs] for m, rs in loads.items()},
-                                           "encoders": speeds, "batched_rate": batched_rate, "health": health},
+                                           "encoders": speeds, "batched_rate": rate, "health": health},
                                           indent=2))
     if any(r.errors for rs in loads.values() for r in rs):
         raise SystemExit(1)

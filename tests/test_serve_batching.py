@@ -174,3 +174,33 @@ def test_micro_batcher_isolates_a_failing_item_and_waits_only_for_announced_work
         assert [13] in calls  # the failing batch was retried one item at a time
     finally:
         batcher.close()
+
+
+def test_the_serving_process_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``shelfsight serve`` holds BLAS at one thread while it serves (OpenBLAS's second thread busy-waits on the
+    cores the encoder and the requests need), PCA's own one-thread blocks inside it keep it, and it is restored."""
+    import contextlib
+
+    from threadpoolctl import threadpool_info
+
+    from shelfsight.serve import server
+    from shelfsight.serve.compression import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen: list[list[int]] = []
+
+    def fake_run(app: Any, **options: Any) -> None:
+        seen.append(blas_threads())
+        with one_blas_thread():
+            pass
+        seen.append(blas_threads())
+
+    monkeypatch.setattr(server, "open_service", lambda settings: contextlib.nullcontext(object()))
+    monkeypatch.setattr(server, "create_app", lambda settings, service: None)
+    monkeypatch.setattr(server.uvicorn, "run", fake_run)
+    server.run_server(ServeSettings(index_dir=tmp_path))
+    assert seen and all(threads == 1 for run in seen for threads in run)
+    assert blas_threads() == before

@@ -109,6 +109,20 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def serving_blas_thread() -> Iterator[None]:
+    """BLAS on one thread for the whole life of a serving process (``shelfsight serve``; restored on exit).
+
+    Its BLAS work is small matrix products per request: Milvus Lite's brute-force inner products (one per
+    micro-batch) and PCA projections. OpenBLAS's second thread saves no wall time there but busy-waits for
+    work after each product, on the core that ONNX Runtime and the other requests need: under 8 concurrent
+    searches (``benchmarks/serve_load.py``) it burned a quarter of the process's CPU, and one thread cut the
+    service's CPU per request by about 30 % (48 -> 33 ms on the 2-core build machine) with the same answers.
+    :func:`one_blas_thread` inside it sets and restores the same limit."""
+    with _controller().limit(limits=1, user_api="blas"):
+        yield
+
+
 def milvus_params(index_type: str, dim: int, n_items: int) -> dict[str, int]:
     """The bench's parameters for an int8 Milvus index (``nlist`` from the first catalogue's size); {} otherwise."""
     if index_type not in ("IVF_SQ8", "HNSW_SQ"):

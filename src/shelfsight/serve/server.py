@@ -12,6 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from shelfsight.serve.app import ServeSettings, create_app, open_service
+from shelfsight.serve.compression import serving_blas_thread
 from shelfsight.serve.errors import ServeError
 from shelfsight.serve.security import check_binding
 
@@ -19,9 +20,9 @@ from shelfsight.serve.security import check_binding
 def run_server(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Serve until interrupted. The binding is checked (no open writes beyond loopback) and the index opened
     first, so a wrong folder or a changed model is a ShelfsightError (a clear message from the CLI), not a
-    failed uvicorn startup."""
+    failed uvicorn startup. The process runs BLAS on one thread (:func:`serving_blas_thread`)."""
     check_binding(host, api_key=settings.api_key, read_only=settings.read_only, allowed_hosts=settings.allowed_hosts)
-    with open_service(settings) as service:
+    with serving_blas_thread(), open_service(settings) as service:
         uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level,
                     timeout_graceful_shutdown=10)
 
