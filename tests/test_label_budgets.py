@@ -82,6 +82,10 @@ def test_the_config_names_what_is_wrong() -> None:
         load_config(_config(label_budgets={"budgets": [1], "strategies": ["pretrained"]}))
     with pytest.raises(ConfigError, match="label_budgets.models: 'b' is not among"):
         load_config(_config(label_budgets={"budgets": [1], "models": ["b"]}))
+    with pytest.raises(ConfigError, match="label_budgets.datasets: 'shop' is not among"):
+        load_config(_config(label_budgets={"budgets": [1], "datasets": ["shop"]}))
+    # a public dataset the config leaves out (the demo drops absent ones) matches nothing, as for strategies
+    assert load_config(_config(label_budgets={"budgets": [1], "datasets": ["fashion-mnist"]})).label_budgets
     shorthand = load_config(_config(label_budgets=["all", 5, 1]))
     assert shorthand.label_budgets is not None and shorthand.label_budgets.budgets == (1, 5, "all")
 

@@ -266,7 +266,8 @@ class BenchConfig(_Strict):
         budgets = self.label_budgets
         if budgets is not None:
             for field, known, given in (("models", models, budgets.models), ("datasets", datasets, budgets.datasets)):
-                unknown = [name for name in given or () if name not in known]
+                allowed = known if field == "models" else known | set(DATASETS)
+                unknown = [name for name in given or () if name not in allowed]
                 if unknown:
                     raise ValueError(f"label_budgets.{field}: {unknown[0]!r} is not among the config's {field} "
                                      f"({', '.join(sorted(known))})")

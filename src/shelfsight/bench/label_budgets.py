@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shelfsight.bench import strategies as registry
 from shelfsight.bench.results import TABLE_COLUMNS, Cell, ResultStore
 from shelfsight.bench.strategies.base import CLASSIFICATION, budget_strategy, split_budget
+from shelfsight.errors import ShelfsightError
 
 if TYPE_CHECKING:
     from shelfsight.bench.config import BenchConfig, ModelEntry
@@ -256,8 +257,11 @@ def run_tests(run_dir: Path, tests: list[BudgetTest], *, alpha: float, n_permuta
         a, b = (test.model, test.dataset, cell), (test.model, test.dataset, test.reference)
         if a not in scores.groups or b not in scores.groups or scores.frames(a) is None or scores.frames(b) is None:
             continue
-        done.append((test, scores.compare(a, b, test.protocol, test.metric, n_permutations=n_permutations,
-                                          n_resamples=n_resamples, seed=seed)))
+        try:
+            done.append((test, scores.compare(a, b, test.protocol, test.metric, n_permutations=n_permutations,
+                                              n_resamples=n_resamples, seed=seed)))
+        except ShelfsightError:
+            continue  # no shared scored query (e.g. a protocol one side did not score): no test, no break-even
     adjusted = adjust([c for _, c in done]) if done else []
     rows = [{"dataset": t.dataset, "model": t.model, "strategy": t.kind, "reference": t.reference,
              "budget": t.budget, "protocol": t.protocol, "metric": t.metric, "mean": c.mean_a,
