@@ -340,9 +340,13 @@ def write_label_budgets(run_dir: Path, config: BenchConfig, cells: list[Cell]) -
         return None
     curves.to_csv(run_dir / CURVES_FILE, index=False)
     main_protocol = {}
+    budgeted = curves[~curves["budget"].isin([ALL, str(ZERO_LABEL)])]
     for dataset in set(curves["dataset"]):
+        # the protocols the budget cells scored (the runner's main one, also for a user catalogue, unless
+        # ``protocols: all``), the declared order first
         entry = declared_entry(str(dataset))
-        protocols = [p for p in curves.loc[curves["dataset"] == dataset, "protocol"].unique() if p != CLASSIFICATION]
+        scored = budgeted.loc[budgeted["dataset"] == dataset, "protocol"].unique()
+        protocols = [p for p in scored if p != CLASSIFICATION]
         declared = [p.name for p in entry.protocols] if entry is not None else []
         ordered = sorted(protocols, key=lambda p: (declared.index(p) if p in declared else len(declared), p))
         if ordered:
