@@ -47,7 +47,7 @@ def leakage(catalog: Catalog, dataset: str, model: str, result: dict[str, Any],
             precision: float) -> list[dict[str, Any]]:
     """Each protocol's leakage at the embedding's calibrated threshold for ``precision``."""
     embeddings = embed_catalog(catalog, load_backbone(model), progress=False)
-    threshold = calibrated_threshold(result, precision, model=model)
+    threshold = calibrated_threshold(result, precision, identity=result["model_identity"])
     paths = {i.item_id: str(i.image_path) for i in catalog}
     return [protocol_leakage(p, catalog, embeddings, threshold).as_dict(paths) for p in protocols_for(dataset, catalog)]
 
@@ -71,13 +71,13 @@ def main() -> None:
     result["leakage"] = leakage(catalog, args.dataset, args.model, result, args.precision)
     output = args.output or args.workdir / f"calibration-{args.model}.json"
     save_calibration(result, output)
-    save_calibration(result, default_path(args.model))
+    save_calibration(result, default_path(args.model, result["model_identity"]))
     print(table(result, args.precision))
     for entry in result["leakage"]:
         print(f"leakage {entry['protocol']}: {entry['leaking']} of {entry['queries']} queries "
               f"({entry['exact']} exact) at cosine >= {entry['threshold']:.4f}")
         print(json.dumps(entry["examples"][:3], indent=1))
-    print(f"written: {output} and {default_path(args.model)} in {result['seconds']:.0f} s")
+    print(f"written: {output} and {default_path(args.model, result['model_identity'])} in {result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

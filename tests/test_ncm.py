@@ -54,3 +54,4 @@ def test_ncm_cell_in_a_bench(grocery_root: Path, tmp_path: Path) -> None:
     [cell] = [r for r in ResultStore(tmp_path / "run").load_all() if r.cell.strategy == "ncm"]
     chance = 1 / cell.details["classes"]
     assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["mean"] > 3 * chance
+    assert cell.details["train"] == 3 * cell.details["classes"]  # the train split (3 per class), validation not in

@@ -78,21 +78,50 @@ def test_a_rerun_recomputes_exactly_the_cells_whose_inputs_changed(grocery_root:
     assert set(read_table(run_dir)["model"]) == {"a"}  # the table never holds cells outside the config
 
 
+def _scipy_percentile_interval(values: np.ndarray, resamples: int) -> tuple[float, float]:
+    """The 95% percentile bootstrap of the mean over queries, by scipy: the reference for a one-level interval."""
+    from scipy.stats import bootstrap
+
+    found = bootstrap((values,), np.mean, method="percentile", n_resamples=resamples, random_state=0)
+    return float(found.confidence_interval.low), float(found.confidence_interval.high)
+
+
 def test_deterministic_cells_run_once_and_stochastic_ones_per_seed(grocery_root: Path, tmp_path: Path) -> None:
-    config = load_config(_config(models=[SMALL], strategies=["pretrained", "linear", "toptune"], repeats=2))
+    resamples = 4000  # Monte Carlo error of a percentile endpoint about 0.005 (12 queries): 0.03 is 6 of them
+    config = load_config(_config(models=[SMALL], strategies=["pretrained", "linear", "toptune"], repeats=2,
+                                 stats={"bootstrap": resamples, "permutations": 500}))
     summary = run_bench(config, tmp_path / "run", progress=False)
     assert sorted(summary.computed) == ["a__grocery-store__linear", "a__grocery-store__pretrained",
                                         "a__grocery-store__toptune__seed0", "a__grocery-store__toptune__seed1"]
     table = read_table(tmp_path / "run").set_index(["strategy", "protocol", "metric"])
+    store = ResultStore(tmp_path / "run")
     pretrained = table.loc[("pretrained", "fine", "mMP@5")]
     assert pretrained["n"] == 1 and pretrained["repeats"] == "deterministic" and np.isnan(pretrained["std"])
     tuned = table.loc[("toptune", "fine", "mMP@5")]
-    assert tuned["n"] == 2 and tuned["repeats"] == "seeds" and tuned["std"] >= 0
-    for row in (pretrained, tuned, table.loc[("linear", "classification", "accuracy")]):
-        assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["ci_high"] - row["ci_low"] > 0
+    seed_means = [r.metrics["fine"]["mMP@5"] for r in store.load_all() if r.cell.strategy == "toptune"]
+    assert tuned["n"] == 2 and tuned["repeats"] == "seeds" and len(seed_means) == 2
+    assert tuned["mean"] == pytest.approx(np.mean(seed_means), abs=1e-12)
+    assert tuned["std"] == pytest.approx(np.std(seed_means, ddof=1), abs=1e-12)  # the spread over seeds
+    assert tuned["ci_low"] <= tuned["mean"] <= tuned["ci_high"]
+
+    # one-level intervals (a deterministic cell: queries resampled) agree with scipy's percentile bootstrap
+    cells = {r.cell.strategy: r for r in store.load_all()}
+    for strategy, protocol, metric in (("pretrained", "fine", "mMP@5"), ("linear", "classification", "accuracy")):
+        frame = store.per_query(cells[strategy].cell)
+        assert frame is not None
+        rows = frame[frame["protocol"] == protocol]
+        values = ((rows["y_true"] == rows["y_pred"]).to_numpy(float) if metric == "accuracy"
+                  else rows[metric].to_numpy(float))
+        # accuracy moves in steps of one photo: two bootstraps may land an endpoint one step apart
+        tolerance = 1 / len(values) + 1e-9 if metric == "accuracy" else 0.03
+        low, high = _scipy_percentile_interval(values, resamples)
+        row = table.loc[(strategy, protocol, metric)]
+        assert row["mean"] == pytest.approx(values.mean(), abs=1e-12)
+        assert row["ci_low"] == pytest.approx(low, abs=tolerance) and row["ci_high"] == pytest.approx(high,
+                                                                                                      abs=tolerance)
+        assert high - low > 2 * tolerance  # a real spread, wider than the slack the comparison above allows
 
     # the per-query scores beside each cell reproduce its means
-    store = ResultStore(tmp_path / "run")
     result = next(r for r in store.load_all() if r.cell.strategy == "pretrained")
     scores = store.per_query(result.cell)
     assert scores is not None
@@ -124,8 +153,18 @@ def test_compare_and_significance_on_a_real_run(grocery_root: Path, tmp_path: Pa
     assert same.result.difference == 0 and not same.significant()
     significance = read_significance(run_dir)
     assert significance is not None
-    fine = significance[(significance["protocol"] == "fine")].iloc[0]
-    assert (fine["model"], bool(fine["tied"])) == ("floor", False) and fine["p_holm"] >= fine["p_value"]
+    fine = significance[(significance["protocol"] == "fine") & (significance["metric"] == "mMP@5")].iloc[0]
+    assert (fine["model"], bool(fine["tied"])) == ("floor", False)
+    assert fine["p_holm"] >= fine["p_value"]
+    store = ResultStore(run_dir)
+    per_model = {}
+    for result in store.load_all():
+        frame = store.per_query(result.cell)
+        assert frame is not None
+        per_model[result.cell.model] = frame[frame["protocol"] == "fine"]["mMP@5"].mean()
+    assert fine["best_mean"] == pytest.approx(per_model["a"], abs=1e-12)  # read from the cells' own queries
+    assert fine["mean"] == pytest.approx(per_model["floor"], abs=1e-12)
+    assert abs(fine["difference"]) == pytest.approx(per_model["a"] - per_model["floor"], abs=1e-12)
 
     from shelfsight.cli import app
 
@@ -162,8 +201,18 @@ def test_cars196_tuned_retrieval_learns_only_from_training_classes(tmp_path: Pat
     })
     summary = run_bench(config, tmp_path / "run", progress=False)
     assert summary.failed == [], summary.failed
-    [result] = ResultStore(tmp_path / "run").load_all()
-    assert result.metrics["classification"]["accuracy"] >= 0  # classification keeps the official split
+    store = ResultStore(tmp_path / "run")
+    [result] = store.load_all()
+    # classification keeps the official split: its test images of classes 1, 2 and 99 (class 196 has no
+    # training image, so no head can name it), scored as their per-image labels say
+    labels = store.per_query(result.cell)
+    assert labels is not None
+    labels = labels[labels["protocol"] == "classification"]
+    expected = {i.item_id for i in catalog if i.split == "test" and i.label in {CAR_NAMES[0], CAR_NAMES[1],
+                                                                              CAR_NAMES[98]}}
+    assert set(labels["query"]) == expected and len(expected) == 4
+    assert result.metrics["classification"]["accuracy"] == pytest.approx(
+        (labels["y_true"] == labels["y_pred"]).mean(), abs=1e-12)
     assert result.details["metric-learning_head"]["classes"] == 2  # classes 1 and 2 only
     record = json.loads((tmp_path / "run" / "work" / result.cell.cell_id / "metric-learning" / "tuning.json")
                         .read_text())

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from shelfsight.bench.leaderboard import CLASSIFICATION_METRICS
+from shelfsight.bench.leaderboard import CLASSIFICATION_METRICS, MAIN_METRICS
 from shelfsight.bench.results import DETERMINISTIC, SEEDS, TABLE_COLUMNS, CellResult
 from shelfsight.bench.strategies.base import CLASSIFICATION
 
@@ -111,3 +111,22 @@ def per_query_matrix(frames: list[pd.DataFrame], protocol: str, columns: list[st
         parts.append(part.set_index("query"))
     shared = queries if queries is not None else sorted(set.intersection(*(set(p.index) for p in parts)))
     return [np.vstack([p.loc[shared, c].to_numpy(dtype=float) for p in parts]) for c in columns]
+
+
+def shared_queries(frames: list[pd.DataFrame], protocol: str, columns: list[str]) -> list[str]:
+    """Queries present, with a value in every column, in every frame."""
+    shared: set[str] | None = None
+    for frame in frames:
+        part = frame[frame["protocol"] == protocol]
+        if any(c not in part for c in columns):
+            return []
+        scored = set(part.loc[part[columns].notna().all(axis=1), "query"])
+        shared = scored if shared is None else shared & scored
+    return sorted(shared or ())
+
+
+def main_metric(protocol: str, metrics: set[str]) -> str | None:
+    """The metric a column is ranked by: accuracy for classification, else the leaderboard's first present
+    (mMP@5, the paper's main score)."""
+    wanted = ("accuracy",) if protocol == CLASSIFICATION else MAIN_METRICS
+    return next((m for m in wanted if m in metrics), None)

@@ -41,6 +41,7 @@ from shelfsight.adapt.toptune import TopTuneConfig
 from shelfsight.bench import strategies as registry
 from shelfsight.bench.label_budgets import LabelBudgets
 from shelfsight.bench.leakage import DedupePolicy
+from shelfsight.bench.results import Cell
 from shelfsight.bench.strategies.zeroshot import ZeroShotConfig
 from shelfsight.compress.methods import CompressConfig
 from shelfsight.errors import ShelfsightError
@@ -170,7 +171,7 @@ class StrategyEntry(_Strict):
 
 class StatsConfig(_Strict):
     """Uncertainty: bootstrap intervals over queries (and seeds), paired permutation tests between cells,
-    Holm correction over the comparisons one table or report makes."""
+    Holm correction over the run's one family of comparisons; intervals of differences at 1 - alpha."""
 
     bootstrap: int = Field(default=1000, ge=100, description="Bootstrap resamples per interval.")
     permutations: int = Field(default=10000, ge=100, description="Permutations per paired test.")
@@ -271,6 +272,30 @@ class BenchConfig(_Strict):
                 if unknown:
                     raise ValueError(f"label_budgets.{field}: {unknown[0]!r} is not among the config's {field} "
                                      f"({', '.join(sorted(known))})")
+        if self.dedupe.reference is not None and self.dedupe.reference not in models:
+            raise ValueError(f"dedupe.reference: {self.dedupe.reference!r} is not among the config's models "
+                             f"({', '.join(sorted(models))})")
+        return self
+
+    @model_validator(mode="after")
+    def _cell_ids_distinct(self) -> BenchConfig:
+        """Two cells must never share a file: a cell id keeps letters, digits, ``_.-`` (``lite:a`` and ``lite-a``
+        become one) and joins its fields with ``__`` (``a__b`` on ``c`` and ``a`` on ``b__c`` become one); ids
+        are compared without case, as a case-insensitive file system would. Two entries with one label (the
+        same backbone twice without an alias) collide too."""
+        strategy = self.strategies[0].name if self.strategies else registry.baseline().name
+        seen: dict[str, tuple[int, int]] = {}
+        for m, model in enumerate(self.models):
+            for d, dataset in enumerate(self.datasets):
+                cell_id = Cell(model.label, dataset.name, strategy).cell_id
+                first = seen.setdefault(cell_id.casefold(), (m, d))
+                if first != (m, d):
+                    earlier = (self.models[first[0]].label, self.datasets[first[1]].name)
+                    pair = _colliding(earlier, (model.label, dataset.name), first[0] == m)
+                    raise ValueError(f"{pair} would share cell files "
+                                     f"(e.g. cells/{cell_id}.json): cell ids keep letters, digits, '_', '.' and '-' "
+                                     "and join the model and dataset with '__'; rename one (a model's alias, a "
+                                     "dataset's name)")
         return self
 
     def strategy(self, name: str) -> StrategyEntry | None:
@@ -331,3 +356,15 @@ def load_config(source: str | os.PathLike[str] | dict[str, Any]) -> BenchConfig:
 
 def config_to_json(config: BenchConfig) -> str:
     return json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def _colliding(first: tuple[str, str], second: tuple[str, str], one_model: bool) -> str:
+    """The two (model, dataset) pairs whose cells would share an id, said as briefly as they differ
+    (``one_model``: both pairs come from the same model entry)."""
+    if first == second:
+        return f"two datasets named {first[1]!r}" if one_model else f"two models labelled {first[0]!r}"
+    if first[1] == second[1]:
+        return f"models {first[0]!r} and {second[0]!r}"
+    if first[0] == second[0]:
+        return f"datasets {first[1]!r} and {second[1]!r}"
+    return f"model {first[0]!r} on dataset {first[1]!r} and model {second[0]!r} on dataset {second[1]!r}"

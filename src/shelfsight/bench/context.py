@@ -4,6 +4,7 @@ resolved inputs that make each cell's identity."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -20,9 +21,18 @@ from shelfsight.backbones.finetuned import read_record
 from shelfsight.bench import strategies
 from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry
 from shelfsight.bench.evaluate import IndexFactory
-from shelfsight.bench.identity import digest
+from shelfsight.bench.identity import SCORING_VERSION, digest
 from shelfsight.bench.label_budgets import label_budget_identity, scored_protocols
-from shelfsight.bench.leakage import leaks, training_catalog, training_splits
+from shelfsight.bench.leakage import (
+    DedupePolicy,
+    DuplicateDecision,
+    decide_duplicates,
+    decision_path,
+    dedupe_identity,
+    leaks,
+    training_catalog,
+    training_splits,
+)
 from shelfsight.bench.results import Cell, CellResult
 from shelfsight.bench.strategies import (
     TUNING_RECORD,
@@ -37,6 +47,7 @@ from shelfsight.bench.strategies import (
 )
 from shelfsight.catalog import Catalog, load_catalog, protocols_for
 from shelfsight.embeddings import Embeddings, embed_catalog
+from shelfsight.embeddings.digests import MISSING, DigestMemo
 from shelfsight.protocols import RetrievalProtocol
 from shelfsight.search import VectorIndex, open_index
 
@@ -54,12 +65,13 @@ class RunContext:
         self.run_dir = run_dir
         self.forced = forced or (lambda cell: False)
         self._catalogs: dict[str, Catalog] = {}
-        self._fingerprints: dict[str, str] = {}
+        self._identities: dict[str, dict[str, str]] = {}
         self._backbones: dict[tuple[str, int], Backbone] = {}
         self._costs: dict[str, dict[str, float]] = {}
         self._finetuned: dict[tuple[str, str, int, str, int | None], tuple[TunedModel, Backbone]] = {}
         self._toptuned: dict[tuple[str, str, int], TunedModel] = {}
         self._claimed: set[Path] = set()
+        self._dedupe: dict[str, DuplicateDecision] = {}
         self.skipped: dict[tuple[str, str], tuple[str, str, str]] = {}
         """(catalogue, item id) -> (path, reason, the backbone that met it) of every photo left out."""
 
@@ -112,13 +124,12 @@ class RunContext:
         index = self.config.index
         return {
             "model": self.model_identity(model, seed), "dataset": self.dataset_identity(dataset.name),
-            "strategy": strategy, "seed": cell.seed,
+            "strategy": strategy, "seed": cell.seed, "scoring_version": SCORING_VERSION,
             "embedding": {"device": self.config.embedding.device, "precision": self.config.embedding.precision,
                           "runtime": self.config.embedding.runtime},
             "index": {"backend": index.backend, "type": index.type, "params": dict(sorted(index.params.items()))},
             "retrieval": {"k": self.config.retrieval.k, "ks": list(self.config.retrieval.ks)},
-            **({"dedupe": self.config.dedupe.model_dump()} if self.config.dedupe.action != "warn"
-               or self.config.dedupe.threshold is not None else {}),
+            **({"dedupe": dedupe} if (dedupe := self.dedupe_identity()) is not None else {}),
         }
 
     def tuning_inputs(self, model: ModelEntry, dataset: str, strategy: str, seed: int) -> dict[str, Any]:
@@ -133,12 +144,40 @@ class RunContext:
         return {"label": model.label, **self.backbone(model, seed).cache_identity()}
 
     def dataset_identity(self, name: str) -> dict[str, Any]:
+        """The dataset's entry and its content, part by part (``Catalog.identity``: items, labels, splits,
+        product ids, coarse labels; ``photos``: the bytes), so a changed key names the part that changed."""
         entry = self.dataset(name)
-        if name not in self._fingerprints:
-            self._fingerprints[name] = self.catalog(entry).fingerprint()
+        if name not in self._identities:
+            catalog = self.catalog(entry)
+            self._identities[name] = {**catalog.identity(), "photos": photos_digest(catalog)}
         source = {"source": entry.source} if entry.source else {}
         return {"name": name, **source, "per_class": entry.per_class, "image_root": entry.image_root,
-                "fingerprint": self._fingerprints[name]}
+                **self._identities[name]}
+
+    def dedupe_identity(self) -> dict[str, Any] | None:
+        """The ``dedupe`` part of every cell's key: the policy and the reference model's identity."""
+        policy = self.config.dedupe
+        return dedupe_identity(policy, self.model_identity(self.dedupe_model(), self.config.seed)
+                               if policy.needs_reference else None)
+
+    def dedupe_model(self) -> ModelEntry:
+        label = self.config.dedupe.reference_label([m.label for m in self.config.models])
+        return next(m for m in self.config.models if m.label == label)
+
+    def dedupe(self, dataset: BenchDataset) -> DedupePolicy | DuplicateDecision:
+        """The config's policy; with a near-duplicate threshold, the queries decided once for ``dataset`` in the
+        reference model's embedding (stored in the run folder), which every cell of the dataset leaves out."""
+        policy = self.config.dedupe
+        if not policy.needs_reference:
+            return policy
+        if dataset.name not in self._dedupe:
+            model, catalog = self.dedupe_model(), self.catalog(dataset)
+            self._dedupe[dataset.name] = decide_duplicates(
+                policy, model.label, catalog, protocols_for(dataset.name, catalog),
+                decision_path(self.run_dir, dataset.name),
+                {"dedupe": self.dedupe_identity(), "dataset": self.dataset_identity(dataset.name)},
+                lambda: self.embed(catalog, self.backbone(model, self.config.seed), False))
+        return self._dedupe[dataset.name]
 
     def strategy_settings(self, kind: str) -> dict[str, Any]:
         return strategies.get(kind).settings(self.config)
@@ -163,7 +202,7 @@ class RunContext:
             seed=self.seed_of(cell), workdir=self.run_dir / "work" / cell.cell_id, progress=progress, tuned=tuned,
             options={s.name: s.settings(self.config) for s in strategies.REGISTRY.values()},
             protocol_tuned=protocol_tuned or {}, keep_collections=self.config.index.keep_collections,
-            dedupe=self.config.dedupe, label_budget=split_budget(cell.strategy)[1],
+            dedupe=self.dedupe(self.dataset(cell.dataset)), label_budget=split_budget(cell.strategy)[1],
             retrieval_protocols=self.scored_protocols(cell.strategy, cell.dataset, catalog))
 
     def scored_protocols(self, strategy: str, dataset: str, catalog: Catalog) -> tuple[str, ...] | None:
@@ -323,6 +362,16 @@ def _finetuned_model(folder: Path, source: str, labelled: Any) -> TunedModel:
     learned = tuple(item.item_id for item in (*labelled.train, *labelled.val))
     return TunedModel(kind=strategies.finetune.NAME, dataset=source, path=folder, costs=dict(record["costs"]),
                       details=details, class_weights=weights, classes=tuple(classes), learned_from=learned)
+
+
+def photos_digest(catalog: Catalog) -> str:
+    """One digest of every item's photo by its bytes (``embeddings.digests``: remembered while a file's stat is
+    unchanged, read again with ``SHELFSIGHT_REHASH=1``); a missing file enters as missing."""
+    contents = DigestMemo().digests([item.image_path for item in catalog.items])
+    hasher = hashlib.sha256()
+    for item, content in zip(catalog.items, contents, strict=True):
+        hasher.update(f"{item.item_id}\0{content or MISSING}\n".encode())
+    return hasher.hexdigest()[:20]
 
 
 def _subset(catalog: Catalog, per_class: dict[str, int] | None) -> Catalog:

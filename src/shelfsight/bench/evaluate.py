@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from shelfsight.bench.leakage import DedupePolicy, duplicate_leakage
+from shelfsight.bench.leakage import DedupePolicy, DuplicateDecision, duplicate_leakage
 from shelfsight.catalog import Catalog
 from shelfsight.embeddings import Embeddings
 from shelfsight.metrics import count_relevant, full_ranking_average_precision, retrieval_report
@@ -100,11 +100,12 @@ class ProtocolScores:
 def evaluate_protocol(
     protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings, *, make_index: IndexFactory,
     collection: str, k: int = 100, ks: tuple[int, ...] = (1, 5, 10), full_map: bool = True,
-    keep_collection: bool = False, dedupe: DedupePolicy | None = None,
+    keep_collection: bool = False, dedupe: DedupePolicy | DuplicateDecision | None = None,
 ) -> ProtocolScores:
     """Index the gallery, search the queries, score every metric. The index is dropped afterwards (a
     Milvus collection per cell would otherwise pile up) unless ``keep_collection``. ``dedupe`` (default:
-    warn about byte-identical copies): queries with a duplicate in the gallery, counted or left out."""
+    warn about byte-identical copies): queries with a duplicate in the gallery, counted or left out; the
+    bench passes the run's ``DuplicateDecision``, so every cell of a dataset leaves out the same queries."""
     data = split_for(protocol, catalog, embeddings)
     same_set = protocol.leave_one_out
     exclude = data.query_ids if same_set else None

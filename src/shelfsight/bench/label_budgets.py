@@ -16,10 +16,10 @@ class-stratified draw per subset seed (``seed``, ``seed + 1``, ...), nested acro
 
 ``all`` is the strategy's plain cell (every training photo); the pre-trained embedding is the zero-label
 level. Break-even: the smallest budget at which a tuned strategy is significantly better than a reference on
-the same queries (paired test, Holm-corrected over every comparison the curves make, and an interval that
-excludes zero): retrieval (the main protocol's mMP@5) against the pre-trained embedding for the strategies
-that make an embedding (top-tuning, fine-tuning); classification accuracy of top-tuning against the linear
-probe at the same budget; and accuracy against zero-shot tagging where the model has a text tower.
+the same queries (paired test in the run's one Holm family, and an interval that excludes zero), called only
+with ``MIN_DRAWS`` subset draws or more: retrieval (the main protocol's mMP@5) against the pre-trained
+embedding for the strategies that make an embedding; accuracy of top-tuning against the linear probe at the
+same budget; and accuracy against zero-shot tagging where the model has a text tower.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shelfsight.bench import strategies as registry
 from shelfsight.bench.results import TABLE_COLUMNS, Cell, ResultStore
 from shelfsight.bench.strategies.base import CLASSIFICATION, budget_strategy, split_budget
-from shelfsight.errors import ShelfsightError
 
 if TYPE_CHECKING:
+    from shelfsight.bench.compare import Family, Request
     from shelfsight.bench.config import BenchConfig, ModelEntry
 
 ALL = "all"
@@ -245,36 +245,45 @@ def budget_order(budget: str) -> float:
     return math.inf if budget == ALL else float(budget)
 
 
-def run_tests(run_dir: Path, tests: list[BudgetTest], *, alpha: float, n_permutations: int, n_resamples: int,
-              seed: int) -> pd.DataFrame:
-    """Each planned comparison, paired on the queries both sides scored, Holm-corrected as one family."""
-    from shelfsight.bench.compare import RunScores, adjust
+def test_sides(test: BudgetTest) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    """The (model, dataset, strategy) groups a test compares: the curve's point, then its reference."""
+    cell = test.kind if test.budget == ALL else budget_strategy(test.kind, int(test.budget))
+    return (test.model, test.dataset, cell), (test.model, test.dataset, test.reference)
 
-    scores = RunScores(run_dir)
-    done = []
-    for test in tests:
-        cell = test.kind if test.budget == ALL else budget_strategy(test.kind, int(test.budget))
-        a, b = (test.model, test.dataset, cell), (test.model, test.dataset, test.reference)
-        if a not in scores.groups or b not in scores.groups or scores.frames(a) is None or scores.frames(b) is None:
+
+def budget_requests(tests: list[BudgetTest]) -> list[Request]:
+    """The curves' comparisons, for the run's one Holm family (``bench.compare.Family``)."""
+    from shelfsight.bench.compare import BUDGET, Request
+
+    return [Request(BUDGET, t.protocol, t.metric, *test_sides(t)) for t in tests]
+
+
+def write_tests(run_dir: Path, tests: list[BudgetTest], family: Family) -> pd.DataFrame:
+    """``label-budgets-tests.csv``: each planned comparison with the family's numbers and Holm-adjusted p-value
+    (a comparison without shared scored queries is not in the family, hence not here); ``draws``: the subset
+    draws behind the curve's point."""
+    rows = []
+    for t in tests:
+        found = family.get(t.protocol, t.metric, *test_sides(t))
+        if found is None:
             continue
-        try:
-            done.append((test, scores.compare(a, b, test.protocol, test.metric, n_permutations=n_permutations,
-                                              n_resamples=n_resamples, seed=seed)))
-        except ShelfsightError:
-            continue  # no shared scored query (e.g. a protocol one side did not score): no test, no break-even
-    adjusted = adjust([c for _, c in done]) if done else []
-    rows = [{"dataset": t.dataset, "model": t.model, "strategy": t.kind, "reference": t.reference,
-             "budget": t.budget, "protocol": t.protocol, "metric": t.metric, "mean": c.mean_a,
-             "reference_mean": c.mean_b, "difference": c.result.difference, "ci_low": c.result.low,
-             "ci_high": c.result.high, "p_value": c.result.p_value, "p_holm": c.p_adjusted,
-             "better": bool(c.significant(alpha) and c.result.difference > 0),
-             "worse": bool(c.significant(alpha) and c.result.difference < 0), "method": c.result.method,
-             "queries": c.result.n_queries} for (t, _), c in zip(done, adjusted, strict=True)]
-    return pd.DataFrame(rows, columns=TEST_COLUMNS)
+        r, significant = found.result, found.significant(family.alpha)
+        rows.append({"dataset": t.dataset, "model": t.model, "strategy": t.kind, "reference": t.reference,
+                     "budget": t.budget, "protocol": t.protocol, "metric": t.metric, "mean": found.mean_a,
+                     "reference_mean": found.mean_b, "difference": r.difference, "ci_low": r.low, "ci_high": r.high,
+                     "p_value": r.p_value, "p_holm": found.p_adjusted, "better": bool(significant and r.difference > 0),
+                     "worse": bool(significant and r.difference < 0), "method": r.method, "queries": r.n_queries,
+                     "draws": r.seeds_a})
+    table = pd.DataFrame(rows, columns=TEST_COLUMNS)
+    table.to_csv(run_dir / BREAK_EVEN_FILE, index=False)
+    return table
 
 
 TEST_COLUMNS = ["dataset", "model", "strategy", "reference", "budget", "protocol", "metric", "mean", "reference_mean",
-                "difference", "ci_low", "ci_high", "p_value", "p_holm", "better", "worse", "method", "queries"]
+                "difference", "ci_low", "ci_high", "p_value", "p_holm", "better", "worse", "method", "queries", "draws"]
+MIN_DRAWS = 3
+"""Fewest subset draws per budget for a break-even to be called: the two-level interval over draws under-covers
+below it (simulated: 78% for a nominal 95% with 2 draws, 92% with 3)."""
 
 
 def break_even(tests: pd.DataFrame) -> str | None:
@@ -302,6 +311,13 @@ class BreakEven:
     reference_mean: float = math.nan
     p_holm: float = math.nan
     """At the break-even budget: the strategy's and the reference's means and the Holm-adjusted p-value."""
+    draws: int | None = None
+    """The fewest subset draws behind a budget point of the curve (None: no numbered budget)."""
+
+    @property
+    def called(self) -> bool:
+        """Whether there are draws enough (``MIN_DRAWS``) to call a break-even at all."""
+        return self.draws is None or self.draws >= MIN_DRAWS
 
 
 def break_evens(tests: pd.DataFrame) -> list[BreakEven]:
@@ -311,7 +327,8 @@ def break_evens(tests: pd.DataFrame) -> list[BreakEven]:
     for (dataset, model, strategy, reference, metric), frame in tests.groupby(
             ["dataset", "model", "strategy", "reference", "metric"], sort=True):
         frame = frame.assign(budget=frame["budget"].astype(str))
-        budget = break_even(frame)
+        draws = _fewest_draws(frame)
+        budget = break_even(frame) if draws is None or draws >= MIN_DRAWS else None
         budgets = sorted(frame["budget"], key=budget_order)
         holds = budget is not None and all(bool(w) for b, w in zip(frame["budget"], frame["better"], strict=True)
                                            if budget_order(b) >= budget_order(budget))
@@ -319,8 +336,16 @@ def break_evens(tests: pd.DataFrame) -> list[BreakEven]:
         numbers = {name: float(at[name]) if at is not None and name in at else math.nan
                    for name in ("mean", "reference_mean", "p_holm")}
         found.append(BreakEven(str(dataset), str(model), str(strategy), str(reference), str(metric), budget,
-                               budgets[-1], holds, **numbers))
+                               budgets[-1], holds, **numbers, draws=draws))
     return found
+
+
+def _fewest_draws(frame: pd.DataFrame) -> int | None:
+    """The fewest draws behind the curve's numbered budgets (``all`` is every photo, not a draw)."""
+    if "draws" not in frame:
+        return None  # a tests table written before draws were recorded
+    drawn = frame.loc[frame["budget"] != ALL, "draws"].dropna()
+    return int(drawn.min()) if not drawn.empty else None
 
 
 def _reference_kind(reference: str) -> str:
@@ -329,21 +354,32 @@ def _reference_kind(reference: str) -> str:
 
 
 def write_label_budgets(run_dir: Path, config: BenchConfig, cells: list[Cell]) -> pd.DataFrame | None:
-    """``label-budgets.csv`` (the curves) and ``label-budgets-tests.csv`` (the comparisons behind the
-    break-even budgets) for the cells of the plan; None when the plan has no label-budget cell."""
-    from shelfsight.catalog import declared_entry
-
-    store = ResultStore(run_dir)
-    stats = config.stats
-    curves = curves_table(store, cells, n_resamples=stats.bootstrap, seed=stats.seed)
+    """``label-budgets.csv`` (the curves) for the cells of the plan; None, with the curves and tests files of
+    an earlier plan removed, when the plan has no label-budget cell. The tests behind the break-even budgets
+    are written with the run's family (``planned_budget_tests``, ``write_tests``)."""
+    curves = curves_table(ResultStore(run_dir), cells, n_resamples=config.stats.bootstrap, seed=config.stats.seed)
     if curves.empty:
+        for name in (CURVES_FILE, BREAK_EVEN_FILE):
+            (run_dir / name).unlink(missing_ok=True)
         return None
     curves.to_csv(run_dir / CURVES_FILE, index=False)
+    return curves
+
+
+def planned_budget_tests(run_dir: Path) -> list[BudgetTest]:
+    """The comparisons behind the break-even budgets of the run's curves (none without curves)."""
+    found = read_curves(run_dir)
+    return planned_tests(found[0], curve_protocols(found[0])) if found is not None else []
+
+
+def curve_protocols(curves: pd.DataFrame) -> dict[str, str]:
+    """dataset -> the retrieval protocol the budget cells scored (the runner's main one, also for a user
+    catalogue, unless ``protocols: all``), the declared order first."""
+    from shelfsight.catalog import declared_entry
+
     main_protocol = {}
     budgeted = curves[~curves["budget"].isin([ALL, str(ZERO_LABEL)])]
     for dataset in set(curves["dataset"]):
-        # the protocols the budget cells scored (the runner's main one, also for a user catalogue, unless
-        # ``protocols: all``), the declared order first
         entry = declared_entry(str(dataset))
         scored = budgeted.loc[budgeted["dataset"] == dataset, "protocol"].unique()
         protocols = [p for p in scored if p != CLASSIFICATION]
@@ -351,10 +387,7 @@ def write_label_budgets(run_dir: Path, config: BenchConfig, cells: list[Cell]) -
         ordered = sorted(protocols, key=lambda p: (declared.index(p) if p in declared else len(declared), p))
         if ordered:
             main_protocol[str(dataset)] = str(ordered[0])
-    tests = run_tests(run_dir, planned_tests(curves, main_protocol), alpha=stats.alpha,
-                      n_permutations=stats.permutations, n_resamples=stats.bootstrap, seed=stats.seed)
-    tests.to_csv(run_dir / BREAK_EVEN_FILE, index=False)
-    return curves
+    return main_protocol
 
 
 def read_curves(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:

@@ -1,5 +1,6 @@
 """The leaderboard: per dataset and protocol, every model x strategy side by side, the best marked and every
-cell not significantly below it marked as tied (``RUN/significance.csv``: paired tests, Holm-corrected);
+cell not significantly below it marked as tied (``RUN/significance.csv``: paired tests, Holm-corrected over the
+run's one family, ``bench.compare.Family``);
 the ranking metric shows its 95% interval. Then, per dataset, an overview that sets each strategy's
 quality beside what its training cost."""
 
@@ -29,7 +30,7 @@ TIED = "tied with best"
 LEGEND = ("Mean over seeds (± standard deviation when repeated; deterministic cells run once); the ranking "
           "metric (first column) shows its 95% bootstrap interval over queries in brackets. Best per column in "
           "bold; ≈ marks a cell not significantly below the best on the ranking metric (paired permutation test, "
-          "Holm-corrected over the table).")
+          "Holm-corrected over the run's one family of comparisons, RUN/comparisons.csv).")
 """Costs are shown, not ranked: their better direction differs from column to column."""
 OVERVIEW_COSTS = ("tune_seconds", "epochs", "train_images_per_s", "extract_images_per_s")
 

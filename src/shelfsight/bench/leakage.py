@@ -10,17 +10,23 @@ or classes those overlap.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from shelfsight.bench.identity import digest
 from shelfsight.catalog import Catalog
 from shelfsight.duplicates.leakage import ProtocolLeakage, leaking_mask, protocol_leakage
 from shelfsight.embeddings import Embeddings
 from shelfsight.errors import ShelfsightError
+from shelfsight.files import atomic_write
 from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
 
 _log = logging.getLogger(__name__)
@@ -93,6 +99,13 @@ def _span(values: frozenset[str]) -> str:
 # A second kind of leakage: a query whose exact or near duplicate sits in its own gallery is found by
 # memory. The bench always records it (exact copies, and near-duplicates when a threshold is given) and,
 # with ``action: exclude``, scores the queries without such a duplicate, keeping the all-query numbers too.
+# Near-duplicates are decided once per dataset and protocol, in one reference embedding, so that every cell of
+# a dataset (every model, every strategy) leaves out the same queries and a leaderboard column compares like
+# with like: a threshold applied to each cell's own embedding would drop more queries from cells whose
+# embedding tightens classes (top-tuning), scoring them on an easier set.
+
+DEDUPE_FOLDER = "dedupe"
+"""In a run folder: one JSON per dataset holding its duplicate decision and the key it was made under."""
 
 
 class DedupePolicy(BaseModel):
@@ -100,24 +113,108 @@ class DedupePolicy(BaseModel):
 
     ``warn`` records the count and examples with each protocol's scores; ``exclude`` also leaves those
     queries out of the scores (the all-query scores stay in the details); ``off`` skips the check.
-    ``threshold``: the cosine similarity of a near-duplicate for the cell's embedding (calibrate it with
-    ``benchmarks/duplicates.py``); without it, only byte-identical copies count."""
+    ``threshold``: the cosine similarity of a near-duplicate in the ``reference`` model's embedding (calibrate it
+    for that model with ``benchmarks/duplicates.py``); without it, only byte-identical copies count.
+    ``reference``: the model (its label in the config) whose embedding decides near-duplicates once per dataset
+    and protocol for every cell; default the config's first model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     action: Literal["off", "warn", "exclude"] = "warn"
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    reference: str | None = None
+
+    @property
+    def needs_reference(self) -> bool:
+        """Near-duplicates are looked for, so a reference embedding decides them."""
+        return self.action != "off" and self.threshold is not None
+
+    def reference_label(self, labels: Sequence[str]) -> str:
+        """The reference model's label among the config's model ``labels``; a label not among them is refused."""
+        if not labels:
+            raise ShelfsightError("dedupe needs a reference model, and the config lists none")
+        if self.reference is None:
+            return labels[0]
+        if self.reference not in labels:
+            raise ShelfsightError(f"dedupe.reference {self.reference!r} is not among the config's models "
+                                  f"({', '.join(labels)}); name one by its label (alias)")
+        return self.reference
+
+
+@dataclass(frozen=True)
+class DuplicateDecision:
+    """The queries with a duplicate in their gallery, per protocol of one dataset, as every cell reads them:
+    exact copies by content digest, near ones at the policy's threshold in the reference model's embedding."""
+
+    policy: DedupePolicy
+    reference: str
+    """The label of the model whose embedding decided the near-duplicates."""
+    protocols: dict[str, ProtocolLeakage]
+    key: str = ""
+    """The digest of what decided it (policy, the reference model's identity, the dataset's identity)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "policy": self.policy.model_dump(), "reference": self.reference,
+                "protocols": {name: found.as_dict() for name, found in self.protocols.items()}}
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any]) -> DuplicateDecision:
+        return cls(DedupePolicy.model_validate(stored["policy"]), stored["reference"],
+                   {name: ProtocolLeakage.from_dict(found) for name, found in stored["protocols"].items()},
+                   stored["key"])
+
+
+def dedupe_identity(policy: DedupePolicy, reference: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``dedupe`` part of a cell's key: None for the default (warn about exact copies: nothing to key);
+    else the policy, with the reference model's identity (label and weights) when it decides near-duplicates."""
+    if policy.action == "warn" and policy.threshold is None:
+        return None
+    return {**policy.model_dump(), "reference": reference if policy.needs_reference else None}
+
+
+def decision_path(run_dir: Path, dataset: str) -> Path:
+    """Where a run keeps ``dataset``'s decision (its name made safe as a file name)."""
+    return run_dir / DEDUPE_FOLDER / (re.sub(r"[^A-Za-z0-9_.-]", "_", dataset) + ".json")
+
+
+def decide_duplicates(policy: DedupePolicy, reference: str, catalog: Catalog,
+                      protocols: Sequence[RetrievalProtocol], path: Path, identity: dict[str, Any],
+                      embed: Callable[[], Embeddings]) -> DuplicateDecision:
+    """The decision stored at ``path`` when made under the same ``identity`` (policy, reference model and dataset
+    identities), else made now from the reference embedding (``embed``) and stored: every cell of a dataset, in
+    this run or a resumed one, reads the same leaking queries."""
+    key = digest(identity)
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            return DuplicateDecision.from_json(stored)
+    embeddings = embed()
+    decision = DuplicateDecision(policy, reference, {p.name: protocol_leakage(p, catalog, embeddings,
+                                                                              policy.threshold)
+                                                     for p in protocols}, key)
+    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(decision.to_json(), indent=1),
+                                                              encoding="utf-8"))
+    return decision
 
 
 def duplicate_leakage(
     protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings, query_ids: list[str],
-    policy: DedupePolicy, per_query: dict[str, np.ndarray],
+    dedupe: DedupePolicy | DuplicateDecision, per_query: dict[str, np.ndarray],
 ) -> tuple[np.ndarray, dict[str, Any] | None]:
     """(queries to score, leakage details) for one protocol: every query is scored unless ``exclude``. The
-    details hold the count, examples, and the scores both with and without the leaking queries."""
+    details hold the count, examples, and the scores both with and without the leaking queries. The bench
+    passes its ``DuplicateDecision`` (the same queries for every cell of a dataset); a bare policy decides in
+    ``embeddings`` (one evaluation on its own: that embedding is the reference)."""
+    policy = dedupe.policy if isinstance(dedupe, DuplicateDecision) else dedupe
     if policy.action == "off":
         return np.ones(len(query_ids), dtype=bool), None
-    found = protocol_leakage(protocol, catalog, embeddings, policy.threshold)
+    if isinstance(dedupe, DuplicateDecision):
+        if protocol.name not in dedupe.protocols:
+            raise ValueError(f"the run's duplicate decision holds no protocol {protocol.name!r} "
+                             f"(it has {', '.join(dedupe.protocols)}); delete {DEDUPE_FOLDER}/ in the run folder")
+        found = dedupe.protocols[protocol.name]
+    else:
+        found = protocol_leakage(protocol, catalog, embeddings, policy.threshold)
     leaking = leaking_mask(query_ids, found)
     if leaking.any():
         _log.warning("protocol %r: %d of %d queries have a duplicate in the gallery (%d exact), e.g. %s",
@@ -125,8 +222,17 @@ def duplicate_leakage(
                      ", ".join(f"{p.a} ~ {p.b} ({p.similarity:.3f})" for p in found.examples[:3]))
     details = found.as_dict({i.item_id: str(i.image_path) for i in catalog if i.item_id in _example_ids(found)})
     details |= {"action": policy.action, "scores_all_queries": scores_of(per_query, np.ones_like(leaking)),
-                "scores_without_duplicates": scores_of(per_query, ~leaking)}
+                "scores_without_duplicates": scores_of(per_query, ~leaking),
+                "decided_by": _decided_by(dedupe)}
     return (~leaking if policy.action == "exclude" else np.ones_like(leaking)), details
+
+
+def _decided_by(dedupe: DedupePolicy | DuplicateDecision) -> str:
+    if isinstance(dedupe, DuplicateDecision):
+        return f"content, and cosine >= {dedupe.policy.threshold} in {dedupe.reference}'s embedding (every cell)"
+    if dedupe.threshold is not None:
+        return f"content, and cosine >= {dedupe.threshold} in this embedding"
+    return "content (byte-identical copies)"
 
 
 def _example_ids(found: ProtocolLeakage) -> set[str]:

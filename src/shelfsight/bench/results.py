@@ -23,6 +23,7 @@ TABLE_COLUMNS = ["model", "family", "dataset", "protocol", "strategy", "metric",
 DETERMINISTIC = "deterministic"
 SEEDS = "seeds"
 QUERIES_SUFFIX = ".queries.parquet"
+PLAN_FILE = "plan.json"
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,27 @@ class ResultStore:
             return [CellResult.from_json(p.read_text(encoding="utf-8")) for p in sorted(self.cells_dir.glob("*.json"))]
         return [r for r in (self.load(c) for c in cells) if r is not None]
 
+    def write_plan(self, plan: RunPlan) -> Path:
+        """``RUN/plan.json``, written atomically: the cells every table and test of the run reads."""
+        return atomic_write(self.run_dir / PLAN_FILE, lambda path: path.write_text(plan.to_json(), encoding="utf-8"))
+
+    def read_plan(self) -> RunPlan | None:
+        """The run's plan; None for a run written before plans were recorded."""
+        path = self.run_dir / PLAN_FILE
+        return RunPlan.from_json(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def planned_results(self, plan: RunPlan | None = None) -> tuple[list[CellResult], list[CellResult]]:
+        """The stored cells of the plan (``plan``, else ``RUN/plan.json``) stored under their planned key, and
+        every other stored cell (stale: not planned, or stored under other inputs). Without any plan (an
+        older run): every stored cell, none stale."""
+        plan = plan if plan is not None else self.read_plan()
+        stored = self.load_all() if self.cells_dir.is_dir() else []
+        if plan is None:
+            return stored, []
+        planned = [plan.keys.get(r.cell.cell_id) == r.key for r in stored]
+        return ([r for r, keep in zip(stored, planned, strict=True) if keep],
+                [r for r, keep in zip(stored, planned, strict=True) if not keep])
+
     def write_tables(self, cells: list[Cell] | None = None, *, n_resamples: int = 1000, seed: int = 0,
                      progress: bool = False) -> pd.DataFrame:
         """Aggregate seeds into mean, std, n and a bootstrap interval per (model, dataset, protocol,
@@ -139,3 +161,37 @@ def read_table(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         if column not in table:  # a table written before intervals existed
             table[column] = DETERMINISTIC if column == "repeats" else float("nan")
     return table
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The cells a run reports, each with the key it was planned under (``bench.identity``). Results,
+    significance, label-budget tests, the report and ``compare`` read these cells only, so a model dropped
+    from the config or a seed dropped from ``repeats`` cannot enter a table or a test. ``complete`` turns
+    True once the run has written its tables for this plan (False: stopped half-way)."""
+
+    cells: tuple[Cell, ...]
+    keys: dict[str, str]
+    """cell id -> key"""
+    complete: bool = False
+
+    def to_json(self) -> str:
+        cells = [{**asdict(cell), "id": cell.cell_id, "key": self.keys.get(cell.cell_id, "")} for cell in self.cells]
+        return json.dumps({"complete": self.complete, "cells": cells}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunPlan:
+        data = json.loads(text)
+        cells = tuple(Cell(c["model"], c["dataset"], c["strategy"], c["seed"]) for c in data["cells"])
+        keys = {cell.cell_id: str(c["key"]) for cell, c in zip(cells, data["cells"], strict=True)}
+        return cls(cells, keys, bool(data.get("complete", False)))
+
+
+def stale_note(stale: list[str], shown: int = 5) -> str:
+    """'N stored cells are not in this run's plan: a, b, ...' (empty when none)."""
+    if not stale:
+        return ""
+    more = f" and {len(stale) - shown} more" if len(stale) > shown else ""
+    return (f"{len(stale)} stored cell{'s are' if len(stale) > 1 else ' is'} not in this run's plan (dropped from the "
+            f"config, or stored under other inputs): {', '.join(stale[:shown])}{more}. Left out of every table and "
+            "test; the files stay in RUN/cells.")

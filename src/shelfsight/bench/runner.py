@@ -3,7 +3,9 @@ failing one.
 
 Each cell's key digests its resolved inputs (``bench.identity``). On a rerun a stored cell is reused when
 its key matches, and recomputed otherwise, with the reason said: which inputs changed, that it failed
-before, or that ``recompute`` named it. The results table holds the cells of the current plan only.
+before, or that ``recompute`` named it. The plan (``RUN/plan.json``: each planned cell and its key) is written
+before the first cell runs, and every table and test of the run (results, significance, the label-budget tests,
+the report, ``compare``) reads its cells only; a stored cell outside it is stale: named, kept on disk, used nowhere.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import platform
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +29,7 @@ from shelfsight.bench.context import RunContext
 from shelfsight.bench.estimate import CellEstimate, RunEstimator
 from shelfsight.bench.identity import describe_change, digest
 from shelfsight.bench.label_budgets import budget_cells, is_budget_cell, required_plain, write_label_budgets
-from shelfsight.bench.results import Cell, CellResult, ResultStore
+from shelfsight.bench.results import Cell, CellResult, ResultStore, RunPlan, stale_note
 from shelfsight.bench.run_progress import RunProgress, duration, print_plan, write_skipped
 from shelfsight.bench.strategies import is_stochastic, parse_strategy, seeded_validation
 from shelfsight.bench.tracking import Tracker, default_tracking_uri
@@ -59,7 +61,7 @@ class BenchSummary:
     reasons: dict[str, str] = field(default_factory=dict)
     """cell id -> why it was computed (new, inputs changed, failed before, forced)."""
     stale: list[str] = field(default_factory=list)
-    """Stored cells the config no longer asks for: left out of the table."""
+    """Stored cells outside the plan (no longer asked for, or stored under other inputs): in no table or test."""
     table: pd.DataFrame | None = None
     tracking_uri: str | None = None
     seconds: float = 0.0
@@ -126,6 +128,9 @@ def run_bench(
                       artifact_root=run_path / "mlflow-artifacts")
     summary = BenchSummary(run_dir=run_path, tracking_uri=uri if config.tracking.enabled else None)
     context, cells, decisions, estimates = _planned(config, run_path, store, recompute)
+    plan = RunPlan(tuple(cell for cell, _, _ in cells),
+                   {cell.cell_id: d.key for (cell, _, _), d in zip(cells, decisions, strict=True)})
+    store.write_plan(plan)  # from here on, every table and test reads these cells only
     print_plan(out, cells, decisions, estimates)
     started = time.perf_counter()
     with run_display(out, progress) as display:
@@ -141,16 +146,15 @@ def run_bench(
     write_skipped(run_path, context.skipped, out)
     out.print(f"[bold]{len(cells)} cells[/] in {duration(summary.seconds)}: {len(summary.computed)} computed, "
               f"{len(summary.reused)} reused, {len(summary.failed)} failed")
-    planned = {cell.cell_id for cell, _, _ in cells}
-    summary.stale = sorted(r.cell.cell_id for r in store.load_all() if r.cell.cell_id not in planned)
+    summary.stale = sorted(r.cell.cell_id for r in store.planned_results(plan)[1])
     if summary.stale:
-        out.print(f"[yellow]{len(summary.stale)} stored cell(s) are not in this config and stay out of the "
-                  f"table[/]: {', '.join(summary.stale[:5])}{' ...' if len(summary.stale) > 5 else ''}")
+        out.print(f"[yellow]{stale_note(summary.stale)}[/]")
     summary.table = store.write_tables([cell for cell, _, _ in cells if not is_budget_cell(cell)],
                                        n_resamples=config.stats.bootstrap, seed=config.stats.seed)
-    _write_significance(run_path, config, out)
     _write_label_budgets(run_path, config, [cell for cell, _, _ in cells], out)
+    _write_family(run_path, config, plan, out)
     _write_provenance(run_path, config)
+    store.write_plan(replace(plan, complete=True))
     try:
         tracker.log_table(f"{config.name}-results", [run_path / "results.csv", run_path / "config.json"],
                           {"config_digest": config.digest(), "cells": len(cells)})
@@ -266,24 +270,31 @@ def _forced(cell: Cell, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in patterns)
 
 
-def _write_significance(run_dir: Path, config: BenchConfig, out: Console) -> None:
-    from shelfsight.bench.compare import write_significance
-
-    try:
-        write_significance(run_dir, alpha=config.stats.alpha, n_permutations=config.stats.permutations,
-                           n_resamples=config.stats.bootstrap, seed=config.stats.seed)
-    except Exception as exc:  # noqa: BLE001 - the table stands without it; say why
-        out.print(f"[yellow]significance tests failed: {type(exc).__name__}: {exc}[/]")
-
-
 def _write_label_budgets(run_dir: Path, config: BenchConfig, cells: list[Cell], out: Console) -> None:
-    """The label-efficiency curves and their break-even tests, when the config asks for them."""
-    if config.label_budgets is None:
-        return
+    """The label-efficiency curves of the plan's budget cells (an earlier plan's removed when it has none)."""
     try:
         write_label_budgets(run_dir, config, cells)
     except Exception as exc:  # noqa: BLE001 - the main table stands without the curves; say why
         out.print(f"[yellow]label-budget curves failed: {type(exc).__name__}: {exc}[/]")
+
+
+def _write_family(run_dir: Path, config: BenchConfig, plan: RunPlan, out: Console) -> None:
+    """Every comparison the run reports (each cell against its column's best, the label-budget tests, the
+    report's recommendation and guidance) tested as one Holm family over the planned cells; then
+    ``significance.csv`` and ``label-budgets-tests.csv`` as views of it. The report asks nothing more."""
+    from shelfsight.bench.compare import FamilySettings, write_significance
+    from shelfsight.bench.label_budgets import write_tests
+    from shelfsight.report.paired import describe_family, run_family
+
+    try:
+        found = run_family(run_dir, FamilySettings.of(config.stats), plan)
+        found.family.write(run_dir)
+        write_significance(run_dir, found.family, found.significance)
+        if found.budget_tests:
+            write_tests(run_dir, found.budget_tests, found.family)
+        out.print(describe_family(found.family))
+    except Exception as exc:  # noqa: BLE001 - the table stands without them; say why
+        out.print(f"[yellow]significance tests failed: {type(exc).__name__}: {exc}[/]")
 
 
 def _write_provenance(run_dir: Path, config: BenchConfig) -> None:

@@ -2,7 +2,9 @@
 
 Shop catalogues contain phone photos with EXIF rotation, PNGs with alpha, CMYK print files,
 16-bit scans and the odd truncated upload. Every failure is an ``ImageDecodeError`` with a
-short reason, so extraction can skip the file, record why, and go on.
+short reason, so extraction can skip the file, record why, and go on. A failure to read the file at all
+(an I/O error, a path that is gone or is not a file) says nothing about the photo's bytes and is an
+``ImageReadError``: the embedding cache remembers decode errors but retries read errors next run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 )
+
+
+
+class ImageReadError(ImageDecodeError):
+    """The file could not be read just now (the system's error, not its bytes): worth trying again later."""
+
 
 _BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited on white, the usual product-shot background."""
@@ -45,9 +53,9 @@ def decode_image(
         if os.path.getsize(name) == 0:
             raise ImageDecodeError(name, "empty file")
     except FileNotFoundError:
-        raise ImageDecodeError(name, "file not found") from None
+        raise ImageReadError(name, "file not found") from None
     except OSError as exc:
-        raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from None
+        raise ImageReadError(name, f"cannot read file ({exc.strerror or exc})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -69,7 +77,11 @@ def decode_image(
         raise ImageDecodeError(name, "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError(name, "image too large (possible decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the system's (EIO, ENOMEM, EISDIR...); Pillow's data errors carry no errno
+            raise ImageReadError(name, f"cannot read file ({exc.strerror or exc})") from None
+        raise ImageDecodeError(name, f"corrupt or truncated image data ({exc})") from None
+    except (SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(name, f"corrupt or truncated image data ({exc})") from None
     if reduce_to and min(image.size) >= 2 * reduce_to:
         return to_rgb(_reduced_upright(image, min(image.size) // reduce_to))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +24,11 @@ class CatalogItem:
     split: str = "all"
     product_id: str | None = None
     coarse_label: str | None = None
+
+
+IDENTITY_FIELDS = {"labels": "label", "splits": "split", "product_ids": "product_id", "coarse_labels": "coarse_label"}
+"""The per-item fields a number reads (classification, relevance, protocol membership), by the name of their
+digest in :meth:`Catalog.identity`. A new field a protocol reads belongs here."""
 
 
 @dataclass(frozen=True)
@@ -103,21 +108,16 @@ class Catalog:
                 kept.append(item)
         return self._with_items(tuple(kept), f"{self.name}[{n}/class]")
 
-    def fingerprint(self) -> str:
-        """A digest of what decides the pixels: ids, file locations, sizes and mtimes.
-
-        Paths enter relative to ``root`` so that a moved catalogue keeps its cache; labels do not
-        enter, since relabelling does not change an embedding.
-        """
-        digest = hashlib.sha256()
-        for item in self.items:
-            try:
-                stat = os.stat(item.image_path)
-                size, mtime = stat.st_size, stat.st_mtime_ns
-            except OSError:
-                size, mtime = -1, -1
-            digest.update(f"{item.item_id}\0{_relative(item.image_path, self.root)}\0{size}\0{mtime}\n".encode())
-        return digest.hexdigest()
+    def identity(self) -> dict[str, str]:
+        """Digests of what decides a number, apart from the photos' bytes, one per part so that a changed
+        key can say *what* changed: ``items`` (ids and paths relative to ``root``, in catalogue order) and
+        one per field a protocol or a classifier reads (:data:`IDENTITY_FIELDS`: labels, splits, product ids,
+        coarse labels). A relabel or a re-split changes its part; a moved catalogue changes nothing. The
+        bytes are digested by content where the embeddings' memo lives (``bench.context``)."""
+        parts = {"items": _digest([item.item_id, _relative(item.image_path, self.root)] for item in self.items)}
+        for part, name in IDENTITY_FIELDS.items():
+            parts[part] = _digest([item.item_id, getattr(item, name)] for item in self.items)
+        return parts
 
     def _with_items(self, items: tuple[CatalogItem, ...], name: str | None) -> Catalog:
         return replace(self, items=items, name=name or self.name)
@@ -128,3 +128,11 @@ def _relative(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return path.as_posix()
+
+
+def _digest(rows: Iterable[list[str | None]]) -> str:
+    """SHA-256 (first 20 hex) of one JSON line per row: unambiguous for any text, and ``None`` is not ``"None"``."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row).encode() + b"\n")
+    return digest.hexdigest()[:20]

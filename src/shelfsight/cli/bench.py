@@ -56,22 +56,34 @@ def compare_command(
     protocol: Annotated[str | None, typer.Option(help="Protocol, or 'classification' (default: the first "
                                                       "retrieval protocol).")] = None,
     metric: Annotated[str | None, typer.Option(help="Metric (default: mMP@5, or accuracy).")] = None,
-    permutations: Annotated[int, typer.Option(help="Permutations of the paired test.")] = 10000,
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the interval.")] = 1000,
+    permutations: Annotated[int | None, typer.Option(help="Permutations of the paired test (default: the run's "
+                                                          "stats); a pair the run reports keeps its own.")] = None,
+    resamples: Annotated[int | None, typer.Option(help="Bootstrap resamples of the interval (default: the "
+                                                       "run's stats).")] = None,
 ) -> None:
-    """A - B on the same queries: the difference, its 95% interval and the paired test's p-value."""
-    from shelfsight.bench.compare import compare
+    """A - B on the same queries, over the run's planned cells: the difference, its interval at the run's
+    confidence (1 - stats.alpha) and the paired test's p-value. A pair the run reports is read from its one Holm
+    family (RUN/comparisons.csv), so the verdict is the one every table of the run shows."""
+    from shelfsight.bench.compare import Family, FamilySettings, compare
 
+    settings = FamilySettings.of_run(run_dir)
     found = compare(run_dir, a, b, metric=metric, protocol=protocol, dataset=dataset, n_permutations=permutations,
                     n_resamples=resamples)
     r = found.result
+    family = Family.read(run_dir)
+    holm = (f"{found.p_adjusted:.4g}, one of the run's {len(family) if family else '?'} comparisons "
+            "(RUN/comparisons.csv)" if found.p_adjusted is not None
+            else "not a comparison the run reports: unadjusted")
+    p_floor = permutations if found.p_adjusted is None and permutations else settings.permutations
+    alpha = settings.alpha
     table = Table(title=f"{found.dataset} · {found.protocol} · {found.metric}", show_header=False)
     for row in (("A", f"{found.a}: {found.mean_a:.4f}"), ("B", f"{found.b}: {found.mean_b:.4f}"),
-                ("A - B", f"{r.difference:+.4f}"), ("95% interval", f"{r.low:+.4f} to {r.high:+.4f}"),
-                ("p-value", f"{_p_text(r.p_value, permutations)} ({r.method})"), ("queries", f"{r.n_queries}"),
-                ("seeds", f"A {r.seeds_a}, B {r.seeds_b}"),
-                ("verdict", "significant at 0.05 (p < 0.05 and the interval excludes 0)" if found.significant()
-                 else "tied within noise (p >= 0.05 or the interval holds 0)")):
+                ("A - B", f"{r.difference:+.4f}"),
+                (f"{found.confidence:.0%} interval", f"{r.low:+.4f} to {r.high:+.4f}"),
+                ("p-value", f"{_p_text(r.p_value, p_floor)} ({r.method})"), ("Holm-adjusted", holm),
+                ("queries", f"{r.n_queries}"), ("seeds", f"A {r.seeds_a}, B {r.seeds_b}"),
+                ("verdict", f"significant at {alpha:g} (p < {alpha:g} and the interval excludes 0)"
+                 if found.significant(alpha) else f"tied within noise (p >= {alpha:g} or the interval holds 0)")):
         table.add_row(*row)
     console.print(table)
 

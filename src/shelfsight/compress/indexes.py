@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shelfsight.compress.methods import CompressConfig, CompressionMethod
 from shelfsight.compress.project import NotApplicable
 from shelfsight.search import FaissFlatIndex, MilvusIndex, MilvusIndexError, VectorIndex
 from shelfsight.search.faiss_binary import FaissBinaryIndex
 from shelfsight.search.faiss_codec import FaissCodecIndex
+from shelfsight.search.faiss_compat import uses_numpy_faiss
 from shelfsight.search.milvus_collection import index_info
 
 CodeIndex = FaissFlatIndex | FaissCodecIndex | FaissBinaryIndex
@@ -34,22 +37,48 @@ class MilvusPlace:
 
 
 def make_index(method: CompressionMethod, dim: int, n_items: int, config: CompressConfig, place: MilvusPlace,
-               collection: str) -> VectorIndex:
-    """An empty index for ``method`` over ``dim``-d vectors (``n_items`` sets the Milvus IVF list count)."""
+               collection: str, fit: np.ndarray | None = None) -> VectorIndex:
+    """An empty index for ``method`` over ``dim``-d vectors (``n_items`` sets the Milvus IVF list count). The
+    FAISS codecs train on ``fit`` (projected like the gallery; None: on the gallery added before the build)."""
     if method.codec == "float":
         return FaissFlatIndex(dim)
     if method.codec == "int8":
-        return FaissCodecIndex("SQ8", dim)
+        return _codec("SQ8", dim, fit)
     if method.codec == "pq":
         if dim % method.pq_m:
             raise NotApplicable(f"{method.name}: {method.pq_m} sub-vectors do not divide {dim} dimensions")
         if n_items < PQ_CENTROIDS:
             raise NotApplicable(f"{method.name}: 8-bit codes learn {PQ_CENTROIDS} centroids per sub-vector, which "
-                                f"takes at least {PQ_CENTROIDS} gallery items; this gallery has {n_items}")
-        return FaissCodecIndex(f"PQ{method.pq_m}x8np", dim)  # np: no polysemous training (slow, unused)
+                                f"takes at least {PQ_CENTROIDS} items to fit on; this fit set has {n_items}")
+        return _codec(f"PQ{method.pq_m}x8np", dim, fit)  # np: no polysemous training (slow, unused)
     if method.codec == "binary":
         return FaissBinaryIndex(dim, rerank=method.rerank)
     return _milvus(method, dim, n_items, config, place, collection)
+
+
+class FitApartCodecIndex(FaissCodecIndex):
+    """A FAISS codec trained on given vectors (items disjoint from the evaluated queries), then filled with the
+    gallery: ``FaissCodecIndex`` trains on the items it holds, which on a leave-one-out protocol are the queries."""
+
+    def __init__(self, factory: str, dim: int, fit: np.ndarray) -> None:
+        super().__init__(factory, dim)
+        self.fit = np.ascontiguousarray(fit, dtype=np.float32)
+
+    @uses_numpy_faiss
+    def build(self) -> None:
+        """Train on the fit set, then encode the gallery added so far (later adds are encoded as they come)."""
+        if self._index is not None or self.dim is None:
+            return
+        index = self._faiss.index_factory(self.dim, self.factory, self._faiss.METRIC_INNER_PRODUCT)
+        index.train(self.fit)
+        self._index = index
+        self.fixed_bytes = self.index_bytes()
+        gallery, self._chunks = np.concatenate(self._chunks), []
+        self._add_codes(gallery)
+
+
+def _codec(factory: str, dim: int, fit: np.ndarray | None) -> FaissCodecIndex:
+    return FaissCodecIndex(factory, dim) if fit is None else FitApartCodecIndex(factory, dim, fit)
 
 
 def milvus_options(index_type: str, dim: int, n_items: int, config: CompressConfig) -> dict[str, int]:

@@ -1,9 +1,11 @@
 """Run one compression method on one gallery and its queries: build it, size it, time it, keep its answer.
 
 Build time runs from the float gallery to a searchable index (PCA fit, projection, codec training, adding,
-the Milvus build and load), not counting the connection to Milvus. Throughput includes projecting the
-queries: batched (every query in one call) and at batch 1 (the first ``batch1_queries`` queries one call
-each), the way a service receives them.
+the Milvus build and load), not counting the connection to Milvus. Throughput includes projecting the queries:
+batched (every query in one call) and at batch 1 (the first ``batch1_queries`` queries one call each), the way a
+service receives them. PCA and the codecs learn from the side's fit set: the gallery, or items disjoint from the
+queries where the gallery holds them (``fitting.py``); Milvus trains on what it indexes, so it applies only where
+the gallery is the fit set.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from shelfsight.compress.indexes import MilvusPlace, describe, make_index, prepare, sizes
 from shelfsight.compress.methods import CompressConfig, CompressionMethod
-from shelfsight.compress.project import Projection, Projections
+from shelfsight.compress.project import NotApplicable, Projection, Projections
 from shelfsight.search import MilvusIndex, SearchResult, VectorIndex
 from shelfsight.search.faiss_compat import faiss_threads
 
@@ -27,13 +29,26 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Side:
     """One protocol's two sides: the gallery (what is indexed) and the queries, with the id each query must
-    never return (leave-one-out protocols) and a key naming the gallery (PCA fits are shared by key)."""
+    never return (leave-one-out protocols) and a key naming the gallery; and the fit set, the items PCA and the
+    codecs learn from (None: the gallery itself, which is right when it holds none of the queries)."""
 
     gallery_ids: list[str]
     gallery: np.ndarray
     queries: np.ndarray
     exclude: list[str | None] | None
     key: bytes
+    fit: np.ndarray | None = None
+    """Vectors disjoint from the queries to fit on, when the gallery holds the queries (leave-one-out)."""
+    fit_key: bytes = b""
+    """Names the fit set (fits are shared by key); empty when the gallery is the fit set."""
+
+    @property
+    def fit_vectors(self) -> np.ndarray:
+        return self.gallery if self.fit is None else self.fit
+
+    @property
+    def fit_name(self) -> bytes:
+        return self.key if self.fit is None else self.fit_key
 
 
 @dataclass(frozen=True)
@@ -59,14 +74,19 @@ def run_method(method: CompressionMethod, side: Side, *, config: CompressConfig,
 
 def _run(method: CompressionMethod, side: Side, config: CompressConfig, projections: Projections,
          place: MilvusPlace, collection: str) -> MethodRun:
-    projection = projections.get(side.key, side.gallery, method.pca, method.whiten)  # fitted once per gallery
+    if method.codec == "milvus" and side.fit is not None:
+        raise NotApplicable(f"{method.name}: Milvus trains its index on the items it holds, and this gallery holds "
+                            "the evaluated queries (leave-one-out); score it on a query/gallery protocol")
+    projection = projections.get(side.fit_name, side.fit_vectors, method.pca, method.whiten)  # once per fit set
     gallery, projecting = _timed(lambda: projection.apply(side.gallery))
-    index = make_index(method, gallery.shape[1], len(gallery), config, place, collection)  # connected, empty
+    fit, projecting_fit = (None, 0.0) if side.fit is None else _timed(lambda: projection.apply(side.fit_vectors))
+    index = make_index(method, gallery.shape[1], len(side.fit_vectors), config, place, collection,
+                       fit=fit)  # connected, empty
     try:
         started = time.perf_counter()
         index.add(side.gallery_ids, gallery)
         prepare(index)
-        build = projection.fit_seconds + projecting + time.perf_counter() - started
+        build = projection.fit_seconds + projecting + projecting_fit + time.perf_counter() - started
         costs = {**sizes(index, len(gallery)), "build_seconds": build, "dim": float(gallery.shape[1]),
                  "items": float(len(gallery)),
                  "fixed_bytes_projection": float(projection.parameter_bytes)}

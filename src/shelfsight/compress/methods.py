@@ -3,7 +3,7 @@
 A method is a projection (optional) followed by a code, read left to right:
 
     float            the float32 vector itself, searched exactly (the reference every ratio is taken to)
-    pca256           scikit-learn PCA to 256 dimensions, fitted on the gallery only, re-normalised
+    pca256           scikit-learn PCA to 256 dimensions, fitted away from the queries (gallery), re-normalised
     pca256w          the same, whitened (each component scaled to unit variance) before re-normalising
     int8             FAISS scalar quantiser: one byte per dimension (per-dimension ranges from the gallery)
     pq32             FAISS product quantiser: 32 sub-vectors x 8 bits = 32 bytes per item
@@ -58,6 +58,11 @@ class CompressionMethod:
         """The code, with re-ranking named: groups methods in tables and plots."""
         code = f"milvus:{self.milvus}" if self.milvus else self.codec
         return f"{code}+rerank" if self.rerank else code
+
+    @property
+    def fits(self) -> bool:
+        """Whether it learns from data (PCA, int8 ranges, PQ codebooks, Milvus's index); float and sign bits do not."""
+        return self.pca is not None or self.codec in ("int8", "pq", "milvus")
 
     @property
     def backend(self) -> str:

@@ -1,8 +1,11 @@
-"""PCA projections fitted on the gallery side only (scikit-learn), shared by the methods that use them.
+"""PCA projections fitted on items disjoint from the evaluated queries (scikit-learn), shared by the methods
+that use them.
 
 Fitting on the gallery is what a deployment can do (the catalogue is known, tomorrow's query photos are not)
-and keeps the test queries out of what the compression learnt. Projected vectors are L2-normalised again,
-so inner products stay cosine similarities and Milvus accepts them.
+and keeps the test queries out of what the compression learnt. Where the gallery holds the queries (leave-one-out
+protocols: SOP, Cars196, a user catalogue without splits) the fit set is the protocol's training items or the
+other half of a cross-fit (``bench.strategies.compress_scoring.fit_plan``). Projected vectors are L2-normalised
+again, so inner products stay cosine similarities and Milvus accepts them.
 """
 
 from __future__ import annotations
@@ -46,28 +49,29 @@ class Projection:
         return np.ascontiguousarray(projected / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
-def fit_projection(gallery: np.ndarray, dim: int | None, *, whiten: bool = False) -> Projection:
-    """PCA of the gallery vectors to ``dim`` components (None: no projection); full SVD, so deterministic."""
+def fit_projection(fit: np.ndarray, dim: int | None, *, whiten: bool = False) -> Projection:
+    """PCA of the ``fit`` vectors to ``dim`` components (None: no projection); full SVD, so deterministic."""
     if dim is None:
         return Projection(None)
-    limit = min(gallery.shape)
-    if dim >= gallery.shape[1] or dim > limit:
-        raise NotApplicable(f"PCA to {dim} dimensions needs more than {dim} dimensions and at least {dim} gallery "
-                            f"items; the embedding has {gallery.shape[1]} dimensions and {gallery.shape[0]} items")
+    limit = min(fit.shape)
+    if dim >= fit.shape[1] or dim > limit:
+        raise NotApplicable(f"PCA to {dim} dimensions needs more than {dim} dimensions and at least {dim} items to "
+                            f"fit on; the embedding has {fit.shape[1]} dimensions and the fit set {fit.shape[0]} "
+                            "items")
     started = time.perf_counter()
-    pca = PCA(n_components=dim, whiten=whiten, svd_solver="full").fit(np.asarray(gallery, dtype=np.float32))
+    pca = PCA(n_components=dim, whiten=whiten, svd_solver="full").fit(np.asarray(fit, dtype=np.float32))
     return Projection(pca, time.perf_counter() - started)
 
 
 class Projections:
-    """Fitted projections by (dimension, whitening) for one gallery: fine and coarse protocols of a dataset
-    share their gallery, and several methods share a PCA, so each is fitted once."""
+    """Fitted projections by (fit set, dimension, whitening): fine and coarse protocols of a dataset share their
+    gallery, and several methods share a PCA, so each is fitted once."""
 
     def __init__(self) -> None:
         self._fitted: dict[tuple[bytes, int | None, bool], Projection] = {}
 
-    def get(self, gallery_key: bytes, gallery: np.ndarray, dim: int | None, whiten: bool) -> Projection:
-        key = (gallery_key, dim, whiten)
+    def get(self, fit_key: bytes, fit: np.ndarray, dim: int | None, whiten: bool) -> Projection:
+        key = (fit_key, dim, whiten)
         if key not in self._fitted:
-            self._fitted[key] = fit_projection(gallery, dim, whiten=whiten)
+            self._fitted[key] = fit_projection(fit, dim, whiten=whiten)
         return self._fitted[key]

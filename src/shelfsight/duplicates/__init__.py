@@ -12,6 +12,7 @@ from shelfsight.duplicates.calibration import (
     calibrate,
     calibrated_threshold,
     default_path,
+    find_calibration,
     load_calibration,
     save_calibration,
 )
@@ -25,6 +26,6 @@ from shelfsight.duplicates.transforms import TRANSFORMS, Transform
 __all__ = [
     "TRANSFORMS", "CalibrationError", "CalibrationSettings", "Cluster", "DuplicateReport", "Pair",
     "ProtocolLeakage", "Transform", "calibrate", "calibrated_threshold", "clusters_of", "content_hash",
-    "content_hashes", "cross_pairs", "default_path", "find_duplicates", "load_calibration", "protocol_leakage",
-    "save_calibration", "self_pairs", "write_outputs",
+    "content_hashes", "cross_pairs", "default_path", "find_calibration", "find_duplicates", "load_calibration",
+    "protocol_leakage", "save_calibration", "self_pairs", "write_outputs",
 ]

@@ -3,13 +3,21 @@
 The result stores, for each method (the embedding, pHash, dHash), the pooled threshold per target precision,
 the per-transformation table and the pooled precision-recall curve; ``shelfsight duplicates
 --target-precision P`` reads a threshold for any P back from that curve.
+
+A threshold holds only for the embedding it was calibrated on, so a calibration is found by the model's identity
+(``Backbone.cache_identity()``: weights by content, preprocessing), not by its name: the cache file is
+``calibration-<name>-<identity key>.json``, and a threshold is refused for a model whose identity differs from
+the one the result records (a re-fetched hub model with other weights, another input size). The name stays in
+the file name and the result, for people.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +72,9 @@ def calibrate(catalog: Catalog, backbone: Backbone, workdir: str | Path, setting
     methods = {name: evaluate_method(PairScores(name, scores, positive, names), settings.precisions)
                for name, scores in scored.items()}
     return {
-        "model": backbone.spec.name, "model_identity": backbone.cache_identity(), "catalog": catalog.name,
-        "catalog_fingerprint": catalog.fingerprint(), "sources": settings.sources, "split": settings.split,
+        "model": backbone.spec.name, "model_identity": normalised(backbone.cache_identity()),
+        "identity_key": identity_key(backbone.cache_identity()), "catalog": catalog.name,
+        "catalog_identity": catalog.identity(), "sources": settings.sources, "split": settings.split,
         "distractors": settings.distractors, "seed": settings.seed, "copies": len(calibration.copies),
         "pairs": int(positive.size), "transforms": [t.name for t in transforms],
         "precisions": list(settings.precisions), "methods": methods,
@@ -91,9 +100,36 @@ def _rows(embeddings: Embeddings, ids: list[str], name: str) -> np.ndarray:
     return embeddings.vectors[[position[i] for i in ids]]
 
 
-def default_path(model: str) -> Path:
-    """Where the CLI looks for a model's calibration: ``<cache>/duplicates/calibration-<model>.json``."""
-    return paths.cache_dir() / "duplicates" / f"calibration-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}.json"
+def normalised(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """A model identity as it reads back from JSON, so a live one compares equal to a stored one."""
+    return dict(json.loads(json.dumps(identity, sort_keys=True, default=str)))
+
+
+def identity_key(identity: Mapping[str, Any]) -> str:
+    """16 hex of the SHA-256 of the identity's canonical JSON: the part of a calibration's file name that finds it."""
+    text = json.dumps(normalised(identity), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_path(model: str, identity: Mapping[str, Any] | None = None) -> Path:
+    """Where a model's calibration is kept: ``<cache>/duplicates/calibration-<model>-<identity key>.json``.
+    Without ``identity``: the name-only file of older versions, still read when the identity it records matches."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+    suffix = f"-{identity_key(identity)}" if identity is not None else ""
+    return paths.cache_dir() / "duplicates" / f"calibration-{name}{suffix}.json"
+
+
+def find_calibration(model: str, identity: Mapping[str, Any]) -> Path:
+    """The cached calibration of this identity: its own file, else a name-only file that records it; when
+    neither exists, the path it should have (so the error that follows names it)."""
+    own, named = default_path(model, identity), default_path(model)
+    if own.is_file() or not named.is_file():
+        return own
+    try:
+        recorded = json.loads(named.read_text(encoding="utf-8")).get("model_identity")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return own
+    return named if isinstance(recorded, dict) and normalised(recorded) == normalised(identity) else own
 
 
 def save_calibration(result: dict[str, Any], path: str | Path) -> Path:
@@ -117,11 +153,14 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
 
 
 def calibrated_threshold(result: dict[str, Any], precision: float, method: str = EMBEDDING,
-                         model: str | None = None) -> float:
-    """The threshold of ``method`` reaching ``precision`` in a calibration result (of ``model``, when given)."""
+                         model: str | None = None, identity: Mapping[str, Any] | None = None) -> float:
+    """The threshold of ``method`` reaching ``precision`` in a calibration result; ``identity`` (the loaded
+    model's ``cache_identity()``) must be the one the result was calibrated on, ``model`` its name."""
     if model is not None and result.get("model") != model:
         raise CalibrationError(f"the calibration is of model {result.get('model')!r}, not {model!r}: a threshold "
                                "only holds for the embedding it was calibrated on")
+    if identity is not None:
+        _require_identity(result, identity)
     entry = result["methods"].get(method)
     if entry is None:
         raise CalibrationError(f"the calibration has no method {method!r}; it has {sorted(result['methods'])}")
@@ -129,3 +168,24 @@ def calibrated_threshold(result: dict[str, Any], precision: float, method: str =
         return threshold_from_curve(entry["curve"], precision)
     except ValueError as exc:
         raise CalibrationError(str(exc)) from None
+
+
+def _require_identity(result: dict[str, Any], identity: Mapping[str, Any]) -> None:
+    """A CalibrationError naming the parts of the identity that differ (weights, preprocess...)."""
+    recorded, loaded = normalised(result.get("model_identity") or {}), normalised(identity)
+    if recorded == loaded:
+        return
+    if not recorded:
+        raise CalibrationError(f"the calibration of {result.get('model')!r} records no model identity (an older "
+                               "result), so it cannot be matched to the loaded model: calibrate again (python "
+                               "benchmarks/duplicates.py --model MODEL) or give --threshold")
+    parts = sorted(k for k in recorded.keys() | loaded.keys() if recorded.get(k) != loaded.get(k))
+    raise CalibrationError(
+        f"the calibration of {result.get('model')!r} was made on another embedding than the loaded model's "
+        f"(different {', '.join(parts)}: {_shown(recorded, parts)} then, {_shown(loaded, parts)} now); a threshold "
+        "only holds for the embedding it was calibrated on: calibrate this one (python benchmarks/duplicates.py "
+        "--model MODEL) or give --threshold")
+
+
+def _shown(identity: dict[str, Any], parts: list[str]) -> str:
+    return ", ".join(f"{k}={identity.get(k, '(none)')}" for k in parts)

@@ -9,6 +9,7 @@ its items duplicate each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,14 @@ class ProtocolLeakage:
     @property
     def count(self) -> int:
         return len(self.leaking)
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> ProtocolLeakage:
+        """Read back what :meth:`as_dict` wrote (the bench caches a run's duplicate decision so)."""
+        return cls(protocol=stored["protocol"], queries=int(stored["queries"]), gallery=int(stored["gallery"]),
+                   threshold=stored["threshold"], leaking=tuple(stored["leaking_ids"]), exact=int(stored["exact"]),
+                   examples=tuple(Pair(e["query"], e["gallery"], float(e["similarity"]), e["kind"])
+                                  for e in stored["examples"]))
 
     def as_dict(self, paths: dict[str, str] | None = None) -> dict[str, object]:
         """Plain data for JSON (results, the report): counts, threshold, leaking ids and example pairs."""

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shelfsight.backbones import load_backbone
+from shelfsight.backbones import Backbone, load_backbone
 from shelfsight.catalog import Catalog, protocols_for
-from shelfsight.duplicates.calibration import calibrated_threshold, default_path, load_calibration
+from shelfsight.duplicates.calibration import calibrated_threshold, find_calibration, load_calibration
 from shelfsight.duplicates.clusters import DuplicateReport, find_duplicates
 from shelfsight.duplicates.hashing import content_hashes
 from shelfsight.duplicates.leakage import protocol_leakage
@@ -34,9 +34,10 @@ class ThresholdChoice:
     source: str
 
 
-def resolve_threshold(model: str, threshold: float | None, target_precision: float | None,
+def resolve_threshold(model: str | Backbone, threshold: float | None, target_precision: float | None,
                       calibration: str | Path | None = None) -> ThresholdChoice:
-    """``threshold`` when given, else the calibrated one for ``target_precision`` (default 0.99)."""
+    """``threshold`` when given, else the calibrated one for ``target_precision`` (default 0.99), from the
+    calibration of the model's identity (weights by content, preprocessing; a name is loaded to learn it)."""
     if threshold is not None and target_precision is not None:
         raise ShelfsightError("give --threshold or --target-precision, not both")
     if threshold is not None:
@@ -44,8 +45,11 @@ def resolve_threshold(model: str, threshold: float | None, target_precision: flo
             raise ShelfsightError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
         return ThresholdChoice(threshold, "given")
     precision = 0.99 if target_precision is None else target_precision
-    path = Path(calibration) if calibration else default_path(model)
-    value = calibrated_threshold(load_calibration(path), precision, model=model)
+    backbone = load_backbone(model) if isinstance(model, str) else model
+    name = model if isinstance(model, str) else backbone.spec.name
+    identity = backbone.cache_identity()
+    path = Path(calibration) if calibration else find_calibration(name, identity)
+    value = calibrated_threshold(load_calibration(path), precision, identity=identity)
     return ThresholdChoice(value, f"calibrated at precision {precision:g} ({path})")
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from shelfsight import paths
 from shelfsight.backbones import Backbone, Preprocess, normalize_pixels
 from shelfsight.embeddings.cache import cache_key
+from shelfsight.embeddings.versions import library_versions
 from shelfsight.errors import ShelfsightError
 from shelfsight.files import atomic_write
 
@@ -50,8 +51,10 @@ class EmbeddingModel(nn.Module):
 
 
 def onnx_key(backbone: Backbone) -> str:
-    """What decides the exported graph: the backbone identity, its preprocessing, the exporter version."""
-    return cache_key({"backbone": backbone.cache_identity(), "torch": torch.__version__, "opset": ONNX_OPSET})
+    """What decides the exported graph: the backbone identity, its preprocessing, the exporter's and the model
+    library's versions."""
+    return cache_key({"backbone": backbone.cache_identity(), "torch": torch.__version__, "opset": ONNX_OPSET,
+                      "libraries": library_versions(backbone)})
 
 
 def export_path(backbone: Backbone, cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -17,9 +17,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from shelfsight.backbones import Backbone, build_pixel_transform
-from shelfsight.catalog.images import decode_image
+from shelfsight.catalog.images import ImageReadError, decode_image
 from shelfsight.catalog.types import Catalog
-from shelfsight.embeddings.cache import Chunk, SkippedItem, make_chunk
+from shelfsight.embeddings.cache import PERMANENT, TRANSIENT, Chunk, FailureKind, SkippedItem, make_chunk
 from shelfsight.embeddings.plan import ExtractionPlan, assemble, plan_extraction
 from shelfsight.embeddings.runtime_choice import default_threads
 from shelfsight.embeddings.runtimes import RuntimeChoice
@@ -61,13 +61,13 @@ class Embeddings:
         return self.computed / self.seconds if self.seconds > 0 else float("nan")
 
     def write_skip_report(self, path: str | os.PathLike[str]) -> Path:
-        """CSV of item_id, path, reason: what was skipped and why."""
+        """CSV of item_id, path, reason, kind: what was skipped, why, and whether the next run retries it."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["item_id", "path", "reason"])
-            writer.writerows([s.item_id, s.path, s.reason] for s in self.skipped)
+            writer.writerow(["item_id", "path", "reason", "kind"])
+            writer.writerows([s.item_id, s.path, s.reason, s.kind] for s in self.skipped)
         return target
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -148,14 +148,14 @@ def embed_catalog(
         assert plan.runtime is not None and plan.report is not None
         manifest = _manifest(catalog, backbone, plan, torch_device, resolved_precision, draft)
         if use_cache:
-            plan.store.write_manifest(manifest)
+            plan.store.update_manifest(manifest)
         parts = _compute_parts(catalog, plan, transform, draft_size, chunk_size=chunk_size, batch_size=batch_size,
                                num_workers=workers, device=torch_device, progress=progress)
         computed = store_parts(parts, plan, use_cache, on_chunk)
         if use_cache:
             seconds = time.perf_counter() - started
-            plan.store.write_manifest({**manifest, "images_per_second": computed / max(seconds, 1e-9),
-                                       "rate_batch_size": batch_size})
+            plan.store.update_manifest({"images_per_second": computed / max(seconds, 1e-9),
+                                        "rate_batch_size": batch_size})
     return embeddings_from_plan(catalog, plan, computed=computed, seconds=time.perf_counter() - started,
                                 device=str(torch_device), precision=resolved_precision, use_cache=use_cache)
 
@@ -163,7 +163,7 @@ def embed_catalog(
 def _manifest(catalog: Catalog, backbone: Backbone, plan: ExtractionPlan, device: torch.device, precision: str,
               draft: bool) -> dict[str, object]:
     assert plan.report is not None
-    return {**plan.store.read_manifest(), "backbone": backbone.spec.name, "identity": backbone.cache_identity(),
+    return {"backbone": backbone.spec.name, "identity": backbone.cache_identity(),
             "precision": precision, "draft": draft, "device": str(device), "runtime": plan.report.as_dict(),
             "last_catalog": catalog.name}
 
@@ -188,17 +188,23 @@ def probe_pixels(catalog: Catalog, positions: list[int], transform: Callable[...
 
 def store_parts(parts: Iterable[tuple[int, Chunk]], plan: ExtractionPlan, use_cache: bool,
                  on_chunk: Callable[[int], None] | None) -> int:
-    """Write each computed part to the store (and into the plan, for this call's result); count the photos."""
+    """Write each computed part to the store (and into the plan, for this call's result); count the photos.
+
+    Permanent failures are stored with the vectors; transient ones only reach this call's result, so the
+    next run tries those photos again."""
     computed = 0
     for index, chunk in parts:
-        digests = {item_id: plan.digests[int(item_id)] for item_id in [*chunk.ids, *(s.item_id for s in
-                                                                                    chunk.skipped)]}
+        digest_of = {item_id: str(plan.digests[int(item_id)]) for item_id in
+                     [*chunk.ids, *(s.item_id for s in chunk.skipped)]}
         vectors = chunk.vectors if len(chunk.ids) else np.zeros((0, 1), np.float32)
-        failures = {str(digests[s.item_id]): s.reason for s in chunk.skipped}
+        digests = [digest_of[i] for i in chunk.ids]
+        failures = {digest_of[s.item_id]: s.reason for s in chunk.skipped if s.kind == PERMANENT}
         if use_cache:
-            plan.store.append([str(digests[i]) for i in chunk.ids], vectors, failures)
-        plan.stored.vectors.update(zip((str(digests[i]) for i in chunk.ids), vectors, strict=True))
+            plan.store.append(digests, vectors, failures)
+        plan.stored.vectors.update(zip(digests, vectors, strict=True))
         plan.stored.failures.update(failures)
+        plan.stored.transient.update((digest_of[s.item_id], s.reason) for s in chunk.skipped
+                                     if s.kind != PERMANENT)
         computed += len(chunk.ids) + len(chunk.skipped)
         if on_chunk is not None:
             on_chunk(index)
@@ -222,8 +228,25 @@ def _stored_runtime(plan: ExtractionPlan) -> str:
     return str(report.get("chosen", "")) if isinstance(report, dict) else ""
 
 
-class _ImageDataset(Dataset[tuple[int, torch.Tensor | None, str | None]]):
-    """Decodes and preprocesses one item; a failure becomes a reason, not an exception."""
+def failure_of(error: Exception) -> tuple[FailureKind, str]:
+    """The kind and reason of a photo that failed to decode or preprocess, classified where it failed.
+
+    Only a decode error (the bytes are not a usable image) is permanent. A read error, running out of memory,
+    and anything else not known to be the bytes' fault is transient: remembering it would keep the photo's
+    vector out of the cache for good, while retrying costs one more attempt on the next run."""
+    if isinstance(error, ImageReadError):
+        return TRANSIENT, error.reason
+    if isinstance(error, ImageDecodeError):
+        return PERMANENT, error.reason
+    return TRANSIENT, f"preprocessing failed ({type(error).__name__}: {error})"
+
+
+_Failure = tuple[FailureKind, str]
+_Sample = tuple[int, torch.Tensor | None, _Failure | None]
+
+
+class _ImageDataset(Dataset[_Sample]):
+    """Decodes and preprocesses one item; a failure becomes its kind and reason, not an exception."""
 
     def __init__(self, image_paths: list[str], transform: Callable[..., torch.Tensor], draft_size: int | None):
         self.image_paths = image_paths
@@ -233,22 +256,20 @@ class _ImageDataset(Dataset[tuple[int, torch.Tensor | None, str | None]]):
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> _Sample:
         try:
             image = decode_image(self.image_paths[index], draft_size=self.draft_size)
             return index, self.transform(image), None
-        except ImageDecodeError as exc:
-            return index, None, exc.reason
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a catalogue-sized run
-            return index, None, f"preprocessing failed ({type(exc).__name__}: {exc})"
+            return index, None, failure_of(exc)
 
 
-_Batch = tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]
+_Batch = tuple[list[int], torch.Tensor | None, list[tuple[int, _Failure]]]
 
 
-def _collate(samples: list[tuple[int, torch.Tensor | None, str | None]]) -> _Batch:
+def _collate(samples: list[_Sample]) -> _Batch:
     good = [(i, t) for i, t, _ in samples if t is not None]
-    failures = [(i, reason or "unknown error") for i, t, reason in samples if t is None]
+    failures = [(i, failure or (TRANSIENT, "unknown error")) for i, t, failure in samples if t is None]
     tensor = torch.stack([t for _, t in good]) if good else None
     return [i for i, _ in good], tensor, failures
 
@@ -288,7 +309,8 @@ def _compute_parts(
             done.extend(indices)
             if vectors is not None:
                 done_vectors.append(vectors)
-            skipped.extend(SkippedItem(str(i), str(items[i].image_path), r) for i, r in failures)
+            skipped.extend(SkippedItem(str(i), str(items[i].image_path), reason, kind)
+                           for i, (kind, reason) in failures)
             advance(len(indices) + len(failures))
             if len(done) + len(skipped) == expected[part]:
                 del pending[part]

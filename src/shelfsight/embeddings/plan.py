@@ -2,16 +2,18 @@
 
 Shared by both engines (one process, Ray). A catalogue's photos are identified by their bytes
 (:mod:`shelfsight.embeddings.digests`); the embedding space by the backbone, preprocessing, precision and
-runtime. Choosing ``auto`` means checking a runtime against PyTorch, which costs seconds: the choice is
-remembered per (backbone, settings, installed runtime versions), so a warm run reads vectors without
-building any model, and a run with photos to compute checks the runtime again on those very photos.
+runtime, and the installed versions of the libraries that decode photos and compute vectors (a Pillow, torch
+or timm upgrade is another space, whatever the runtime). Choosing ``auto`` means checking a runtime against
+PyTorch, which costs seconds: the choice is remembered per (backbone, settings, installed versions), so a
+warm run reads vectors without building any model, and a run with photos to compute checks the runtime again
+on those very photos.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,10 +25,11 @@ import torch
 from shelfsight import paths
 from shelfsight.backbones import Backbone
 from shelfsight.catalog.types import Catalog
-from shelfsight.embeddings.cache import NON_FINITE, SkippedItem, StoredItems, VectorStore, cache_key
+from shelfsight.embeddings.cache import NON_FINITE, TRANSIENT, SkippedItem, StoredItems, VectorStore, cache_key
 from shelfsight.embeddings.digests import MISSING, DigestMemo
 from shelfsight.embeddings.runtime_choice import Probe, select_runtime
 from shelfsight.embeddings.runtimes import Runtime, RuntimeChoice, RuntimeReport
+from shelfsight.embeddings.versions import library_versions
 from shelfsight.files import atomic_write
 
 
@@ -61,9 +64,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def base_identity(backbone: Backbone, *, draft: bool, precision: str, device: torch.device) -> dict[str, Any]:
-    """What decides the numbers apart from the runtime."""
-    return {"backbone": backbone.cache_identity(), "draft": draft, "precision": precision, "device": device.type}
+def base_identity(backbone: Backbone, *, draft: bool, precision: str, device: torch.device,
+                  versions: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What decides the numbers apart from the runtime, library versions included (``versions``: the
+    installed ones by default), so an upgrade of any of them never reads vectors the old code computed."""
+    return {"backbone": backbone.cache_identity(), "draft": draft, "precision": precision, "device": device.type,
+            "libraries": dict(versions if versions is not None else library_versions(backbone))}
+
+
+def space_key(base: dict[str, Any], runtime_identity: dict[str, Any]) -> str:
+    """The key of one embedding space: the base identity and the runtime's."""
+    return cache_key({**base, "runtime": runtime_identity})
 
 
 def _choice_path(root: Path, base: dict[str, Any], requested: str) -> Path:
@@ -98,7 +109,7 @@ def plan_extraction(catalog: Catalog, backbone: Backbone, *, requested: RuntimeC
 
 def _plan_in(root: Path, identity: dict[str, Any], base: dict[str, Any], digests: list[str | None],
              ids: tuple[str, ...], use_cache: bool) -> ExtractionPlan:
-    store = VectorStore(root, cache_key({**base, "runtime": identity}))
+    store = VectorStore(root, space_key(base, identity))
     stored = store.read() if use_cache else StoredItems({}, {})
     return ExtractionPlan(store, digests, stored, _missing_positions(digests, stored), ids=ids)
 
@@ -128,21 +139,26 @@ def _write_choice(path: Path, identity: dict[str, Any], report: dict[str, Any]) 
 
 
 def assemble(catalog: Catalog, plan: ExtractionPlan) -> tuple[list[str], np.ndarray, list[SkippedItem]]:
-    """Catalogue order: the ids with vectors, their vectors, and every skipped item with its reason."""
+    """Catalogue order: the ids with vectors, their vectors, and every skipped item with its reason and kind.
+    A finite vector wins over a failure of the same photo (another process may have embedded it since)."""
     ids: list[str] = []
     rows: list[np.ndarray] = []
     skipped: list[SkippedItem] = []
+    stored = plan.stored
     for item, digest in zip(catalog.items, plan.digests, strict=True):
+        path = str(item.image_path)
         if digest is None:
             reason = MISSING if not os.path.exists(item.image_path) else "cannot read file"
-            skipped.append(SkippedItem(item.item_id, str(item.image_path), reason))
-        elif digest in plan.stored.failures:
-            skipped.append(SkippedItem(item.item_id, str(item.image_path), plan.stored.failures[digest]))
-        elif digest in plan.stored.vectors and np.isfinite(plan.stored.vectors[digest]).all():
+            skipped.append(SkippedItem(item.item_id, path, reason, TRANSIENT))
+        elif digest in stored.vectors and np.isfinite(stored.vectors[digest]).all():
             ids.append(item.item_id)
-            rows.append(plan.stored.vectors[digest])
+            rows.append(stored.vectors[digest])
+        elif digest in stored.failures:
+            skipped.append(SkippedItem(item.item_id, path, stored.failures[digest]))
+        elif digest in stored.transient:
+            skipped.append(SkippedItem(item.item_id, path, stored.transient[digest], TRANSIENT))
         else:
-            skipped.append(SkippedItem(item.item_id, str(item.image_path), NON_FINITE))
+            skipped.append(SkippedItem(item.item_id, path, NON_FINITE))
     vectors = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, 0), np.float32)
     return ids, vectors, skipped
 

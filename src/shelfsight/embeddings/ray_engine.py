@@ -32,13 +32,14 @@ import numpy as np
 
 from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform, load_backbone
 from shelfsight.catalog.types import Catalog
-from shelfsight.embeddings.cache import Chunk, SkippedItem, make_chunk
+from shelfsight.embeddings.cache import PERMANENT, TRANSIENT, Chunk, FailureKind, SkippedItem, make_chunk
 from shelfsight.embeddings.extract import (
     DEFAULT_CHUNK_SIZE,
     Embeddings,
     Precision,
     default_batch_size,
     embeddings_from_plan,
+    failure_of,
     probe_pixels,
     resolve_device,
     resolve_precision,
@@ -89,7 +90,7 @@ class RayOptions:
 class _PendingChunk:
     expected: int
     vectors: dict[int, np.ndarray] = field(default_factory=dict)
-    reasons: dict[int, str] = field(default_factory=dict)
+    reasons: dict[int, tuple[FailureKind, str]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -97,23 +98,22 @@ class _PendingChunk:
 
 
 def _decode_batch(batch: dict[str, np.ndarray], preprocess: dict[str, Any], draft: bool) -> dict[str, np.ndarray]:
-    """Ray Data task: paths -> uint8 CHW pixels (zeros plus a reason for a file that cannot be used)."""
+    """Ray Data task: paths -> uint8 CHW pixels (zeros plus a reason and its kind for a file that cannot be
+    used: ``failure_of`` classifies it where it failed, as on one machine)."""
     from shelfsight.catalog.images import decode_image
-    from shelfsight.errors import ImageDecodeError
 
     resolved = Preprocess(**preprocess)
     transform = build_pixel_transform(resolved)
     draft_size = resolved.resize_size if draft else None
     pixels = np.zeros((len(batch["path"]), 3, resolved.input_size, resolved.input_size), dtype=np.uint8)
     reasons = np.full(len(batch["path"]), "", dtype=object)
+    kinds = np.full(len(batch["path"]), "", dtype=object)
     for row, path in enumerate(batch["path"]):
         try:
             pixels[row] = transform(decode_image(str(path), draft_size=draft_size)).numpy()
-        except ImageDecodeError as exc:
-            reasons[row] = exc.reason
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a catalogue-sized run
-            reasons[row] = f"preprocessing failed ({type(exc).__name__}: {exc})"
-    return {"position": batch["position"], "pixels": pixels, "reason": reasons.astype(str)}
+            kinds[row], reasons[row] = failure_of(exc)
+    return {"position": batch["position"], "pixels": pixels, "reason": reasons.astype(str), "kind": kinds.astype(str)}
 
 
 class _Embed:
@@ -139,7 +139,7 @@ class _Embed:
             vectors[good] = computed
         if vectors is None:
             vectors = np.zeros((len(good), dim or 1), dtype=np.float32)
-        return {"position": batch["position"], "vector": vectors, "reason": batch["reason"]}
+        return {"position": batch["position"], "vector": vectors, "reason": batch["reason"], "kind": batch["kind"]}
 
 
 def _build_runtime(backbone: Backbone, name: str, device: str, precision: str, threads: int,
@@ -193,18 +193,18 @@ def embed_catalog_ray(
     computed = 0
     if plan.to_compute:
         assert plan.report is not None
-        manifest = {**plan.store.read_manifest(), "backbone": backbone.spec.name, "engine": "ray",
+        manifest = {"backbone": backbone.spec.name, "engine": "ray",
                     "identity": backbone.cache_identity(), "precision": resolved_precision, "draft": draft,
                     "device": str(torch_device), "runtime": plan.report.as_dict(), "last_catalog": catalog.name}
-        plan.store.write_manifest(manifest)
+        plan.store.update_manifest(manifest)
         _start_ray(ray, options)
         parts = _run_pipeline(ray, catalog, recipe, backbone, plan, options=options, chunk_size=chunk_size,
                               batch_size=batch_size, device=str(torch_device), precision=resolved_precision,
                               draft=draft, progress=progress, cache_dir=str(plan.store.folder.parents[2]))
         computed = store_parts(parts, plan, True, on_chunk)
         seconds = time.perf_counter() - started
-        plan.store.write_manifest({**manifest, "images_per_second": computed / max(seconds, 1e-9),
-                                   "rate_batch_size": batch_size})
+        plan.store.update_manifest({"images_per_second": computed / max(seconds, 1e-9),
+                                    "rate_batch_size": batch_size})
     result = embeddings_from_plan(catalog, plan, computed=computed, seconds=time.perf_counter() - started,
                                   device=str(torch_device), precision=resolved_precision, use_cache=True)
     if options.shards:
@@ -275,17 +275,7 @@ def _run_pipeline(
                for c in set(part_of.values())}
     with _progress(progress, len(positions), 0, f"embed {catalog.name} · {plan.runtime.name} · ray") as advance:
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-            fresh = 0
-            for position, vector, reason in zip(batch["position"], batch["vector"], batch["reason"], strict=True):
-                chunk = pending.get(part_of.get(int(position), -1))
-                if chunk is None or int(position) in chunk.vectors or int(position) in chunk.reasons:
-                    continue  # a retried block re-delivers rows already kept
-                fresh += 1
-                if reason:
-                    chunk.reasons[int(position)] = str(reason)
-                else:
-                    chunk.vectors[int(position)] = np.asarray(vector, dtype=np.float32)
-            advance(fresh)
+            advance(_keep_rows(batch, pending, part_of))
             for index in [c for c, state in pending.items() if state.complete]:
                 yield index, _as_chunk(pending.pop(index), items)
     if pending:
@@ -293,12 +283,30 @@ def _run_pipeline(
                              f"({sorted(pending)[:5]}); run again to compute them (finished parts are kept)")
 
 
+def _keep_rows(batch: dict[str, np.ndarray], pending: dict[int, _PendingChunk], part_of: dict[int, int]) -> int:
+    """File each row of an embedded batch under its part (a vector, or a failure with its kind); returns how
+    many rows were new (a retried block re-delivers rows already kept, which are ignored)."""
+    fresh = 0
+    for position, vector, reason, kind in zip(batch["position"], batch["vector"], batch["reason"], batch["kind"],
+                                              strict=True):
+        chunk = pending.get(part_of.get(int(position), -1))
+        if chunk is None or int(position) in chunk.vectors or int(position) in chunk.reasons:
+            continue
+        fresh += 1
+        if reason:
+            chunk.reasons[int(position)] = (PERMANENT if kind == PERMANENT else TRANSIENT, str(reason))
+        else:
+            chunk.vectors[int(position)] = np.asarray(vector, dtype=np.float32)
+    return fresh
+
+
 def _as_chunk(state: _PendingChunk, items: tuple[Any, ...]) -> Chunk:
     """In catalogue order (ids are catalogue positions, as in ``embed_catalog``), through the same
     ``make_chunk``, so non-finite vectors are refused alike."""
     order = sorted(state.vectors)
     vectors = np.stack([state.vectors[p] for p in order]) if order else np.zeros((0, 0), np.float32)
-    skipped = [SkippedItem(str(p), str(items[p].image_path), r) for p, r in state.reasons.items()]
+    skipped = [SkippedItem(str(p), str(items[p].image_path), reason, kind)
+               for p, (kind, reason) in state.reasons.items()]
     return make_chunk([str(p) for p in order], [str(items[p].image_path) for p in order], vectors, skipped)
 
 

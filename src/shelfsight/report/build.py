@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shelfsight.bench.compare import read_significance
+from shelfsight.bench.compare import FamilySettings
 from shelfsight.bench.leaderboard import TIED, leaderboard_frames, metric_columns
 from shelfsight.report import figures
 from shelfsight.report.analysis import ADAPTATIONS, adaptation_gains, cross_tuning, family_gains, quality_and_cost
 from shelfsight.report.data import RunData, datasets, main_metric, main_protocol, retrieval_protocols
 from shelfsight.report.images import Thumbnails
-from shelfsight.report.paired import PairedTests
+from shelfsight.report.paired import PairedTests, family_for_report
 from shelfsight.report.recommend import (
     AUTO_TAGGING,
     TIERS,
@@ -44,7 +44,7 @@ class BoardCell:
     high: float = math.nan
     """The 95% interval, shown for the ranking metric (the first column)."""
     tied: bool = False
-    """Not significantly below the column's best (paired test, Holm-corrected)."""
+    """Not significantly below the column's best (paired test, Holm-corrected over the run's family)."""
 
     @property
     def has_interval(self) -> bool:
@@ -134,6 +134,13 @@ class Report:
     absent: dict[str, str] = field(default_factory=dict)
     extras: list[Section] = field(default_factory=list)
     """Sections from ``shelfsight.report.sections`` that have something to show for this run."""
+    family: str = ""
+    """The run's one Holm family: its size, alpha and what it holds."""
+
+    @property
+    def scope(self) -> list[str]:
+        """What the tables hold and how they were tested: the family, stale cells, a run stopped half-way."""
+        return [*([self.family] if self.family else []), *self.run.scope_notes]
 
     @property
     def plots(self) -> list[Plot]:
@@ -162,10 +169,13 @@ def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report
     strategies = sorted(str(s) for s in table["strategy"].unique())
     colours = figures.strategy_colours([*strategies, *ADAPTATIONS])
     absent: dict[str, str] = {}
+    say("paired tests")
+    settings = FamilySettings.of(run.config.get("stats"))
+    tests = family_for_report(run.run_dir, settings)
     say("recommendation")
-    recs = recommend(table, _paired_tests(run))
+    recs = recommend(table, PairedTests(tests.family, settings))
     say("leaderboard")
-    boards = _boards(table, read_significance(run.run_dir))
+    boards = _boards(table, tests.significance)
     say("charts")
     bars = [Plot(f"bars-{slug(d)}", d, png) for d in datasets(table)
             if (png := figures.dataset_bars(table, d, colours)) is not None]
@@ -205,15 +215,7 @@ def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report
                   recommendations=recs, boards=boards, bars=bars, gains=gains, family_gains=family_gains(gains),
                   gains_plot=gains_plot, cost_plots=cost_plots, cross_plots=cross_plots, grids=grids,
                   confusions=confusions, index_recall=recall, thumbnails_missing=len(thumbnails.missing),
-                  absent=absent, extras=extras)
-
-
-def _paired_tests(run: RunData) -> PairedTests | None:
-    """Paired tests over the run's per-query scores, with the run's own statistics settings."""
-    stats = run.config.get("stats") or {}
-    return PairedTests(str(run.run_dir), alpha=float(stats.get("alpha", 0.05)),
-                       n_permutations=int(stats.get("permutations", 10000)),
-                       n_resamples=int(stats.get("bootstrap", 1000)), seed=int(stats.get("seed", 0)))
+                  absent=absent, extras=extras, family=tests.describe())
 
 
 def _boards(table: pd.DataFrame, significance: pd.DataFrame | None) -> list[Board]:

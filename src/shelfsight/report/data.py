@@ -1,7 +1,8 @@
 """What the report reads: the run folder's stored results, never live objects.
 
-``RUN/results.csv`` (the tidy table), ``RUN/cells/*.json`` (examples, confusion matrices, errors),
-``RUN/config.json`` and ``RUN/provenance.json``.
+``RUN/results.csv`` (the tidy table), ``RUN/cells/*.json`` of the run's plan (examples, confusion matrices,
+errors; ``RUN/plan.json`` says which, the others are stale and only named), ``RUN/config.json`` and
+``RUN/provenance.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from shelfsight.bench.leaderboard import MAIN_METRICS
-from shelfsight.bench.results import CellResult, ResultStore, read_table
+from shelfsight.bench.results import CellResult, ResultStore, read_table, stale_note
 from shelfsight.bench.strategies.zeroshot import TEXT_PROTOCOL
 from shelfsight.catalog import declared_entry
 
@@ -32,6 +33,10 @@ class RunData:
     cells: tuple[CellResult, ...]
     config: dict[str, Any]
     provenance: dict[str, Any]
+    stale: tuple[str, ...] = ()
+    """Stored cells outside the run's plan (dropped from the config, or stored under other inputs)."""
+    complete: bool = True
+    """False when the run stopped after planning and before writing its tables (they are an earlier plan's)."""
 
     @property
     def name(self) -> str:
@@ -40,6 +45,15 @@ class RunData:
     @property
     def failed(self) -> list[CellResult]:
         return [c for c in self.cells if c.status != "ok"]
+
+    @property
+    def scope_notes(self) -> list[str]:
+        """What the report leaves out of its tables, and a run stopped half-way."""
+        notes = [stale_note(list(self.stale))] if self.stale else []
+        if not self.complete:
+            notes.append("This run stopped before writing its tables for its latest plan: the tables and tests shown "
+                         "are an earlier plan's. Rerun `shelfsight bench` to finish it.")
+        return notes
 
     def cells_of(self, model: str, dataset: str, strategy: str) -> list[CellResult]:
         """The successful cells of one (model, dataset, strategy), by seed."""
@@ -56,8 +70,12 @@ def load_run(run_dir: str | Path) -> RunData:
     table["family"] = table["family"].fillna("unknown").astype(str)  # an empty family reads back as NaN
     floors = random_init_models(config)
     table.loc[table["model"].isin(floors), "family"] = RANDOM_INIT
-    cells = tuple(ResultStore(path).load_all()) if (path / "cells").is_dir() else ()
-    return RunData(run_dir=path, table=table, cells=cells, config=config, provenance=_json(path / "provenance.json"))
+    store = ResultStore(path)
+    plan = store.read_plan()
+    planned, stale = store.planned_results(plan)
+    return RunData(run_dir=path, table=table, cells=tuple(planned), config=config,
+                   provenance=_json(path / "provenance.json"), stale=tuple(sorted(r.cell.cell_id for r in stale)),
+                   complete=plan is None or plan.complete)
 
 
 

@@ -27,7 +27,7 @@ SECTIONS = (
     ("recommendation", "Recommendation"), ("leaderboard", "Leaderboard"), ("per-dataset", "Per dataset"),
     ("gains", "Adaptation gains"), ("cost", "Quality vs cost"), ("cross-tuning", "Cross-tuning"),
     ("retrieval-examples", "Retrieval examples"), ("confusion", "Confusion"), ("index-recall", "Index recall"),
-    ("configuration", "Configuration"), ("failed", "Failed cells"),
+    ("tests", "Tests and scope"), ("configuration", "Configuration"), ("failed", "Failed cells"),
 )
 
 
@@ -71,8 +71,8 @@ def render_html(report: Report) -> str:
 
 
 def _sections(report: Report) -> list[tuple[str, str]]:
-    """The navigation: core sections, then the extra ones, then configuration and failed cells."""
-    return [*SECTIONS[:-2], *((extra.id, extra.title) for extra in report.extras), *SECTIONS[-2:]]
+    """The navigation: core sections, then the extra ones, then tests, configuration and failed cells."""
+    return [*SECTIONS[:-3], *((extra.id, extra.title) for extra in report.extras), *SECTIONS[-3:]]
 
 
 def _index_text(index: dict[str, object]) -> str:

@@ -70,6 +70,8 @@ def render_markdown(report: Report, figures_dir: str = "figures") -> str:
                 lines += _board(board)
     for extra in report.extras:
         lines += [f"## {extra.title}", "", extra.markdown.rstrip(), ""]
+    scope = report.scope or ["No paired comparison in this run."]
+    lines += ["## Tests and scope", "", *(f"- {line}" for line in scope), ""]
     lines += ["## Figures", ""]
     for plot in report.plots:
         lines += [f"![{plot.title}]({figures_dir}/{plot.name}.png)", ""]

@@ -5,7 +5,7 @@ Each claim of the paper's guidance is checked against the same numbers and state
 tied within noise or not measured, with the evidence.
 
 Every "better" is a paired test on the same queries (``PairedTests``: a permutation test, Holm-corrected
-over all the comparisons one report makes); without per-query scores the verdicts fall back to means
+over the run's one family of comparisons); without per-query scores the verdicts fall back to means
 and say so.
 """
 
@@ -76,7 +76,8 @@ class Choice:
 
 @dataclass(frozen=True)
 class PairedTest:
-    """A - B on the same queries: difference, 95% interval, raw and Holm-adjusted p-values."""
+    """A - B on the same queries: difference, its interval (at ``confidence``: 1 - the run's alpha), raw and
+    Holm-adjusted p-values."""
 
     difference: float
     low: float
@@ -87,10 +88,11 @@ class PairedTest:
     method: str
     p_floor: float = 0.0
     """The smallest p-value the permutation test can give (1 / (permutations + 1)): one at it is a bound."""
+    confidence: float = 0.95
 
     def numbers(self) -> str:
         p = f"p≤{self.p_floor:.1g}" if self.p_value <= self.p_floor * (1 + 1e-9) else f"p={self.p_value:.2g}"
-        return (f"difference {self.difference:+.3f}, 95% CI {self.low:+.3f} to {self.high:+.3f}, "
+        return (f"difference {self.difference:+.3f}, {self.confidence:.0%} CI {self.low:+.3f} to {self.high:+.3f}, "
                 f"{p} (Holm {self.p_adjusted:.2g})")
 
 
@@ -161,19 +163,10 @@ def choices(table: pd.DataFrame, task: str, dataset: str) -> list[Choice]:
     return found
 
 
-def recommend(table: pd.DataFrame, tests: Tester | None = None) -> Recommendations:
-    """For visual search and auto-tagging, on each dataset and in each budget tier, the best cell. With
-    ``tests``, two passes: the first gathers every comparison, Holm adjusts them together, the second
-    words the verdicts from the adjusted p-values."""
-    from shelfsight.report.paired import PairedTests
-
-    if isinstance(tests, PairedTests):
-        _recommend(table, tests)
-        tests.adjust()
-    return _recommend(table, tests)
-
-
-def _recommend(table: pd.DataFrame, tester: Tester | None) -> Recommendations:
+def recommend(table: pd.DataFrame, tester: Tester | None = None) -> Recommendations:
+    """For visual search and auto-tagging, on each dataset and in each budget tier, the best cell; verdicts from
+    ``tester`` (the run's family: ``report.paired.PairedTests``), untested without one. Which pairs are
+    compared depends on the table's means only, so the bench can gather them into the family beforehand."""
     items = []
     for dataset in datasets(table):
         for task in (VISUAL_SEARCH, AUTO_TAGGING):

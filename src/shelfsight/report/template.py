@@ -60,7 +60,7 @@ TEMPLATE = r"""<!DOCTYPE html>
   <h1>shelfsight report · {{ r.run.name }}</h1>
   <p>{{ r.datasets | length }} dataset(s): {{ r.datasets | join(", ") }} ·
      {{ models | length }} model(s) · strategies {{ strategies | join(", ") }} ·
-     {{ ok_cells }} cell(s) ok{% if r.run.failed %}, <strong>{{ r.run.failed | length }} failed</strong>{% endif %} ·
+     {{ ok_cells }} cell(s) ok{% if r.run.failed %}, <strong>{{ r.run.failed | length }} failed</strong>{% endif %}{% if r.run.stale %}, <a href="#tests" style="color:#d0d7de">{{ r.run.stale | length }} stale left out</a>{% endif %} ·
      generated {{ r.generated }} from {{ r.run.run_dir }}</p>
 </header>
 <nav>
@@ -84,8 +84,8 @@ TEMPLATE = r"""<!DOCTYPE html>
 <p>Per task, dataset and budget, the best measured (model, strategy) with its mean (± standard deviation over seeds
 where the cell is stochastic and repeated; n = seeds, 1 for a deterministic cell) and its 95% bootstrap interval in
 brackets, the runner-up, and whether the lead is significant: a paired permutation test on the same queries,
-Holm-corrected over every comparison this report makes, with the interval of the difference excluding zero; otherwise
-the two are tied within noise. Visual search is decided by the main retrieval protocol's metric, auto-tagging by
+Holm-corrected over the run's one family of comparisons (<a href="#tests">Tests and scope</a>), with the interval of
+the difference at 1 - alpha excluding zero; otherwise the two are tied within noise. Visual search is decided by the main retrieval protocol's metric, auto-tagging by
 classification accuracy. Budgets:
 {% for tier in tiers %}<em>{{ tier.name }}</em> ({{ tier.description }}){{ "; " if not loop.last else "." }}{% endfor %}
 </p>
@@ -133,7 +133,7 @@ checked on this run's numbers:</p>
 <p>Mean over seeds (± standard deviation when repeated; deterministic cells run once). The ranking metric (first
 column) shows its 95% bootstrap interval over queries in brackets; the best value of each column is highlighted, and
 <span class="tie">≈</span> marks a cell not significantly below the best (paired permutation test on the same queries,
-Holm-corrected over the table). Costs are shown, not ranked.</p>
+Holm-corrected over the run's one family). Costs are shown, not ranked.</p>
 {% for board in r.boards %}
 <h3 id="board-{{ slug(board.dataset, board.protocol) }}">{{ board.dataset }} · {{ board.protocol }}</h3>
 <table class="leaderboard" data-dataset="{{ board.dataset }}" data-protocol="{{ board.protocol }}">
@@ -267,6 +267,13 @@ classes, summed over {{ c.seeds }} seed(s).</figcaption></figure>
 {{ extra.html | safe }}
 </section>
 {% endfor %}
+
+<section id="tests">
+<h2>Tests and scope</h2>
+{% for line in r.scope %}<p class="scope">{{ line }}</p>
+{% endfor %}
+{% if not r.scope %}<p class="absent">No paired comparison in this run.</p>{% endif %}
+</section>
 
 <section id="configuration">
 <h2>Configuration and versions</h2>

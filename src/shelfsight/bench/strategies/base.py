@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from shelfsight.bench.evaluate import IndexFactory
-from shelfsight.bench.leakage import DedupePolicy
+from shelfsight.bench.leakage import DedupePolicy, DuplicateDecision
 from shelfsight.bench.results import Cell
 from shelfsight.catalog import Catalog
 from shelfsight.embeddings import Embeddings
@@ -60,8 +60,9 @@ class StrategyInputs:
     """For ``finetune`` on class-disjoint protocols: the backbone tuned on the protocol's training items
     and the catalogue embedded with it, by protocol name."""
     keep_collections: bool = False
-    dedupe: DedupePolicy | None = None
-    """What to do about queries with a duplicate in their gallery (the config's ``dedupe``)."""
+    dedupe: DedupePolicy | DuplicateDecision | None = None
+    """What to do about queries with a duplicate in their gallery (the config's ``dedupe``; with a near-duplicate
+    threshold, the run's decision for the dataset, the same for every cell)."""
     label_budget: int | None = None
     """For a label-budget cell (``linear/5``): the labelled training photos per class it may learn from, a
     seeded draw nested across budgets (``adapt.splits.at_most_per_class``); validation and test untouched."""

@@ -1,6 +1,7 @@
 """``compress``: the frozen embedding compressed by every method of the config's ``compress:`` section.
 
-PCA (optionally whitened) fitted on each protocol's gallery, int8 and product quantisation, sign bits with
+PCA (optionally whitened), int8 and product quantisation, each fitted on items disjoint from the queries it is
+scored on (the gallery; on leave-one-out protocols the training split or a 2-fold cross-fit), sign bits with
 Hamming search and float re-ranking, Milvus's compressing index types: each scored for retrieval beside its
 real costs (bytes per item, index size, build time, queries/s, recall against exact float search). Nothing
 is trained on labels, so the cell is deterministic; ``compress-toptune`` does the same for top-tuned

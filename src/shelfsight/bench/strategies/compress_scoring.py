@@ -1,14 +1,18 @@
 """Score every compression method on every protocol of a cell: the work the ``compress`` strategies share.
 
 Per protocol the gallery and queries come from the embeddings the strategy chose (frozen or top-tuned);
-each method is built on the gallery only, searched with every query, and scored with the bench's metrics
+each method is fitted on items disjoint from the queries it is scored on (``compress.fit_plan``: the gallery,
+else the protocol's training items, else a 2-fold cross-fit, so on leave-one-out protocols no query is ever
+scored by a compression that learnt from it), searched with every query, and scored with the bench's metrics
 at the ``compress.k`` depth. Results go where the rest of shelfsight reads them:
 
 - ``scores[protocol]["METHOD/METRIC"]``: mMP@k and R@k of each method (with per-query columns of the same
   names, so the results table gives them bootstrap intervals), ``METHOD/recall@k`` against exact float
   search of the uncompressed embedding, and the method's costs (``METHOD/bytes_per_item``...);
-- ``details["compression"][protocol]``: one row per method (status, family, backend, what was built, the
-  ratio of each metric to the ``float`` method's), which the report's compression section reads.
+- ``details["compression"][protocol]``: one row per method (status, family, backend, what was built, what it
+  was fitted on, the ratio of each metric to the ``float`` method's), which the report's compression section
+  reads; ``details["compression_fit"][protocol]``: the fit plan (fit items and queries per fold). Under a
+  cross-fit a method's costs are the mean over its folds (each fold builds the whole gallery).
 
 A method that cannot apply (PCA wider than the embedding) is ``skipped``, one the index refuses (IVF_PQ on
 Milvus Lite) is ``refused``: both with the reason, and the cell goes on.
@@ -26,15 +30,19 @@ import pandas as pd
 
 from shelfsight.bench.evaluate import ProtocolSplit, split_for
 from shelfsight.bench.strategies.base import Scores, StrategyInputs
+from shelfsight.catalog import Catalog
 from shelfsight.compress import (
     FLOAT,
+    GALLERY,
     CompressConfig,
     CompressionMethod,
+    FitPlan,
     MethodRun,
     MilvusPlace,
     NotApplicable,
     Projections,
     Side,
+    fit_plan,
     run_method,
 )
 from shelfsight.embeddings import Embeddings
@@ -73,21 +81,77 @@ def compress_protocols(inputs: StrategyInputs, protocols: list[tuple[RetrievalPr
     scores: Scores = {}
     rows: dict[str, list[dict[str, Any]]] = {}
     frames = []
+    fits: dict[str, Any] = {}
     for protocol, embeddings in protocols:
         data = split_for(protocol, inputs.catalog, embeddings)
-        side = _side(data, protocol, embeddings)
-        reference = _exact(data, side, config.k)
+        plan = protocol_fit_plan(protocol, inputs.catalog, data, embeddings)
+        whole, folds = _sides(data, protocol, embeddings, plan)
+        reference = _exact(data, protocol, config.k)
         ks = tuple(k for k in inputs.ks if k <= config.k)
         prefix = f"{inputs.collection_prefix}_{protocol.name}"
-        scored = [_score_method(method, runs.get(method, side, config, projections, place, f"{prefix}_{method.name}"),
-                                data, reference, ks, protocol.leave_one_out) for method in methods]
+        scored = [_score_method(method, _merged([runs.get(method, side, config, projections, place,
+                                                          f"{prefix}_{method.name}")
+                                                 for side in (folds if method.fits else [whole])], plan),
+                                data, reference, ks, protocol.leave_one_out, plan) for method in methods]
         rows[protocol.name] = _with_ratios([row for row, _ in scored])
+        fits[protocol.name] = plan.describe()
         scores[protocol.name] = {key: value for row, _ in scored for key, value in _flat(row).items()}
         frames.append(pd.DataFrame({"query": data.query_ids,
                                     **{k: v for _, per_query in scored for k, v in per_query.items()}})
                       .assign(protocol=protocol.name))
-    details = {"compression": rows, "compress_settings": asdict(config)}
+    details = {"compression": rows, "compression_fit": fits, "compress_settings": asdict(config)}
     return scores, details, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def protocol_fit_plan(protocol: RetrievalProtocol, catalog: Catalog, data: ProtocolSplit,
+                      embeddings: Embeddings) -> FitPlan:
+    """What each query's compression is fitted on (``compress.fit_plan``): the gallery, the protocol's
+    embedded training items (class-disjoint protocols), or a cross-fit."""
+    training = None
+    if protocol.train is not None:
+        items = {item.item_id: item for item in catalog}
+        training = [i for i in embeddings.ids if i in items and protocol.train.includes(items[i])]
+    return fit_plan(data.query_ids, data.gallery_ids, training)
+
+
+def _sides(data: ProtocolSplit, protocol: RetrievalProtocol, embeddings: Embeddings,
+           plan: FitPlan) -> tuple[Side, list[Side]]:
+    """(every query against the gallery, fitted on the gallery: for methods that fit nothing; one side per fold of
+    the plan: the whole gallery, the fold's queries and its fit set, which is the former for a gallery fit)."""
+    exclude: list[str | None] | None = list(data.query_ids) if protocol.leave_one_out else None
+    key = _digest(embeddings.key.encode(), "\n".join(data.gallery_ids).encode())
+    whole = Side(list(data.gallery_ids), data.gallery_vectors, data.query_vectors, exclude, key)
+    if plan.on == GALLERY:
+        return whole, [whole]
+    rows = {item_id: row for row, item_id in enumerate(embeddings.ids)}
+    sides = []
+    for fold in plan.folds:
+        fit = embeddings.vectors[[rows[i] for i in fold.fit_ids]]
+        sides.append(Side(list(data.gallery_ids), data.gallery_vectors, data.query_vectors[fold.query_rows],
+                          None if exclude is None else [exclude[r] for r in fold.query_rows], key, fit=fit,
+                          fit_key=_digest(embeddings.key.encode(), "\n".join(fold.fit_ids).encode())))
+    return whole, sides
+
+
+def _merged(runs: list[MethodRun | Exception], plan: FitPlan) -> MethodRun | Exception:
+    """The folds' answers put back in query order, costs averaged over folds; the first failure if any failed."""
+    failure = next((run for run in runs if isinstance(run, Exception)), None)
+    if failure is not None:
+        return failure
+    done = [run for run in runs if isinstance(run, MethodRun)]
+    if len(done) == 1:
+        return done[0]
+    n = sum(len(fold.query_rows) for fold in plan.folds)
+    depth = done[0].answer.indices.shape[1]
+    indices = np.full((n, depth), -1, dtype=np.int64)
+    scores = np.full((n, depth), -np.inf, dtype=np.float32)
+    ids: list[list[str]] = [[] for _ in range(n)]
+    for fold, run in zip(plan.folds, done, strict=True):
+        indices[fold.query_rows], scores[fold.query_rows] = run.answer.indices, run.answer.scores
+        for row, found in zip(fold.query_rows, run.answer.ids, strict=True):
+            ids[row] = found
+    costs = {name: float(np.mean([run.costs[name] for run in done])) for name in done[0].costs}
+    return MethodRun(done[0].method, SearchResult(indices=indices, scores=scores, ids=ids), costs, done[0].details)
 
 
 class _RunCache:
@@ -100,7 +164,7 @@ class _RunCache:
     def get(self, method: CompressionMethod, side: Side, config: CompressConfig, projections: Projections,
             place: MilvusPlace, collection: str) -> MethodRun | Exception:
         """The method's run, or the exception that stopped it (kept: the other methods still count)."""
-        key = (method.name, side.key + _digest(side.queries.tobytes(), str(side.exclude).encode()))
+        key = (method.name, side.key + side.fit_key + _digest(side.queries.tobytes(), str(side.exclude).encode()))
         if key not in self._runs:
             try:
                 self._runs[key] = run_method(method, side, config=config, projections=projections, place=place,
@@ -110,25 +174,23 @@ class _RunCache:
         return self._runs[key]
 
 
-def _side(data: ProtocolSplit, protocol: RetrievalProtocol, embeddings: Embeddings) -> Side:
-    exclude: list[str | None] | None = list(data.query_ids) if protocol.leave_one_out else None
-    key = _digest(embeddings.key.encode(), "\n".join(data.gallery_ids).encode())
-    return Side(list(data.gallery_ids), data.gallery_vectors, data.query_vectors, exclude, key)
-
-
-def _exact(data: ProtocolSplit, side: Side, k: int) -> SearchResult:
+def _exact(data: ProtocolSplit, protocol: RetrievalProtocol, k: int) -> SearchResult:
     """Exact float search of the uncompressed embedding: what each method's recall is measured against."""
     exact = ExactIndex()
     exact.add(data.gallery_ids, data.gallery_vectors)
-    return exact.search(data.query_vectors, k, exclude_ids=side.exclude)
+    return exact.search(data.query_vectors, k, exclude_ids=list(data.query_ids) if protocol.leave_one_out else None)
+
+
+NOTHING_FITTED = "nothing fitted"
 
 
 def _score_method(method: CompressionMethod, result: MethodRun | Exception, data: ProtocolSplit,
-                  reference: SearchResult, ks: tuple[int, ...], same_set: bool
+                  reference: SearchResult, ks: tuple[int, ...], same_set: bool, plan: FitPlan
                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One method's table row and its per-query columns (none when it was skipped, refused or failed)."""
     row: dict[str, Any] = {"method": method.name, "family": method.family, "backend": method.backend,
-                           "pca": method.pca, "whiten": method.whiten, "rerank": method.rerank}
+                           "pca": method.pca, "whiten": method.whiten, "rerank": method.rerank,
+                           "fitted_on": plan.on if method.fits else NOTHING_FITTED}
     if isinstance(result, Exception):
         return {**row, "status": _status(result), "reason": _reason(result)}, {}
     report = retrieval_report(data.query_keys, data.gallery_keys, result.answer.indices, same_set=same_set, ks=ks)

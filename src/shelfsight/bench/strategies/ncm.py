@@ -1,16 +1,21 @@
 """``ncm``: the nearest class mean. Each class is the normalised mean of its training embeddings, a photo
 takes the class whose mean is closest in cosine: auto-tagging with nothing to train, one vector per class
-to store (where kNN keeps every training photo), and new classes added by averaging their photos."""
+to store (where kNN keeps every training photo), and new classes added by averaging their photos. It averages the
+training part only, so a label-budget cell ``ncm/N`` learns from its N drawn photos per class, as ``knn/N`` and
+``linear/N`` do (their details say how many: ``train``)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shelfsight.bench.strategies.base import CLASSIFICATION, NO_TRAINING, Strategy, StrategyInputs, StrategyOutput
-from shelfsight.bench.strategies.scoring import classification_data, classification_scores
+from shelfsight.bench.strategies.scoring import classification_data, classification_scores, training_counts
+
+if TYPE_CHECKING:
+    from shelfsight.bench.config import BenchConfig
 
 NAME = "ncm"
 
@@ -28,17 +33,26 @@ def predict(means: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return np.argmax(vectors @ means.T, axis=1) if len(vectors) else np.zeros(0, dtype=np.int64)
 
 
+LEARNS_FROM = "the training part only (validation unused: nothing to select)"
+"""What the means average, in the settings so that a change recomputes the cells. Validation is the run's model
+selection set; NCM selects nothing, and averaging it in would give NCM more labels than kNN and the linear
+probe, and a label-budget cell ``ncm/N`` far more than N photos per class."""
+
+
 def run(inputs: StrategyInputs) -> StrategyOutput:
     data = classification_data(inputs)
     started = time.perf_counter()
-    means = class_means(np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val]),
-                        len(data.classes))
+    means = class_means(data.x_train, data.y_train, len(data.classes))
     fit_seconds = time.perf_counter() - started
-    details: dict[str, Any] = {"train": len(data.y_train) + len(data.y_val), "test": len(data.y_test),
+    details: dict[str, Any] = {**training_counts(data, inputs.label_budget), "test": len(data.y_test),
                                "classes": len(data.classes), "dropped_test_unseen_class": data.dropped_test}
     scores, per_item = classification_scores(data, predict(means, data.x_test), details)
     return StrategyOutput({CLASSIFICATION: scores}, {"tune_seconds": fit_seconds}, details, per_item)
 
 
-STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, classifies=True, budgeted=True,
-                    description="nearest class mean of the frozen training embeddings (cosine)")
+def settings(config: BenchConfig) -> dict[str, Any]:
+    return {"learns_from": LEARNS_FROM}
+
+
+STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, settings=settings, classifies=True,
+                    budgeted=True, description="nearest class mean of the frozen training embeddings (cosine)")

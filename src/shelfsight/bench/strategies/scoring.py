@@ -33,6 +33,8 @@ class ClassificationData:
     learned_from: tuple[str, ...] = ()
     """Ids of the training and validation items."""
     test_ids: tuple[str, ...] = ()
+    train_ids: tuple[str, ...] = ()
+    """Ids of the training items (under a label budget: the drawn ones), in the order of ``x_train``."""
 
 
 def retrieval_scores(inputs: StrategyInputs, tuned: dict[str, tuple[Embeddings, tuple[str, ...]]],
@@ -76,7 +78,8 @@ def classification_data(inputs: StrategyInputs, splits: ClassificationSplits | N
     """Train, validation and test arrays of the embedded items (``adapt.splits.labelled_splits``: the
     partition fine-tuning uses too); without a validation split, a stratified seeded 10% of train.
     ``splits`` and ``catalog`` select other items (a class-disjoint protocol's training items). A label-budget
-    cell keeps ``inputs.label_budget`` training items per class, drawn after validation is set aside."""
+    cell keeps ``inputs.label_budget`` training items per class, drawn after validation is set aside: what a
+    strategy fits on is ``x_train``; validation only selects (the probe's C, a head's epochs), never fits."""
     embedded = set((catalog or inputs.catalog).ids)
     ids = [i for i in inputs.embeddings.ids if i in embedded]
     labelled = labelled_splits(inputs.dataset, catalog or inputs.catalog, inputs.seed, ids=ids, splits=splits)
@@ -93,7 +96,18 @@ def classification_data(inputs: StrategyInputs, splits: ClassificationSplits | N
         dropped_test=labelled.dropped_test,
         learned_from=tuple(item.item_id for item in (*labelled.train, *labelled.val)),
         test_ids=tuple(item.item_id for item in labelled.test),
+        train_ids=tuple(item.item_id for item in labelled.train),
     )
+
+
+def training_counts(data: ClassificationData, label_budget: int | None) -> dict[str, Any]:
+    """What a classifier learned from, for its details: ``train`` photos, the most of any class, and under a
+    label budget the drawn ids (a few per class), so a curve's cell can be checked photo by photo."""
+    counts: dict[str, Any] = {"train": len(data.y_train),
+                              "train_per_class_max": int(np.bincount(data.y_train).max()) if len(data.y_train) else 0}
+    if label_budget is not None:
+        counts["train_ids"] = list(data.train_ids)
+    return counts
 
 
 def classification_scores(data: ClassificationData, predicted: np.ndarray,

@@ -65,7 +65,22 @@ def frontier_frame(run: RunData) -> pd.DataFrame:
     recall = [c for c in frame.columns if str(c).startswith("recall@")]
     frame["recall"] = frame[recall[0]] if recall else math.nan
     frame["memory_per_item"] = frame.apply(_memory_per_item, axis=1)
+    fitted = fitted_on(run)
+    frame["fitted_on"] = [fitted.get(key, "-") for key in zip(*(frame[k] for k in keys), strict=True)]
     return _with_kept(frame)
+
+
+def fitted_on(run: RunData) -> dict[tuple[str, str, str, str, str], str]:
+    """(dataset, protocol, model, strategy, method) -> the items its codes were fitted on (``gallery``, ``train
+    split``, ``2-fold cross-fit`` or ``nothing fitted``): never the queries it is scored on."""
+    found: dict[tuple[str, str, str, str, str], str] = {}
+    for cell in run.cells:
+        for protocol, rows in (cell.details.get("compression") or {}).items():
+            for row in rows:
+                if "fitted_on" in row:
+                    key = (cell.cell.dataset, protocol, cell.cell.model, cell.cell.strategy, row["method"])
+                    found[key] = str(row["fitted_on"])
+    return found
 
 
 def _memory_per_item(row: pd.Series) -> float:
@@ -226,14 +241,17 @@ def _advice(frame: pd.DataFrame, budget: Budget) -> list[str]:
 
 
 _INTRO_MD = (
-    "Every method compresses the same embedding (pre-trained, or the top-tuned head's output): PCA fitted on the "
-    "gallery only (scikit-learn), int8 and product quantisation (FAISS), sign bits with Hamming search (FAISS "
+    "Every method compresses the same embedding (pre-trained, or the top-tuned head's output): PCA fitted on items "
+    "disjoint from the queries it is scored on (*fitted on*: the gallery where it holds no query, else the train "
+    "split, else a 2-fold cross-fit; scikit-learn), int8 and product quantisation (FAISS), sign bits with Hamming "
+    "search (FAISS "
     "`IndexBinaryFlat`: Milvus Lite 3.2.2 refuses binary vectors) and float re-ranking of the top candidates, "
     "Milvus index types that compress (checked with `describe_index`). *bytes/item* is the stored code; *kept* "
     "is the ratio to the same embedding's exact float search; *index* is the index as built (FAISS: serialized, "
     "its memory; Milvus Lite: its index files); queries/s include projecting the query, on a shared CPU.")
 _INTRO_HTML = "<p>{}</p>".format(re.sub(r"\*([^*]+)\*", r"<em>\1</em>", html.escape(_INTRO_MD).replace("`", "")))
-COLUMNS = (("model", "model"), ("embedding", "embedding"), ("method", "method"), ("bytes_per_item", "bytes/item"),
+COLUMNS = (("model", "model"), ("embedding", "embedding"), ("method", "method"), ("fitted_on", "fitted on"),
+           ("bytes_per_item", "bytes/item"),
            ("mMP@5", "mMP@5"), ("kept mMP@5", "kept"), ("R@1", "R@1"), ("kept R@1", "kept"),
            ("recall", "recall vs float"), ("index_bytes", "index KB"), ("build_seconds", "build s"),
            ("qps_batch1", "q/s batch 1"), ("qps_batched", "q/s batched"))

@@ -1,8 +1,8 @@
 """Label efficiency: quality against labelled photos per class, and the budget where tuning starts to pay.
 
 Reads ``label-budgets.csv`` (the curves: each strategy's mean over subset seeds with its 95% interval, the
-pre-trained embedding as the zero-label level) and ``label-budgets-tests.csv`` (the paired, Holm-corrected
-comparisons behind each break-even budget), both written by the bench runner (``bench.label_budgets``).
+pre-trained embedding as the zero-label level) and ``label-budgets-tests.csv`` (the paired comparisons behind each
+break-even budget, from the run's one Holm family), both written by the bench runner (``bench.label_budgets``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from shelfsight.bench import strategies as registry
 from shelfsight.bench.label_budgets import (
     ALL,
     CLASSIFICATION_METRIC,
+    MIN_DRAWS,
     RETRIEVAL_METRIC,
     VALIDATION,
     ZERO_LABEL,
@@ -40,7 +41,8 @@ LEAD = ("Each tuned strategy trained on N labelled photos per class, for several
         f"Validation is {VALIDATION}. Lines: mean over the draws; bars: 95% bootstrap intervals over draws and "
         "queries; dashed: the pre-trained embedding, which needs no label. The break-even budget is the smallest "
         "N at which the strategy is significantly better than its reference on the same queries (paired test, "
-        "Holm-corrected over every comparison of this section, and an interval that excludes zero).")
+        "Holm-corrected over the run's one family of comparisons, and an interval that excludes zero); it is not "
+        f"called with fewer than {MIN_DRAWS} draws per budget, where the interval over draws under-covers.")
 
 
 def build(run: RunData) -> Section | None:
@@ -151,7 +153,10 @@ def advice(evens: list[BreakEven], curves: pd.DataFrame) -> list[str]:
         if even.reference != registry.baseline().name or even.strategy != registry.toptune.NAME:
             continue
         end = describe_budget(even.largest, curves, even.dataset)
-        if even.budget is None:
+        if not even.called:
+            lines.append(f"How many labels before top-tuning pays? On {even.dataset}, for {even.model}: "
+                         f"{too_few(even)}; run label_budgets.subsets: {MIN_DRAWS} or more to call a break-even.")
+        elif even.budget is None:
             lines.append(f"How many labels before top-tuning pays? On {even.dataset}, {even.model}'s top-tuned "
                          f"embedding never beat its pre-trained one significantly ({RETRIEVAL_METRIC}, up to {end}): "
                          "use the pre-trained embedding.")
@@ -177,7 +182,13 @@ def _numbers(even: BreakEven) -> str:
     return text + (f", Holm-adjusted p={even.p_holm:.2g}" if not math.isnan(even.p_holm) else "")
 
 
+def too_few(even: BreakEven) -> str:
+    return f"too few draws to call (N = {even.draws} < {MIN_DRAWS})"
+
+
 def _verdict(even: BreakEven, curves: pd.DataFrame) -> str:
+    if not even.called:
+        return too_few(even)
     if even.budget is None:
         return f"not reached (tested up to {describe_budget(even.largest, curves, even.dataset)})"
     held = "" if even.holds else "; not significant at every larger budget"
