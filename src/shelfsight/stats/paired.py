@@ -14,7 +14,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import binomtest
 
-from shelfsight.stats.bootstrap import (
+from shelfsight.stats.bootstrap import macro_df
+from shelfsight.stats.macro import jackknife_macro, macro_scores, resampled_macro, stratified_bounds
+from shelfsight.stats.resampling import (
     ClassificationMetric,
     as_seed_matrix,
     check_labels,
@@ -22,13 +24,12 @@ from shelfsight.stats.bootstrap import (
     check_settings,
     chunks,
     correctness,
-    macro_scores,
     percentile_bounds,
-    resampled_macro,
     resampled_means,
     streams,
     valid_queries,
 )
+from shelfsight.stats.seeds import Component, bootstrap_components, fiducial_bounds, fiducial_p_value, mean_components
 
 __all__ = ["Comparison", "paired_classification", "paired_comparison"]
 
@@ -38,7 +39,7 @@ _TIE_TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class Comparison:
-    """Difference ``a - b`` with its bootstrap interval and a two-sided p-value; ``method`` names both."""
+    """Difference ``a - b`` with its interval and a two-sided p-value; ``method`` names both."""
 
     difference: float
     low: float
@@ -54,8 +55,9 @@ def paired_comparison(a: ArrayLike, b: ArrayLike, *, n_resamples: int = 1000, n_
                       confidence: float = 0.95, seed: int = 0) -> Comparison:
     """Compare per-query scores ``a`` ``(Sa, Q)`` and ``b`` ``(Sb, Q)`` (or ``(Q,)``) of the same queries.
 
-    Interval: paired percentile bootstrap, queries drawn jointly for ``a`` and ``b``; a side with several seeds
-    also draws its seeds with replacement, independently of the other side (as in ``bootstrap_interval``).
+    Interval: with one seed per side, the paired percentile bootstrap (queries drawn jointly for ``a`` and ``b``);
+    as soon as a side has several seeds, the two-level interval of ``shelfsight.stats.seeds``: one seed part per
+    side with seeds, the query part from the seed-averaged per-query differences.
     p-value: the paired sign-flip randomisation test on the seed-averaged per-query differences (Dror et al.,
     2018), ``(1 + #{|permuted mean| >= |observed mean|}) / (1 + n_permutations)``; it assumes nothing about the
     score distribution and is exact up to Monte Carlo error. NaN queries (no relevant item) must be the same on
@@ -77,8 +79,10 @@ def paired_classification(y_true: ArrayLike, pred_a: ArrayLike, pred_b: ArrayLik
                           n_permutations: int = 10000, confidence: float = 0.95, seed: int = 0) -> Comparison:
     """Compare two classifiers' predictions ``(Q,)`` or ``(S, Q)`` against the same ``y_true``.
 
-    Interval, in every case: the paired bootstrap of the metric difference (queries drawn jointly, each side's
-    seeds drawn independently when it has several), the metric recomputed on every resample.
+    Interval: one seed per side, the paired bootstrap of the metric difference (queries drawn jointly; for macro
+    metrics stratified by true class, the metric recomputed on every resample, BCa bounds on Student's t as in
+    ``classification_interval``); several seeds on a side, the two-level interval (``shelfsight.stats.seeds``),
+    its query part from that bootstrap for macro metrics.
 
     p-value, by case:
 
@@ -89,8 +93,8 @@ def paired_classification(y_true: ArrayLike, pred_a: ArrayLike, pred_b: ArrayLik
     - macro metrics, ``Sa == Sb``: macro scores are not per-query means, so signs cannot be flipped; instead the
       approximate randomisation test swaps a's and b's predictions query by query (seeds paired by position,
       all seeds of a query swapped together) and recomputes the metric difference.
-    - macro metrics, ``Sa != Sb``: seeds cannot be paired for a swap, so the paired bootstrap p-value: the share
-      of resampled differences, shifted to a null mean of 0, at least as far from 0 as the observed one."""
+    - macro metrics, ``Sa != Sb``: seeds cannot be paired for a swap, so the two-sided test dual to the
+      two-level interval (the same variance components and pivots)."""
     check_settings(n_resamples, confidence)
     _check_permutations(n_permutations)
     check_metric(metric)
@@ -149,24 +153,27 @@ def _paired_scores(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return xa[:, valid_a], xb[:, valid_a]
 
 
-def _interval_method(a: np.ndarray, b: np.ndarray) -> str:
+def _interval_method(a: np.ndarray, b: np.ndarray, *, macro: bool = False) -> str:
     """Name of the paired interval: two-level as soon as one side has several seeds."""
     if a.shape[0] == 1 and b.shape[0] == 1:
-        return "paired bootstrap over queries"
-    return "paired two-level bootstrap over seeds and queries"
+        return "paired bootstrap over queries" + (", stratified by true class" if macro else "")
+    return "paired two-level fiducial interval over seeds and queries"
 
 
 def _mean_difference_interval(xa: np.ndarray, xb: np.ndarray, n_resamples: int, confidence: float,
                               seed: int) -> tuple[float, float, float]:
-    """Estimate and paired bootstrap interval of ``mean(a) - mean(b)``; degenerate sizes as in ``Interval``."""
+    """Estimate and interval of ``mean(a) - mean(b)`` (see ``paired_comparison``); degenerate sizes as in
+    ``Interval``."""
     if xa.shape[1] == 0:
         return math.nan, math.nan, math.nan
     difference = float(xa.mean(axis=1).mean() - xb.mean(axis=1).mean())
     if xa.shape[1] == 1:
         return difference, difference, difference
-    query_rng, seeds_a, seeds_b, _ = streams(seed, 4)
-    stats = resampled_means([xa, xb], [1.0, -1.0], n_resamples, query_rng, [seeds_a, seeds_b])
-    return (difference, *percentile_bounds(stats, confidence))
+    if xa.shape[0] == 1 and xb.shape[0] == 1:
+        stats = resampled_means(xa[0] - xb[0], n_resamples, streams(seed, 4)[0])
+        return (difference, *percentile_bounds(stats, confidence))
+    terms = mean_components([xa, xb], [1.0, -1.0])
+    return (difference, *fiducial_bounds(difference, terms, confidence, streams(seed, 4)[1]))
 
 
 def _mcnemar(true: np.ndarray, pa: np.ndarray, pb: np.ndarray, n_resamples: int, confidence: float,
@@ -185,24 +192,32 @@ def _mcnemar(true: np.ndarray, pa: np.ndarray, pb: np.ndarray, n_resamples: int,
 
 def _macro_comparison(true: np.ndarray, pa: np.ndarray, pb: np.ndarray, metric: str, n_classes: int,
                       n_resamples: int, n_permutations: int, confidence: float, seed: int) -> Comparison:
-    """Macro-metric difference: paired bootstrap interval, swap-permutation or bootstrap p-value (see caller)."""
+    """Macro-metric difference: stratified paired bootstrap or two-level t interval, swap-permutation or t p-value
+    (see ``paired_classification``)."""
     swap = pa.shape[0] == pb.shape[0]
-    test = "permutation test swapping a's and b's predictions per query" if swap else "paired bootstrap p-value"
-    method = f"{_interval_method(pa, pb)}; {test}"
+    test = ("permutation test swapping a's and b's predictions per query" if swap
+            else "test dual to the two-level interval")
+    method = f"{_interval_method(pa, pb, macro=True)}; {test}"
     n_queries = true.size
     if n_queries == 0:
         return _empty(method, pa.shape[0], pb.shape[0])
-    difference = float(macro_scores(true, pa, metric, n_classes).mean()
-                       - macro_scores(true, pb, metric, n_classes).mean())
-    query_rng, seeds_a, seeds_b, perm_rng = streams(seed, 4)
-    stats = resampled_macro(true, [pa, pb], [1.0, -1.0], metric, n_classes, n_resamples, query_rng,
-                            [seeds_a, seeds_b])
-    low, high = (difference, difference) if n_queries == 1 else percentile_bounds(stats, confidence)
+    per_a, per_b = macro_scores(true, pa, metric, n_classes), macro_scores(true, pb, metric, n_classes)
+    difference = float(per_a.mean() - per_b.mean())
+    query_rng, _, _, perm_rng = streams(seed, 4)
+    stats = resampled_macro(true, [pa, pb], metric, n_classes, n_resamples, query_rng)
+    terms: list[Component] = []
+    if pa.shape[0] == 1 and pb.shape[0] == 1:
+        jackknife = jackknife_macro(true, pa[0], metric, n_classes) - jackknife_macro(true, pb[0], metric, n_classes)
+        low, high = ((difference, difference) if n_queries == 1
+                     else stratified_bounds(stats[0][0] - stats[1][0], difference, true, jackknife, confidence))
+    else:
+        terms = bootstrap_components([per_a, per_b], stats, [1.0, -1.0], macro_df(true))
+        low, high = ((difference, difference) if n_queries == 1
+                     else fiducial_bounds(difference, terms, confidence, streams(seed, 4)[1]))
     if swap:
         p_value = _swap_p_value(true, pa, pb, metric, n_classes, n_permutations, perm_rng)
     else:
-        extreme = np.count_nonzero(np.abs(stats - difference) >= abs(difference) - _TIE_TOLERANCE)
-        p_value = (1 + int(extreme)) / (1 + n_resamples)
+        p_value = fiducial_p_value(difference, terms, streams(seed, 4)[1])  # the interval's pivots: dual
     return Comparison(difference, low, high, p_value, method, n_queries, pa.shape[0], pb.shape[0])
 
 
