@@ -6,9 +6,11 @@ rescales, JPEG qualities, colour jitter, flip, rotations, a price sticker, lette
 copy is compared with a pool of the sources and --distractors other photos. Per transformation: average
 precision and the recall at the pooled threshold reaching each target precision, for the embedding, pHash and
 dHash. The result (with the thresholds and the pooled precision-recall curve) is written to --output and to the
-default calibration path the CLI reads (``<cache>/duplicates/calibration-MODEL.json``).
+calibration path the CLI reads (``<cache>/duplicates/calibration-MODEL-KEY.json``, as ``shelfsight duplicates
+--calibrate`` does: both call ``calibrate_and_store``); ``--ship`` also writes the compact copy that ships with the
+package (``src/shelfsight/duplicates/calibrations/``), which the CLI falls back to when the cache has none.
 
-    SHELFSIGHT_DATA_DIR=/data .venv/bin/python benchmarks/duplicates.py --model efficientnet_lite0 --sources 200
+    SHELFSIGHT_DATA_DIR=/data .venv/bin/python benchmarks/duplicates.py --model efficientnet_lite0 --sources 200 --ship
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from typing import Any
 
 from shelfsight import embed_catalog, load_backbone, load_catalog
 from shelfsight.catalog import Catalog, protocols_for
-from shelfsight.duplicates import CalibrationSettings, calibrate, calibrated_threshold, default_path, save_calibration
+from shelfsight.duplicates import (
+    SHIPPED,
+    CalibrationSettings,
+    calibrate_and_store,
+    calibrated_threshold,
+    save_calibration,
+    shippable,
+)
 from shelfsight.duplicates.leakage import protocol_leakage
 
 
@@ -63,21 +72,26 @@ def main() -> None:
     parser.add_argument("--precision", type=float, default=0.99)
     parser.add_argument("--workdir", type=Path, default=Path("runs/duplicates-calibration"))
     parser.add_argument("--output", type=Path, default=None, help="default: WORKDIR/calibration-MODEL.json")
+    parser.add_argument("--no-leakage", action="store_true", help="skip embedding the whole dataset for leakage")
+    parser.add_argument("--ship", action="store_true", help="also write the compact copy shipped with the package")
     args = parser.parse_args()
     catalog = load_catalog(args.dataset)
     settings = CalibrationSettings(sources=args.sources, distractors=args.distractors, seed=args.seed, split=args.split,
                                    precisions=tuple(sorted({args.precision, 0.99, 0.95, 0.9}, reverse=True)))
-    result = calibrate(catalog, load_backbone(args.model), args.workdir, settings, progress=True)
-    result["leakage"] = leakage(catalog, args.dataset, args.model, result, args.precision)
+    result, stored = calibrate_and_store(catalog, load_backbone(args.model), args.workdir, settings, progress=True)
+    if not args.no_leakage:
+        result["leakage"] = leakage(catalog, args.dataset, args.model, result, args.precision)
+        save_calibration(result, stored)
     output = args.output or args.workdir / f"calibration-{args.model}.json"
     save_calibration(result, output)
-    save_calibration(result, default_path(args.model, result["model_identity"]))
+    if args.ship:
+        print(f"shipped: {save_calibration(shippable(result), SHIPPED / stored.name)}")
     print(table(result, args.precision))
-    for entry in result["leakage"]:
+    for entry in result.get("leakage", []):
         print(f"leakage {entry['protocol']}: {entry['leaking']} of {entry['queries']} queries "
               f"({entry['exact']} exact) at cosine >= {entry['threshold']:.4f}")
         print(json.dumps(entry["examples"][:3], indent=1))
-    print(f"written: {output} and {default_path(args.model, result['model_identity'])} in {result['seconds']:.0f} s")
+    print(f"written: {output} and {stored} in {result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

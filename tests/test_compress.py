@@ -14,6 +14,7 @@ from shelfsight.bench import load_config, read_table, run_bench
 from shelfsight.bench.config import ConfigError
 from shelfsight.bench.results import ResultStore
 from shelfsight.bench.strategies.compress_scoring import COST_COLUMNS
+from shelfsight.catalog import load_catalog
 from shelfsight.compress import (
     CompressConfig,
     MilvusPlace,
@@ -214,8 +215,11 @@ def test_compress_cell_has_cost_columns_for_every_method_and_a_report_section(tm
     assert {name: row["fitted_on"] for name, row in rows.items()} == {
         "float": "nothing fitted", "pca16-int8": "gallery", "binary-rerank4": "nothing fitted", "int8": "gallery",
         "milvus:IVF_SQ8": "gallery", "milvus:IVF_PQ": "gallery", "pca4096": "gallery"}
-    [fold] = cell.details["compression_fit"]["fine"]["folds"]  # 4 gallery photos (train + val) per class, 2 tests
-    assert fold["fit_items"] == rows["int8"]["costs"]["items"] and 2 * fold["fit_items"] == 4 * fold["queries"]
+    [fold] = cell.details["compression_fit"]["fine"]["folds"]  # fitted on the whole gallery: train + val photos
+    catalog = load_catalog("grocery-store", data_dir=grocery_root)
+    gallery = len(catalog.select_splits("train").per_class(3)) + len(catalog.select_splits("val").per_class(1))
+    assert fold["fit_items"] == rows["int8"]["costs"]["items"] == gallery
+    assert fold["queries"] == len(catalog.select_splits("test").per_class(2))
     code = {name: row["costs"]["bytes_per_item"] for name, row in rows.items() if row["status"] == "ok"}
     assert code == {"float": 4 * 1280, "pca16-int8": 16, "binary-rerank4": 160, "int8": 1280, "milvus:IVF_SQ8": 1280}
     assert rows["float"]["metrics"]["recall@5"] == 1.0 and rows["float"]["retained"]["mMP@5"] == 1.0

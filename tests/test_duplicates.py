@@ -119,13 +119,14 @@ def test_a_threshold_outside_cosine_range_is_refused() -> None:
         self_pairs(ids, vectors, 1.5)
 
 
-def test_clusters_are_the_connected_components_of_the_pairs() -> None:
+def test_clusters_are_complete_linkage_cliques_of_the_pairs() -> None:
     pairs = [Pair("a", "b", 0.97, "near"), Pair("b", "c", 0.95, "near"), Pair("d", "e", 1.0, "exact"),
              Pair("f", "g", 0.99, "near"), Pair("g", "h", 0.96, "near"), Pair("h", "f", 0.98, "near")]
-    clusters = clusters_of(pairs)
-    assert [c.ids for c in clusters] == [("a", "b", "c"), ("f", "g", "h"), ("d", "e")]
-    assert [c.max_similarity for c in clusters] == [0.97, 0.99, 1.0] and [c.exact for c in clusters] == [
+    clusters = clusters_of(pairs, 0.95)
+    assert [c.ids for c in clusters] == [("f", "g", "h"), ("a", "b"), ("d", "e")]  # a~b~c is a chain, not a clique
+    assert [c.max_similarity for c in clusters] == [0.99, 0.97, 1.0] and [c.exact for c in clusters] == [
         False, False, True]
+    assert [c.weakest for c in clusters] == [("g", "h"), ("a", "b"), ("d", "e")]
 
 
 # ---------------------------------------------------------------------------------------------- outputs

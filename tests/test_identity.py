@@ -49,11 +49,12 @@ CLASSES = {"banana": "train/Fruit/Banana", "milk": "train/Packages/Milk/Arla-Sta
 # ------------------------------------------------------------------------------------------------ catalogue
 def _items(root: Path) -> tuple[CatalogItem, ...]:
     return tuple(CatalogItem(f"p{k}", root / f"p{k}.jpg", label=f"c{k % 2}", split="train" if k < 3 else "test",
-                             product_id=f"sku{k}", coarse_label="food") for k in range(4))
+                             product_id=f"sku{k}", coarse_label="food", group=f"seller{k % 3}") for k in range(4))
 
 
 def test_catalog_identity_has_a_part_per_field_and_ignores_where_the_catalogue_lies(tmp_path: Path) -> None:
-    assert {f.name for f in fields(CatalogItem)} == {"item_id", "image_path", *IDENTITY_FIELDS.values()}, \
+    # metadata (extra manifest columns) is served, never read by a number
+    assert {f.name for f in fields(CatalogItem)} == {"item_id", "image_path", "metadata", *IDENTITY_FIELDS.values()}, \
         "a new CatalogItem field must enter Catalog.identity (IDENTITY_FIELDS)"
     base = Catalog("shop", tmp_path / "a", _items(tmp_path / "a"))
     before = base.identity()

@@ -198,9 +198,16 @@ def test_the_serving_process_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyP
             pass
         seen.append(blas_threads())
 
+    class FakeServer:  # uvicorn's server, run on the socket run_server bound
+        def __init__(self, config: Any) -> None:
+            self.config = config
+
+        def run(self, sockets: list[Any]) -> None:
+            fake_run(self.config.app)
+
     monkeypatch.setattr(server, "open_service", lambda settings: contextlib.nullcontext(object()))
     monkeypatch.setattr(server, "create_app", lambda settings, service: None)
-    monkeypatch.setattr(server.uvicorn, "run", fake_run)
-    server.run_server(ServeSettings(index_dir=tmp_path))
+    monkeypatch.setattr(server.uvicorn, "Server", FakeServer)
+    server.run_server(ServeSettings(index_dir=tmp_path), sock=server.bind_port("127.0.0.1", 0))
     assert seen and all(threads == 1 for run in seen for threads in run)
     assert blas_threads() == before

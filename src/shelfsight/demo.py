@@ -1,5 +1,5 @@
 """``make demo`` and ``shelfsight run``: a config run end to end, then the leaderboard, the report and the
-answer in one sentence per task.
+answer in one sentence per task, then the commands that index and serve it.
 
 Both go through :func:`run_and_report`: the demo with its embedded config (real pretrained backbones on
 the datasets at hand, offline), ``shelfsight run PATH`` with a config made for a user's folder or manifest
@@ -12,7 +12,7 @@ import os
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -22,6 +22,9 @@ from shelfsight.bench import load_config, print_leaderboard, run_bench
 from shelfsight.bench.run_progress import duration
 from shelfsight.catalog import load_catalog
 from shelfsight.errors import DatasetNotFoundError
+
+if TYPE_CHECKING:
+    from shelfsight.report.recommend import Recommendations
 
 DEFAULT_RUN_DIR = Path("runs") / "demo"
 HOW_TO_GET = {
@@ -72,6 +75,20 @@ def _drop_filters_of(raw: dict[str, Any], missing: list[str]) -> None:
     raw["strategies"] = kept
 
 
+def print_serving_commands(run_dir: Path, recs: Recommendations, console: Console) -> None:
+    """The exact ``shelfsight index`` / ``shelfsight serve`` commands for the choice, as the report's first screen
+    shows them: plain lines (no markup, no wrapping) so that they paste whole."""
+    from shelfsight.report import load_run
+    from shelfsight.report.guidance import serving_commands
+
+    found = serving_commands(load_run(run_dir), recs)
+    if found:
+        console.print("[bold]serve the choice:[/]")
+    for commands in found:
+        for line in commands.lines():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def run_and_report(raw: dict[str, Any], run_dir: Path, *, console: Console) -> Path:
     """Validate ``raw``, run the bench (plan, overall progress, cells), print the leaderboard, write the report,
     and print one sentence per task and the total time."""
@@ -96,6 +113,8 @@ def run_and_report(raw: dict[str, Any], run_dir: Path, *, console: Console) -> P
     for task in (VISUAL_SEARCH, AUTO_TAGGING):
         if files.recommendations is not None:
             console.print(f"[bold]{answer(files.recommendations, task)}[/]", highlight=False, soft_wrap=True)
+    if files.recommendations is not None:
+        print_serving_commands(run_dir, files.recommendations, console)
     console.print(f"[bold]done in {duration(time.perf_counter() - started)}[/]; report: {files.html.resolve()}",
                   highlight=False, soft_wrap=True)
     return run_dir

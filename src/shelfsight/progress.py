@@ -3,27 +3,33 @@
 A bench run opens one shared display (:func:`run_display`) whose first line is the whole run (cells done,
 elapsed, estimated time left); every bar opened while it is up (extraction, a top-tuning search, a
 fine-tuning epoch) becomes a line under it instead of a display of its own, so they never fight over
-the terminal.
+the terminal. Lines printed while it is up (a top-tuning trial) go through its console
+(:func:`live_console`), above the bars, each on its own line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-__all__ = ["Advance", "progress_bar", "run_display"]
+__all__ = ["Advance", "live_console", "progress_bar", "run_display"]
+
 
 class _LeftColumn(ProgressColumn):
-    """The time left: counted down from a task's ``eta`` (a ``time.monotonic()`` deadline) between updates,
-    else the task's ``left`` text."""
+    """The time left: a task's ``time_left`` (a function of no arguments, asked at every refresh, so the estimate
+    moves between updates), else counted down from its ``eta`` (a ``time.monotonic()`` deadline), else its
+    ``left`` text."""
 
     def render(self, task: Task) -> Text:
+        time_left = task.fields.get("time_left")
+        if callable(time_left):
+            return Text(f"~{_clock(max(0.0, float(time_left())))} left")
         eta = task.fields.get("eta")
         if isinstance(eta, float):
             return Text(f"~{_clock(max(0.0, eta - time.monotonic()))} left")
@@ -50,18 +56,26 @@ def _left(done: float, total: float, elapsed: float) -> str:
 
 
 @contextlib.contextmanager
-def run_display(console: Console, enabled: bool = True) -> Iterator[Progress | None]:
-    """The shared display of a run: bars opened inside it become its lines (nothing when disabled)."""
+def run_display(console: Console, enabled: bool = True, *,
+                get_time: Callable[[], float] | None = None) -> Iterator[Progress | None]:
+    """The shared display of a run: bars opened inside it become its lines (nothing when disabled). ``get_time``:
+    its clock (rich's; default ``time.monotonic``), which the bars' rates and the time left read."""
     global _shared
     if not enabled or _shared is not None:
         yield None
         return
-    with Progress(*_COLUMNS, console=console, transient=False) as display:
+    with Progress(*_COLUMNS, console=console, transient=False, get_time=get_time) as display:
         _shared = display
         try:
             yield display
         finally:
             _shared = None
+
+
+def live_console() -> Console | None:
+    """The console of the run's live display, if one is up: print through it (``live_console().print``) and the
+    line lands above the bars on a line of its own, instead of being glued onto a bar by another console."""
+    return _shared.console if _shared is not None else None
 
 
 @contextlib.contextmanager

@@ -55,7 +55,9 @@ class TrainingItems:
 class RetrievalProtocol:
     """``query_splits`` search ``gallery_splits``; an item is relevant when ``relevance`` matches.
 
-    With ``leave_one_out`` the gallery is the query set itself and a query never retrieves itself.
+    With ``leave_one_out`` the gallery is the query set itself and a query never retrieves itself. Where
+    items have groups (``CatalogItem.group``: a seller, a listing), a query never retrieves or counts its own
+    group's items either, in any protocol (``bench.evaluate``; a dataset's ``same_group: keep`` counts them).
     With a ``subset``, only the items it includes are queries or gallery items. With ``train``, the
     evaluated classes must be unseen: tuned models learn from those items only (``disjoint``).
     """
@@ -114,7 +116,7 @@ def derived_protocols(catalog: Catalog) -> tuple[RetrievalProtocol, ...]:
 @dataclass(frozen=True)
 class ClassificationSplits:
     """Where a head trains, stops early, and is scored. Without ``val`` a stratified, seeded part
-    of ``train`` becomes the validation set."""
+    of ``train`` becomes the validation set (whole groups where items have groups)."""
 
     train: tuple[str, ...]
     test: tuple[str, ...]

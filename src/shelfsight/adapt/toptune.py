@@ -52,6 +52,7 @@ from shelfsight.adapt.toptune_training import (
     train_head,
     train_on_tensors,
 )
+from shelfsight.progress import Advance, live_console, progress_bar
 
 __all__ = [
     "HEAD_FORMAT", "HEAD_META", "HEAD_WEIGHTS", "INFERENCE_BATCH", "OPTIMIZERS", "EpochRecord", "HeadEpochCallback",
@@ -231,6 +232,17 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
+def _announce(console: Console, total: int, advance: Advance) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """After each trial: its line, printed through ``console`` (the live display's, so never glued onto a bar),
+    and one step of the trials bar (which the run's time left reads)."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        console.print(_trial_line(study, trial, total), soft_wrap=True)
+        advance(1)
+
+    return callback
+
+
 def _trial_line(study: optuna.Study, trial: FrozenTrial, total: int) -> str:
     if trial.state == TrialState.PRUNED:
         outcome = f"pruned at step {trial.last_step}"
@@ -263,7 +275,7 @@ def toptune(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: 
     config = config or TopTuneConfig()
     train, val = as_tensors(x_train, y_train, "train"), as_tensors(x_val, y_val, "val")
     n_classes = n_classes or class_count(train, val)
-    console = Console(stderr=True)
+    console = live_console() or Console(stderr=True)  # inside a run: above its bars, each line on its own
     trials = planned_trials(config, len(y_train))
     if progress and trials < config.trials:
         console.print(f"search scaled to {trials} trials for {len(y_train)} training photos "
@@ -272,11 +284,12 @@ def toptune(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: 
         study = _open_study(storage, study_name, config)
         before = len(study.trials)
         remaining = max(0, trials - _finished(study))
-        callbacks = [lambda s, t: console.print(_trial_line(s, t, trials), soft_wrap=True)] if progress else []
         started = time.perf_counter()
-        if remaining:
-            study.optimize(_objective(train, val, n_classes, config), n_trials=remaining, timeout=config.timeout_s,
-                           callbacks=callbacks)
+        with progress_bar(progress and remaining > 0, trials, "top-tuning", completed=trials - remaining,
+                          unit="trials", console=console) as advance:
+            if remaining:
+                study.optimize(_objective(train, val, n_classes, config), n_trials=remaining, timeout=config.timeout_s,
+                               callbacks=[_announce(console, trials, advance)] if progress else [])
         tuning_seconds = time.perf_counter() - started
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not completed:

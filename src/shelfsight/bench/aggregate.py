@@ -3,8 +3,9 @@
 
 A deterministic cell runs once: n=1, ``repeats`` says "deterministic", std is empty, and the interval
 is a bootstrap over its queries. A stochastic cell has one result per seed: mean and std over seeds,
-and a two-level bootstrap interval (seeds drawn with replacement, then queries) so that both sources
-of variance widen it (Bouthillier et al. 2021). Costs get no interval.
+and an interval over seeds and queries (``shelfsight.stats``: a two-level fiducial interval whose seed part keeps
+its own degrees of freedom) so that both sources of variance widen it (Bouthillier et al. 2021). Costs get no
+interval.
 """
 
 from __future__ import annotations

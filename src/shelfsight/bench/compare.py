@@ -1,12 +1,12 @@
 """Paired comparisons between a run's planned cells on the same queries, and the run's one family of them.
 
 ``compare(run, "lite2:pretrained", "lite0:pretrained")``: the difference of a metric, its interval at the run's
-confidence ``1 - stats.alpha`` (paired bootstrap over queries, and seeds where a cell has several) and a two-sided
-p-value (paired permutation test; exact McNemar for single-seed accuracy). Only the cells of ``RUN/plan.json``
-enter. A run reports one ``Family`` (``RUN/comparisons.csv``): the comparisons behind ``significance.csv``, the
-label-budget tests and the report, each pair tested once and Holm-adjusted together, so no pair is tied in one
-table and better in another. Significant: Holm-adjusted p below alpha *and* an interval that excludes zero.
-"""
+confidence ``1 - stats.alpha`` (paired bootstrap over queries, or a two-level interval where a cell has seeds) and a
+two-sided p-value (paired permutation test; exact McNemar for single-seed accuracy). Only the cells of
+``RUN/plan.json`` enter. A run reports one ``Family`` (``RUN/comparisons.csv``): the comparisons behind
+``significance.csv``, the label-budget tests and the report, each pair tested once and Holm-adjusted together, so no
+pair is tied in one table and better in another. Significant: Holm-adjusted p below alpha *and* an interval that
+excludes zero."""
 
 from __future__ import annotations
 

@@ -80,6 +80,9 @@ class BenchDataset(_Strict):
     per_class: dict[str, int] | None = Field(
         default=None, description="At most N items per class in each named split (smaller, balanced runs).")
     image_root: str | None = None
+    same_group: Literal["exclude", "keep"] = Field(
+        default="exclude", description="Where items have groups (a seller, a listing): `exclude` leaves a query's "
+        "own group out of its ranking and relevant items (``bench.evaluate``); `keep` counts them.")
 
     @model_validator(mode="after")
     def _alias_of_a_user_catalogue(self) -> BenchDataset:
@@ -355,7 +358,9 @@ def load_config(source: str | os.PathLike[str] | dict[str, Any]) -> BenchConfig:
 
 
 def config_to_json(config: BenchConfig) -> str:
-    return json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True)
+    """The config as JSON that ``load_config`` takes back: the seed lives at the top level only."""
+    dumped = config.model_dump(mode="json", exclude={"toptune": {"seed"}, "finetune": {"seed"}})
+    return json.dumps(dumped, indent=2, sort_keys=True)
 
 
 def _colliding(first: tuple[str, str], second: tuple[str, str], one_model: bool) -> str:

@@ -152,6 +152,7 @@ class RunContext:
             self._identities[name] = {**catalog.identity(), "photos": photos_digest(catalog)}
         source = {"source": entry.source} if entry.source else {}
         return {"name": name, **source, "per_class": entry.per_class, "image_root": entry.image_root,
+                "same_group": entry.same_group,
                 **self._identities[name]}
 
     def dedupe_identity(self) -> dict[str, Any] | None:
@@ -203,7 +204,8 @@ class RunContext:
             options={s.name: s.settings(self.config) for s in strategies.REGISTRY.values()},
             protocol_tuned=protocol_tuned or {}, keep_collections=self.config.index.keep_collections,
             dedupe=self.dedupe(self.dataset(cell.dataset)), label_budget=split_budget(cell.strategy)[1],
-            retrieval_protocols=self.scored_protocols(cell.strategy, cell.dataset, catalog))
+            retrieval_protocols=self.scored_protocols(cell.strategy, cell.dataset, catalog),
+            same_group=self.dataset(cell.dataset).same_group)
 
     def scored_protocols(self, strategy: str, dataset: str, catalog: Catalog) -> tuple[str, ...] | None:
         """The retrieval protocols a cell scores (None: all; a label-budget cell may keep to the main one)."""

@@ -4,12 +4,17 @@ The vector database answers the top-k search, as it would in production, and eve
 depth <= k reads its answer. Metrics that need the whole ranking or a depth beyond k (MAP@R and
 R-precision when a class has more than k gallery items, full MAP) come from exact search, and
 the database's recall@k against exact search is reported beside them.
+
+Where items have groups (a seller, a listing, a shoot), a query never counts its own group's photos unless
+``same_group="keep"``: they are left out of its ranking (the index is asked for enough extra depth to drop
+them) and of its relevant items, as leave-one-out leaves out the query itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -35,10 +40,27 @@ class ProtocolSplit:
     gallery_ids: list[str]
     gallery_vectors: np.ndarray
     gallery_keys: np.ndarray
+    query_groups: np.ndarray | None = None
+    """Each query's group (None for none) when some item has one; None when no item has (or they are kept)."""
+    gallery_groups: np.ndarray | None = None
+
+    def own_group(self) -> list[list[str]]:
+        """Per query, the gallery ids of its own group (itself included in leave-one-out); empty without groups."""
+        if self.query_groups is None or self.gallery_groups is None:
+            return [[] for _ in self.query_ids]
+        members: dict[object, list[str]] = {}
+        for item_id, group in zip(self.gallery_ids, self.gallery_groups, strict=True):
+            if group is not None:
+                members.setdefault(group, []).append(item_id)
+        return [members.get(group, []) if group is not None else [] for group in self.query_groups]
+
+
+SameGroup = Literal["exclude", "keep"]
 
 
 def split_for(protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings) -> ProtocolSplit:
-    """Queries and gallery among the embedded items (skipped files take part in neither)."""
+    """Queries and gallery among the embedded items (skipped files take part in neither), with their groups
+    when some item has one."""
     items = {item.item_id: item for item in catalog}
     rows = {item_id: row for row, item_id in enumerate(embeddings.ids)}
 
@@ -52,7 +74,11 @@ def split_for(protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddi
     if not query_ids or not gallery_ids:
         raise ValueError(f"protocol {protocol.name!r}: no embedded {'queries' if not query_ids else 'gallery items'}"
                          f" in splits {protocol.query_splits if not query_ids else protocol.gallery_splits}")
-    return ProtocolSplit(query_ids, query_vectors, query_keys, gallery_ids, gallery_vectors, gallery_keys)
+    split = ProtocolSplit(query_ids, query_vectors, query_keys, gallery_ids, gallery_vectors, gallery_keys)
+    if all(items[i].group is None for i in (*query_ids, *gallery_ids)):
+        return split
+    return replace(split, query_groups=np.array([items[i].group for i in query_ids], dtype=object),
+                   gallery_groups=np.array([items[i].group for i in gallery_ids], dtype=object))
 
 
 EXAMPLE_QUERIES = 8
@@ -101,47 +127,89 @@ def evaluate_protocol(
     protocol: RetrievalProtocol, catalog: Catalog, embeddings: Embeddings, *, make_index: IndexFactory,
     collection: str, k: int = 100, ks: tuple[int, ...] = (1, 5, 10), full_map: bool = True,
     keep_collection: bool = False, dedupe: DedupePolicy | DuplicateDecision | None = None,
+    same_group: SameGroup = "exclude",
 ) -> ProtocolScores:
     """Index the gallery, search the queries, score every metric. The index is dropped afterwards (a
     Milvus collection per cell would otherwise pile up) unless ``keep_collection``. ``dedupe`` (default:
     warn about byte-identical copies): queries with a duplicate in the gallery, counted or left out; the
-    bench passes the run's ``DuplicateDecision``, so every cell of a dataset leaves out the same queries."""
-    data = split_for(protocol, catalog, embeddings)
+    bench passes the run's ``DuplicateDecision``, so every cell of a dataset leaves out the same queries.
+    ``same_group``: whether a query's own group is left out of its ranking and relevant items (``exclude``)."""
+    whole = split_for(protocol, catalog, embeddings)
+    data = whole if same_group == "exclude" else replace(whole, query_groups=None, gallery_groups=None)
     same_set = protocol.leave_one_out
+    own = data.own_group()
     exclude = data.query_ids if same_set else None
     available = len(data.gallery_ids) - (1 if same_set else 0)
     depth = max(min(k, available), max(ks))  # beyond the gallery, results are padded
-    answer = _search_index(make_index(collection, embeddings.dim), data, depth, exclude, keep_collection)
-    relevant = count_relevant(data.query_keys, data.gallery_keys, same_set=same_set)
+    answer = _search_index(make_index(collection, embeddings.dim), data, depth, exclude, keep_collection, own)
+    relevant = count_relevant(data.query_keys, data.gallery_keys, same_set=same_set, query_groups=data.query_groups,
+                              gallery_groups=data.gallery_groups)
     deep = int(relevant.max()) if len(relevant) else 0
     exact = ExactIndex()
     exact.add(data.gallery_ids, data.gallery_vectors)
     # one exact search serves both the recall check (its first `depth` columns: ties are broken
     # by position, so they equal a search at that depth) and the deep metrics
-    deep_answer = exact.search(data.query_vectors, max(depth, deep), exclude_ids=exclude)
+    # a grouped query's own group holds itself in leave-one-out; the lists are shared per group, never copied
+    banned = [ids or ([query] if same_set else None) for query, ids in zip(data.query_ids, own, strict=True)]
+    deep_answer = exact.search(data.query_vectors, max(depth, deep), exclude_ids=banned)
     reference = SearchResult(indices=deep_answer.indices[:, :depth], scores=deep_answer.scores[:, :depth],
                              ids=[row[:depth] for row in deep_answer.ids])
-    report = retrieval_report(data.query_keys, data.gallery_keys, answer.indices, same_set=same_set, ks=ks)
-    per_query = {name: values for name, values in report.per_query.items() if name not in DEEP_METRICS}
-    # MAP@R and R-precision need each query's R ranks, which the exact search always holds: exact, not bounds
-    deep_report = retrieval_report(data.query_keys, data.gallery_keys, deep_answer.indices, same_set=same_set,
-                                   ks=ks)
-    per_query |= {name: deep_report.per_query[name] for name in DEEP_METRICS}
-    if full_map:
-        per_query["MAP"] = full_ranking_average_precision(data.query_vectors, data.gallery_vectors, data.query_keys,
-                                                          data.gallery_keys, exclude_self=same_set)
+    per_query, n_excluded = _per_query_scores(data, answer, deep_answer, same_set=same_set, ks=ks, full_map=full_map)
     keep, duplicates = duplicate_leakage(protocol, catalog, embeddings, data.query_ids, dedupe or DedupePolicy(),
                                          per_query)
     metrics = {name: _nan_mean(values[keep]) for name, values in per_query.items()}
     metrics[f"index_recall@{depth}"] = recall_against_exact(answer, reference)
     details: dict[str, object] = {"queries": len(data.query_ids), "gallery": len(data.gallery_ids), "k": depth,
-               "excluded_queries": report.n_excluded, "max_relevant": deep, "leave_one_out": same_set,
+               "excluded_queries": n_excluded, "max_relevant": deep, "leave_one_out": same_set,
                "relevance": protocol.relevance,
                "examples": retrieval_examples(data, answer, catalog, protocol.name)}
     if duplicates is not None:
         details["duplicates"] = duplicates
+    if whole.query_groups is not None:
+        details["same_group"] = same_group_details(whole, exact, same_set=same_set, policy=same_group)
     frame = pd.DataFrame({"query": data.query_ids, **per_query})[keep].reset_index(drop=True)
     return ProtocolScores(metrics=metrics, details=details, per_query=frame)
+
+
+def _per_query_scores(data: ProtocolSplit, answer: SearchResult, deep_answer: SearchResult, *, same_set: bool,
+                      ks: tuple[int, ...], full_map: bool) -> tuple[dict[str, np.ndarray], int]:
+    """Each metric per query (depth <= k from the index's answer, the deep ones from exact search), and how
+    many queries have no relevant item."""
+    groups = {"query_groups": data.query_groups, "gallery_groups": data.gallery_groups}
+    report = retrieval_report(data.query_keys, data.gallery_keys, answer.indices, same_set=same_set, ks=ks, **groups)
+    per_query = {name: values for name, values in report.per_query.items() if name not in DEEP_METRICS}
+    # MAP@R and R-precision need each query's R ranks, which the exact search always holds: exact, not bounds
+    deep_report = retrieval_report(data.query_keys, data.gallery_keys, deep_answer.indices, same_set=same_set,
+                                   ks=ks, **groups)
+    per_query |= {name: deep_report.per_query[name] for name in DEEP_METRICS}
+    if full_map:
+        per_query["MAP"] = full_ranking_average_precision(data.query_vectors, data.gallery_vectors, data.query_keys,
+                                                          data.gallery_keys, exclude_self=same_set,
+                                                          query_groups=data.query_groups,
+                                                          gallery_groups=data.gallery_groups)
+    return per_query, report.n_excluded
+
+
+def same_group_details(data: ProtocolSplit, exact: ExactIndex, *, same_set: bool, policy: SameGroup
+                       ) -> dict[str, object]:
+    """What a query's own group weighs in this protocol, for the report: ``groups`` (distinct, queries and
+    gallery), ``queries_with_own_group`` (queries with another item of their group in the gallery),
+    ``own_group_items`` and ``own_group_relevant`` ((query, gallery item) pairs of one group, and those of them
+    sharing the query's relevance key: left out under ``exclude``), ``top1_own_group`` (share of queries whose
+    nearest gallery item, itself aside, is of their own group when nothing is left out)."""
+    if data.query_groups is None or data.gallery_groups is None:
+        raise ValueError("same_group_details needs a split whose items have groups")
+    grouped = np.array([group is not None for group in data.query_groups], dtype=bool)
+    own = np.array([len(ids) for ids in data.own_group()], dtype=np.int64) - (grouped if same_set else 0)
+    every = count_relevant(data.query_keys, data.gallery_keys, same_set=same_set)
+    others = count_relevant(data.query_keys, data.gallery_keys, same_set=same_set, query_groups=data.query_groups,
+                            gallery_groups=data.gallery_groups)
+    nearest = exact.search(data.query_vectors, 1, exclude_ids=data.query_ids if same_set else None).indices[:, 0]
+    top1 = grouped & (nearest >= 0) & (data.gallery_groups[np.maximum(nearest, 0)] == data.query_groups)
+    present = {group for group in (*data.query_groups, *data.gallery_groups) if group is not None}
+    return {"policy": policy, "groups": len(present), "queries_with_own_group": int((own > 0).sum()),
+            "own_group_items": int(own.sum()), "own_group_relevant": int((every - others).sum()),
+            "top1_own_group": float(top1.mean()) if len(top1) else 0.0}
 
 
 DEEP_METRICS = ("MAP@R", "R-precision")
@@ -149,16 +217,33 @@ DEEP_METRICS = ("MAP@R", "R-precision")
 
 
 def _search_index(index: VectorIndex, data: ProtocolSplit, depth: int, exclude: list[str] | None,
-                  keep: bool) -> SearchResult:
+                  keep: bool, own: list[list[str]]) -> SearchResult:
+    """The index's top ``depth``, asked deep enough that dropping each query's own group leaves ``depth``."""
+    extra = max((len(ids) for ids in own), default=0)
     try:
         index.add(data.gallery_ids, data.gallery_vectors, labels=[str(x) for x in data.gallery_keys])
-        return index.search(data.query_vectors, depth, exclude_ids=exclude)
+        answer = index.search(data.query_vectors, min(depth + extra, max(depth, len(data.gallery_ids))),
+                              exclude_ids=exclude)
+        return _without(answer, own, depth) if extra else answer
     finally:
         drop = getattr(index, "drop", None)
         if not keep and callable(drop):
             drop()
         else:
             index.close()
+
+
+def _without(answer: SearchResult, banned: list[list[str]], depth: int) -> SearchResult:
+    """Each row's first ``depth`` hits whose id is not in ``banned[row]``, padded with ``-1`` / ``-inf`` / ``""``."""
+    indices = np.full((len(banned), depth), -1, dtype=np.int64)
+    scores = np.full((len(banned), depth), -np.inf, dtype=np.float32)
+    ids: list[list[str]] = []
+    for row, left_out in enumerate(banned):
+        skip = set(left_out)
+        kept = [j for j, item_id in enumerate(answer.ids[row]) if item_id and item_id not in skip][:depth]
+        indices[row, :len(kept)], scores[row, :len(kept)] = answer.indices[row, kept], answer.scores[row, kept]
+        ids.append([answer.ids[row][j] for j in kept] + [""] * (depth - len(kept)))
+    return SearchResult(indices=indices, scores=scores, ids=ids)
 
 
 def _nan_mean(values: np.ndarray) -> float:

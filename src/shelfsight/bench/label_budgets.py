@@ -282,8 +282,8 @@ def write_tests(run_dir: Path, tests: list[BudgetTest], family: Family) -> pd.Da
 TEST_COLUMNS = ["dataset", "model", "strategy", "reference", "budget", "protocol", "metric", "mean", "reference_mean",
                 "difference", "ci_low", "ci_high", "p_value", "p_holm", "better", "worse", "method", "queries", "draws"]
 MIN_DRAWS = 3
-"""Fewest subset draws per budget for a break-even to be called: the two-level interval over draws under-covers
-below it (simulated: 78% for a nominal 95% with 2 draws, 92% with 3)."""
+"""Fewest draws per budget for a break-even call: the interval over draws covers from 2 (95.7% simulated), but
+one degree of freedom for the spread between draws is too little to stand behind a call."""
 
 
 def break_even(tests: pd.DataFrame) -> str | None:
@@ -313,6 +313,9 @@ class BreakEven:
     """At the break-even budget: the strategy's and the reference's means and the Holm-adjusted p-value."""
     draws: int | None = None
     """The fewest subset draws behind a budget point of the curve (None: no numbered budget)."""
+    below: str | None = None
+    """The largest budget measured under ``budget``: the break-even lies between the two, nothing between them
+    was measured, so no sentence may name a number in that gap."""
 
     @property
     def called(self) -> bool:
@@ -323,7 +326,8 @@ class BreakEven:
 def break_evens(tests: pd.DataFrame) -> list[BreakEven]:
     """One ``BreakEven`` per (dataset, model, strategy, reference) curve of the tests table."""
     found = []
-    tests = tests.assign(reference=[_reference_kind(str(r)) for r in tests["reference"]])
+    # ``linear/5`` -> ``linear``: one curve is compared with the reference's curve, budget by budget
+    tests = tests.assign(reference=[split_budget(str(r))[0] for r in tests["reference"]])
     for (dataset, model, strategy, reference, metric), frame in tests.groupby(
             ["dataset", "model", "strategy", "reference", "metric"], sort=True):
         frame = frame.assign(budget=frame["budget"].astype(str))
@@ -335,8 +339,9 @@ def break_evens(tests: pd.DataFrame) -> list[BreakEven]:
         at = frame[frame["budget"] == budget].iloc[0] if budget is not None else None
         numbers = {name: float(at[name]) if at is not None and name in at else math.nan
                    for name in ("mean", "reference_mean", "p_holm")}
+        under = [b for b in budgets if budget is not None and budget_order(b) < budget_order(budget)]
         found.append(BreakEven(str(dataset), str(model), str(strategy), str(reference), str(metric), budget,
-                               budgets[-1], holds, **numbers, draws=draws))
+                               budgets[-1], holds, **numbers, draws=draws, below=under[-1] if under else None))
     return found
 
 
@@ -346,11 +351,6 @@ def _fewest_draws(frame: pd.DataFrame) -> int | None:
         return None  # a tests table written before draws were recorded
     drawn = frame.loc[frame["budget"] != ALL, "draws"].dropna()
     return int(drawn.min()) if not drawn.empty else None
-
-
-def _reference_kind(reference: str) -> str:
-    """``linear/5`` -> ``linear``: one curve is compared with the reference's curve, budget by budget."""
-    return split_budget(reference)[0]
 
 
 def write_label_budgets(run_dir: Path, config: BenchConfig, cells: list[Cell]) -> pd.DataFrame | None:

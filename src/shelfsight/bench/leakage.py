@@ -114,7 +114,8 @@ class DedupePolicy(BaseModel):
     ``warn`` records the count and examples with each protocol's scores; ``exclude`` also leaves those
     queries out of the scores (the all-query scores stay in the details); ``off`` skips the check.
     ``threshold``: the cosine similarity of a near-duplicate in the ``reference`` model's embedding (calibrate it
-    for that model with ``benchmarks/duplicates.py``); without it, only byte-identical copies count.
+    for that model: the shipped calibration's threshold, or ``shelfsight duplicates CATALOG --model M --calibrate``);
+    without it, only byte-identical copies count.
     ``reference``: the model (its label in the config) whose embedding decides near-duplicates once per dataset
     and protocol for every cell; default the config's first model."""
 
@@ -216,7 +217,7 @@ def duplicate_leakage(
     else:
         found = protocol_leakage(protocol, catalog, embeddings, policy.threshold)
     leaking = leaking_mask(query_ids, found)
-    if leaking.any():
+    if leaking.any() and _first_time((protocol.name, found.count, found.queries, found.exact)):
         _log.warning("protocol %r: %d of %d queries have a duplicate in the gallery (%d exact), e.g. %s",
                      protocol.name, found.count, found.queries, found.exact,
                      ", ".join(f"{p.a} ~ {p.b} ({p.similarity:.3f})" for p in found.examples[:3]))
@@ -233,6 +234,16 @@ def _decided_by(dedupe: DedupePolicy | DuplicateDecision) -> str:
     if dedupe.threshold is not None:
         return f"content, and cosine >= {dedupe.threshold} in this embedding"
     return "content (byte-identical copies)"
+
+
+_WARNED: set[tuple[str, int, int, int]] = set()
+
+
+def _first_time(warning: tuple[str, int, int, int]) -> bool:
+    """A dataset's duplicate decision is shared by all its cells: say it once per process, not once per cell."""
+    fresh = warning not in _WARNED
+    _WARNED.add(warning)
+    return fresh
 
 
 def _example_ids(found: ProtocolLeakage) -> set[str]:

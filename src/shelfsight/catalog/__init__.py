@@ -69,11 +69,15 @@ DATASETS: dict[str, DatasetEntry] = {
 def load_catalog(
     source: str | os.PathLike[str], *, data_dir: str | os.PathLike[str] | None = None,
     splits: tuple[str, ...] | None = None, cache_dir: str | os.PathLike[str] | None = None,
-    download: bool = False, image_root: str | os.PathLike[str] | None = None,
+    download: bool = False, image_root: str | os.PathLike[str] | None = None, group: str | None = None,
 ) -> Catalog:
     """A registered dataset by name, an ``hf:`` dataset, an image folder, or a manifest file; ``splits``
-    narrows it."""
+    narrows it. ``image_root`` and ``group`` (the group column: None for one called ``group``, ``"none"`` for
+    no group) apply to a manifest only."""
     text = os.fspath(source)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        _refuse_manifest_options(text, image_root=image_root, group=group)
     if is_hf_source(text):
         declared = declared_protocol(text)
         if declared is not None and declared not in DATASETS:
@@ -83,11 +87,10 @@ def load_catalog(
     if text in DATASETS:
         explicit = os.fspath(data_dir) if data_dir is not None else None
         return DATASETS[text].load(paths.data_dir(data_dir), paths.cache_dir(cache_dir), splits, download, explicit)
-    path = Path(text).expanduser()
     if path.is_dir():
         catalog = load_image_folder(path)
     elif path.is_file():
-        catalog = load_manifest(path, image_root=image_root)
+        catalog = load_manifest(path, image_root=image_root, group=group)
     else:
         close = difflib.get_close_matches(text, list(DATASETS), n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -96,6 +99,16 @@ def load_catalog(
             f"or manifest.{hint}"
         )
     return catalog.select_splits(*splits) if splits else catalog
+
+
+def _refuse_manifest_options(source: str, *, image_root: object, group: str | None) -> None:
+    """A group column or an image root given for a source that has neither is a mistake, not a no-op."""
+    if group is not None and group.strip().lower() != "none":
+        raise CatalogError(f"{source!r}: --group/group names a column of a manifest; this source is not one "
+                           "(a folder, a registered or hf: dataset). Write a manifest with a group column.")
+    if image_root is not None:
+        raise CatalogError(f"{source!r}: --image-root/image_root applies to a manifest's relative paths; this "
+                           "source is not a manifest.")
 
 
 def declared_entry(dataset: str) -> DatasetEntry | None:

@@ -12,6 +12,7 @@ calibrated cosine threshold; see ``shelfsight.duplicates``).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
 DRAFT_SIZE = 64
 """Decode JPEGs at this size or a little more: enough to prove the file whole, several times faster."""
 PROBE_BATCH = 2048
+DOUBTFUL_LABELS = frozenset({
+    "unknown", "unk", "skip", "skipped", "not sure", "unsure", "other", "others", "n/a", "na", "none", "misc",
+    "miscellaneous", "tbd", "todo", "unlabeled", "unlabelled", "no label", "null", "nan", "undefined",
+    "dont know", "don't know", "idk", "ignore", "junk",
+})
+"""Labels that usually mean "no answer" (an annotator's skip button, a catch-all) rather than a class; compared
+case-insensitively, with ``_``/``-`` as spaces; any label made only of ``?`` too."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,10 @@ class CheckReport:
     ignored: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     leakage: tuple[ProtocolLeakage, ...] = ()
     """Per protocol: queries with an exact (or, with a model, near) duplicate in the gallery."""
+    doubtful: tuple[tuple[str, int], ...] = ()
+    """Labels that look like placeholders ("Not sure", "Skip") with their photo counts: flagged, not dropped."""
+    notes: tuple[str, ...] = ()
+    """How a manifest's columns were read: the group column, the columns kept as metadata."""
 
     @property
     def count_mismatches(self) -> tuple[SplitCount, ...]:
@@ -103,7 +115,28 @@ class CheckReport:
         if not self.decoded:
             notes.append("images were not decoded (--no-decode): only their presence was checked")
         notes += [_leak(found) for found in self.leakage if found.count]
+        if self.doubtful:
+            notes.append(doubtful_note(self.doubtful))
         return notes
+
+
+def doubtful_labels(catalog: Catalog) -> tuple[tuple[str, int], ...]:
+    """(label, photos) for each label that looks like a placeholder (:data:`DOUBTFUL_LABELS`), most photos first."""
+    counts: dict[str, int] = {}
+    for item in catalog:
+        key = re.sub(r"[\s_-]+", " ", item.label.strip().lower()).strip(" .!")
+        if key in DOUBTFUL_LABELS or (key and set(key) <= {"?", " "}):
+            counts[item.label] = counts.get(item.label, 0) + 1
+    return tuple(sorted(counts.items(), key=lambda pair: (-pair[1], pair[0])))
+
+
+def doubtful_note(found: Sequence[tuple[str, int]]) -> str:
+    """One line: the placeholder-like labels, their counts, and how to leave them out."""
+    listed = ", ".join(f"{label!r} ({count:,})" for label, count in found)
+    names = ", ".join(repr(label) for label, _ in found)
+    return (f"{sum(c for _, c in found):,} photo(s) have labels that look like placeholders, taken as classes: "
+            f"{listed}. If they are not classes, leave them out: drop their rows from the manifest (e.g. pandas "
+            f"t[~t['label'].isin([{names}])]) or move their folders away")
 
 
 def _leak(found: ProtocolLeakage, show: int = 3) -> str:
@@ -123,12 +156,14 @@ def check_dataset(
     source: str, *, data_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
     decode: bool = True, workers: int | None = None, expected: Mapping[str, int] | None = None,
     progress: bool = False, model: str | None = None, threshold: float | None = None,
+    image_root: str | os.PathLike[str] | None = None, group: str | None = None,
 ) -> CheckReport:
     """Check a registered dataset (or any source ``load_catalog`` reads) split by split, then every file, then
     each protocol's leakage (when decoding: exact duplicates; with ``model``, near ones at ``threshold``, by
     default the model's calibrated threshold for precision 0.99).
 
-    ``expected`` overrides the official counts (a deliberately partial copy)."""
+    ``expected`` overrides the official counts (a deliberately partial copy); ``image_root`` and ``group`` are
+    a manifest's (see :func:`shelfsight.catalog.load_catalog`)."""
     from shelfsight.catalog import DATASETS, load_catalog
 
     entry = DATASETS.get(source)
@@ -138,7 +173,7 @@ def check_dataset(
     for split in entry.splits if entry else (None,):
         try:
             parts.append(load_catalog(source, data_dir=data_dir, cache_dir=cache_dir,
-                                      splits=(split,) if split else None))
+                                      splits=(split,) if split else None, image_root=image_root, group=group))
         except ShelfsightError as exc:
             if str(exc) not in errors:
                 errors.append(str(exc))
@@ -155,7 +190,25 @@ def check_dataset(
         counts_verified=entry.counts_verified if entry and expected is None else True, decoded=decode,
         ignored=tuple(pair for part in parts for pair in part.ignored),
         leakage=_leakage(source, catalog, model, threshold, progress) if catalog and decode and not errors else (),
+        doubtful=doubtful_labels(catalog) if catalog else (),
+        notes=column_notes(source, catalog, group) if catalog else (),
     )
+
+
+def column_notes(source: str | os.PathLike[str], catalog: Catalog, group: str | None) -> tuple[str, ...]:
+    """For a manifest: which column gave the groups (and how many), which are kept as metadata."""
+    from shelfsight.catalog.manifest import read_columns
+
+    if not Path(source).expanduser().is_file():
+        return ()
+    columns = read_columns(source, group=group)
+    notes = []
+    if columns.group is not None:
+        groups = len({item.group for item in catalog if item.group is not None})
+        notes.append(f"groups: column {columns.group!r}, {groups:,} distinct (a split keeps each group on one side)")
+    if columns.metadata:
+        notes.append(f"kept as metadata (ignored by the bench, returned by the service): {', '.join(columns.metadata)}")
+    return tuple(notes)
 
 
 def _leakage(source: str, catalog: Catalog, model: str | None, threshold: float | None,

@@ -24,9 +24,15 @@ class CatalogItem:
     split: str = "all"
     product_id: str | None = None
     coarse_label: str | None = None
+    group: str | None = None
+    """Who or what shot the photo (a seller, a listing, a photo shoot): splits keep a group on one side and a
+    query never counts its own group's photos, where backgrounds and re-shoots would inflate every number."""
+    metadata: tuple[tuple[str, str], ...] = ()
+    """Other manifest columns as (name, value) pairs: the bench ignores them, the service stores and returns them."""
 
 
-IDENTITY_FIELDS = {"labels": "label", "splits": "split", "product_ids": "product_id", "coarse_labels": "coarse_label"}
+IDENTITY_FIELDS = {"labels": "label", "splits": "split", "product_ids": "product_id", "coarse_labels": "coarse_label",
+                   "groups": "group"}
 """The per-item fields a number reads (classification, relevance, protocol membership), by the name of their
 digest in :meth:`Catalog.identity`. A new field a protocol reads belongs here."""
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from shelfsight.cli.common import DataDir, console
+from shelfsight.cli.common import DataDir, Group, ImageRoot, console
 
 
 def bench_command(
@@ -131,14 +131,22 @@ def demo_command(
 def run_command(
     path: Annotated[Path, typer.Argument(help="A folder of class sub-folders, or a manifest (CSV/Parquet).")],
     run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<catalogue name>).")] = None,
-    image_root: Annotated[Path | None, typer.Option(help="Base folder for a manifest's relative paths.")] = None,
+    image_root: ImageRoot = None,
+    group: Group = None,
 ) -> None:
     """Benchmark the offline backbones on your own photos with no config: plan, run, report, one-line answer."""
+    from shelfsight.catalog import load_catalog
+    from shelfsight.catalog.check import doubtful_labels, doubtful_note
     from shelfsight.demo import run_and_report
-    from shelfsight.zero_config import auto_config, display_name
+    from shelfsight.zero_config import config_for, display_name
 
+    root = str(image_root) if image_root else None
+    catalog = load_catalog(path, image_root=root)  # once: the labels are checked here, the config made from it
+    doubtful = doubtful_labels(catalog)
+    if doubtful:
+        console.print(f"[yellow]labels to check:[/] {doubtful_note(doubtful)}", highlight=False)
     target = run_dir or Path("runs") / display_name(path)
-    raw = auto_config(path, target, console=console, image_root=str(image_root) if image_root else None)
+    raw = config_for(catalog, path, target, console=console, image_root=root, group=group)
     run_and_report(raw, target, console=console)
 
 

@@ -14,3 +14,8 @@ if not console.is_terminal:  # logs and pipes: wide enough for the leaderboard's
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Datasets root (default: $SHELFSIGHT_DATA_DIR).")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Cache root (default: $SHELFSIGHT_CACHE_DIR).")]
+ImageRoot = Annotated[Path | None, typer.Option("--image-root", help="Base folder for a manifest's relative paths "
+                                                                 "(default: the manifest's folder).")]
+Group = Annotated[str | None, typer.Option(
+    "--group", help="A manifest's column saying who shot each photo (a seller, a listing): splits keep a group on "
+                    "one side. Default: a column called 'group' if any; 'none' for no group.")]

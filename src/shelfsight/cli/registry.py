@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from shelfsight import paths
-from shelfsight.cli.common import CacheDir, DataDir, console
+from shelfsight.cli.common import CacheDir, DataDir, Group, ImageRoot, console
 
 
 def models_command(
@@ -89,13 +89,16 @@ def datasets_check_command(
                                                    "embeddings (see docs/duplicates.md).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Near-duplicate cosine for --model (default: its "
                                                          "calibrated threshold for precision 0.99).")] = None,
+    image_root: ImageRoot = None,
+    group: Group = None,
 ) -> None:
     """Verify a download: images per split against the official counts, missing or unreadable files, and queries
     with a duplicate in their gallery."""
     from shelfsight.catalog.check import check_dataset
 
     report = check_dataset(name, data_dir=data_dir or ctx.obj, cache_dir=cache_dir, decode=not no_decode,
-                           workers=workers, progress=console.is_terminal, model=model, threshold=threshold)
+                           workers=workers, progress=console.is_terminal, model=model, threshold=threshold,
+                           image_root=image_root, group=group)
     table = Table(title=f"{name} ({report.root or 'not found'})")
     for column in ("split", "images", "official", "labels", "products", ""):
         table.add_column(column, justify="left" if column == "split" else "right")
@@ -108,6 +111,8 @@ def datasets_check_command(
     for size in report.protocols:
         shape = "leave-one-out" if size.leave_one_out else f"against {size.gallery:,} gallery items"
         console.print(f"protocol {size.name}: {size.queries:,} queries, {shape}", highlight=False)
+    for line in report.notes:
+        console.print(line, highlight=False)
     for line in report.warnings():
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
     for line in report.problems():

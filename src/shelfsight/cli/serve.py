@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shelfsight.cli.common import CacheDir, DataDir, console
+from shelfsight.cli.common import CacheDir, DataDir, Group, console
+from shelfsight.errors import ShelfsightError
 
 if TYPE_CHECKING:
     from shelfsight.serve import IndexReport
@@ -18,10 +21,12 @@ IndexDir = Annotated[Path, typer.Option("--index-dir", help="Index folder: manif
 def index_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Backbone name (see `shelfsight models`).")],
     catalog: Annotated[str, typer.Option("--catalog", "-c", help="Dataset name, image folder or manifest.")],
-    head: Annotated[Path | None, typer.Option(help="A saved top-tuned head folder: enables /tag.")] = None,
+    head: Annotated[Path | None, typer.Option(help="A saved head folder, RUN/work/CELL/head of a toptune, linear or "
+                                                    "ncm cell: enables /tag.")] = None,
     index_dir: IndexDir = Path("shelfsight-index"),
     split: Annotated[list[str] | None, typer.Option("--split", "-s", help="Split(s) to index (repeatable).")] = None,
-    vectors: Annotated[str, typer.Option(help="Store 'backbone' or top-tuned 'head' vectors.")] = "backbone",
+    vectors: Annotated[str, typer.Option(help="Store 'backbone' or top-tuned 'head' vectors (a toptune head "
+                                              "only: linear and ncm heads tag).")] = "backbone",
     uri: Annotated[str | None, typer.Option(help="Milvus server URI (default: Milvus Lite).")] = None,
     token: Annotated[str, typer.Option(envvar="MILVUS_TOKEN", help="Milvus server token.")] = "",
     collection: Annotated[str, typer.Option(help="Milvus collection name.")] = "catalogue",
@@ -35,6 +40,7 @@ def index_command(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Default: 16 on CPU, 128 on GPU.")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    group: Group = None,
     sync: Annotated[bool, typer.Option("--sync", help="Also delete items of this catalogue that it no longer "
                                                       "lists.")] = False,
     runtime: Annotated[str, typer.Option(help="Extraction runtime: auto, torch, onnx or openvino.")] = "auto",
@@ -51,7 +57,12 @@ def index_command(
     if vectors not in ("backbone", "head"):
         raise typer.BadParameter("use backbone or head", param_hint="--vectors")
     source = load_catalog(catalog, data_dir=data_dir, splits=tuple(split) if split else None, cache_dir=cache_dir,
-                          image_root=image_root)
+                          image_root=image_root, group=group)
+    if vectors == "head":
+        console.print("[yellow]top-tuned vectors rank by category[/]: a head trained on class labels pulls a class "
+                      "together, so its photos score within a few thousandths of each other and look-alikes are not "
+                      "told from the rest of the category; for look-alike search index the backbone vectors "
+                      "(--vectors backbone, the default) and keep the head for tagging")
     report = build_index(model, source, index_dir, head=head, vectors=vectors,  # type: ignore[arg-type]
                          weights=weights, uri=uri, token=token, collection=collection, index_type=index_type,
                          overwrite=overwrite, export_onnx=onnx, cache_dir=cache_dir, batch_size=batch_size,
@@ -63,7 +74,9 @@ def index_command(
                   f"{report.seconds:.1f} s)" + (f"; ONNX encoder {report.onnx}" if report.onnx else ""))
     console.print(_storage_line(report))
     if report.outside_root:
-        console.print(f"[yellow]{report.outside_root} item(s) lie outside {source.root}: searchable, images not served")
+        console.print(f"[yellow]{report.outside_root} item(s) lie outside {source.root}: searchable, but their images "
+                      "are served only with `shelfsight serve --allow-images-from FOLDER` (or index with --image-root "
+                      "FOLDER holding every photo)")
 
 
 def _storage_line(report: IndexReport) -> str:
@@ -100,28 +113,63 @@ def serve_command(
     decode_concurrency: Annotated[int, typer.Option(min=1, help="Photos decoded at once.")] = 2,
     body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to receive a request body (408).")] = 60.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    allow_images_from: Annotated[list[Path] | None, typer.Option(
+        help="Serve the images of items indexed from outside their catalogue's folder when they lie in this folder "
+             "(repeatable; nothing else outside is served).")] = None,
 ) -> None:
     """Serve visual search, tagging and catalogue changes over an index folder, with a web page at /."""
-    from shelfsight.serve import ServeError, ServeSettings, run_server
-    from shelfsight.serve.security import LOOPBACK_HOSTS, check_binding
-
     if encoder not in ("auto", "torch", "onnx"):
         raise typer.BadParameter("use auto, torch or onnx", param_hint="--encoder")
     if read_access not in ("open", "token"):
         raise typer.BadParameter("use open or token", param_hint="--read-access")
     if read_access == "token" and not api_key:
         raise typer.BadParameter("token reads need --api-key (or $SHELFSIGHT_API_KEY)", param_hint="--read-access")
+    # a port in use fails at once: on loopback (the default) before the serve package's imports (seconds); on
+    # another interface after the check that it may be served there at all
+    sock = _listen(host, port) if host in _LOOPBACK else None
+    from shelfsight.serve import ServeError, ServeSettings, run_server
+    from shelfsight.serve.opening import check_index_free
+    from shelfsight.serve.security import LOOPBACK_HOSTS, check_binding
+
     settings = ServeSettings(
         index_dir=index_dir, encoder=encoder, max_upload_bytes=int(max_upload_mb * 1024 * 1024),  # type: ignore[arg-type]
         token=token, uri=uri, api_key=api_key, read_access=read_access, read_only=read_only,  # type: ignore[arg-type]
         allowed_hosts=allowed_host or list(LOOPBACK_HOSTS), cors_origins=cors_origin or [], max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         max_decode_pixels=int(max_decode_megapixels * 1_000_000), decode_concurrency=decode_concurrency,
-        body_timeout_s=body_timeout)
+        body_timeout_s=body_timeout, allow_images_from=allow_images_from or [])
     try:
         check_binding(host, api_key=api_key, read_only=read_only, allowed_hosts=settings.allowed_hosts)
     except ServeError as error:
         raise typer.BadParameter(str(error), param_hint="--host") from None
+    sock = sock or _listen(host, port)
+    check_index_free(index_dir, uri)  # a missing folder, or one another process serves: one line, nothing loaded
     writes = "disabled" if read_only else "need the API key" if api_key else "open to this machine only (no key)"
+    port = sock.getsockname()[1]
     console.print(f"serving {index_dir} on http://{host}:{port}/ (writes {writes}; schema at /openapi.json)")
-    run_server(settings, host=host, port=port, log_level=log_level)
+    run_server(settings, host=host, port=port, log_level=log_level, sock=sock)
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """``host:port`` bound as uvicorn binds it (``SO_REUSEADDR``), or one line saying why not and what to do.
+    Kept free of the serve package (its imports alone take seconds); ``serve.server.bind_port`` is the library's."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except socket.gaierror as error:
+        sock.close()
+        raise ShelfsightError(f"--host {host} is not a name or address of this machine ({error})") from None
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            reason = f"port {port} is already in use on {host} (another `shelfsight serve`?): choose another --port"
+        elif error.errno == errno.EACCES:
+            reason = f"not allowed to listen on port {port} (below 1024 needs root): choose --port 1024 or above"
+        else:
+            reason = f"cannot listen on {host}:{port} ({error.strerror or error}): check --host and --port"
+        raise ShelfsightError(reason) from None
+    return sock

@@ -2,19 +2,24 @@
 
 Exact duplicates are the same bytes (a content digest); near-duplicates are embeddings whose cosine
 similarity reaches a threshold calibrated on real photos and their edited copies (``calibrate``), against
-the perceptual hashes of ``imagehash`` as the baseline. Pairs group into clusters (``find_duplicates``);
+the perceptual hashes of ``imagehash`` as the baseline (calibrations for the offline backbones ship in
+``calibrations/``). Pairs group into complete-linkage clusters (``find_duplicates``);
 a protocol leaks when its queries have duplicates in its gallery (``protocol_leakage``).
 """
 
 from shelfsight.duplicates.calibration import (
+    SHIPPED,
     CalibrationError,
     CalibrationSettings,
     calibrate,
+    calibrate_and_store,
     calibrated_threshold,
     default_path,
     find_calibration,
     load_calibration,
     save_calibration,
+    shippable,
+    shipped_path,
 )
 from shelfsight.duplicates.clusters import Cluster, DuplicateReport, clusters_of, find_duplicates
 from shelfsight.duplicates.hashing import content_hash, content_hashes
@@ -24,8 +29,9 @@ from shelfsight.duplicates.output import write_outputs
 from shelfsight.duplicates.transforms import TRANSFORMS, Transform
 
 __all__ = [
-    "TRANSFORMS", "CalibrationError", "CalibrationSettings", "Cluster", "DuplicateReport", "Pair",
-    "ProtocolLeakage", "Transform", "calibrate", "calibrated_threshold", "clusters_of", "content_hash",
-    "content_hashes", "cross_pairs", "default_path", "find_calibration", "find_duplicates", "load_calibration",
-    "protocol_leakage", "save_calibration", "self_pairs", "write_outputs",
+    "SHIPPED", "TRANSFORMS", "CalibrationError", "CalibrationSettings", "Cluster", "DuplicateReport", "Pair",
+    "ProtocolLeakage", "Transform", "calibrate", "calibrate_and_store", "calibrated_threshold", "clusters_of",
+    "content_hash", "content_hashes", "cross_pairs", "default_path", "find_calibration", "find_duplicates",
+    "load_calibration", "protocol_leakage", "save_calibration", "self_pairs", "shippable", "shipped_path",
+    "write_outputs",
 ]

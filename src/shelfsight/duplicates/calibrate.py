@@ -3,8 +3,10 @@ for the embedding and for perceptual hashes, and the similarity threshold that r
 
 Every copy is compared with every photo of the pool; the pair (copy, its source) is a duplicate, every
 other pair is not: a different shot of the same product, a different product of the same class, or
-anything else. The threshold for a target precision is chosen on all pairs at once (the operating point a
-catalogue would use), and each transformation's recall is read at it; the best recall each transformation
+anything else. Where the catalogue has groups (a seller, a shoot), a source's other photos of its group are the
+hard negatives: same background, a different item; they are counted apart, with how many the threshold flags.
+The threshold for a target precision is chosen on all pairs at once (the operating point a catalogue would
+use), and each transformation's recall is read at it; the best recall each transformation
 could reach on its own at that precision is reported beside it.
 """
 
@@ -32,6 +34,8 @@ class PairScores:
     """(copies, pool) bool: the pool photo is the copy's source."""
     transforms: np.ndarray
     """(copies,) the transformation of each copy."""
+    hard: np.ndarray | None = None
+    """(copies, pool) bool: the pool photo shares the copy's source's group but is another item."""
 
 
 def truth(calibration: CalibrationSet) -> tuple[np.ndarray, np.ndarray]:
@@ -39,6 +43,15 @@ def truth(calibration: CalibrationSet) -> tuple[np.ndarray, np.ndarray]:
     pool_ids = np.array(calibration.pool.ids)
     sources = np.array([calibration.source_of(c) for c in calibration.copies])
     return sources[:, None] == pool_ids[None, :], np.array([calibration.transform_of(c) for c in calibration.copies])
+
+
+def hard_negatives(calibration: CalibrationSet, positive: np.ndarray) -> np.ndarray:
+    """(copies, pool) bool: the pool photo is another item of the copy's source's group (no group: never)."""
+    group = {item.item_id: item.group for item in calibration.pool}
+    pool = np.array([group[i] or "" for i in calibration.pool.ids], dtype=object)
+    sources = np.array([group.get(calibration.source_of(c)) or "" for c in calibration.copies], dtype=object)
+    same = (sources[:, None] == pool[None, :]) & (sources[:, None] != "")
+    return np.asarray(same & ~positive, dtype=bool)
 
 
 def threshold_at(scores: np.ndarray, positive: np.ndarray, precision: float) -> dict[str, float]:
@@ -79,7 +92,20 @@ def evaluate_method(pairs: PairScores, precisions: tuple[float, ...]) -> dict[st
             entry[f"own_recall@p{key}"] = threshold_at(scores, positive, float(key))["recall"]
         per_transform[name] = entry
     return {"average_precision": float(average_precision_score(pairs.positive.ravel(), pairs.scores.ravel())),
-            "thresholds": pooled, "transforms": per_transform, "curve": _curve(pairs)}
+            "thresholds": pooled, "transforms": per_transform, "curve": _curve(pairs),
+            "hard_negatives": hard_negative_counts(pairs, pooled)}
+
+
+def hard_negative_counts(pairs: PairScores, pooled: dict[str, dict[str, float]]) -> dict[str, float]:
+    """How many same-group, different-item pairs there are, the most similar one, and how many each pooled
+    threshold flags (each a false duplicate)."""
+    hard = pairs.hard if pairs.hard is not None else np.zeros_like(pairs.positive)
+    scores = pairs.scores[hard]
+    counts: dict[str, float] = {"pairs": int(hard.sum()),
+                                "max_similarity": float(scores.max()) if len(scores) else float("nan")}
+    for key, chosen in pooled.items():
+        counts[f"flagged@p{key}"] = int((scores >= chosen["threshold"]).sum()) if len(scores) else 0
+    return counts
 
 
 def _curve(pairs: PairScores) -> dict[str, list[float]]:
@@ -90,6 +116,15 @@ def _curve(pairs: PairScores) -> dict[str, list[float]]:
         keep = keep[np.linspace(0, len(keep) - 1, CURVE_POINTS).round().astype(int)]
     return {"threshold": thresholds[keep].round(6).tolist(), "precision": precision[keep].round(6).tolist(),
             "recall": recall[keep].round(6).tolist()}
+
+
+def thin_curve(curve: dict[str, list[float]], points: int) -> dict[str, list[float]]:
+    """At most ``points`` evenly spaced points of a stored curve (its ends kept)."""
+    size = len(curve["threshold"])
+    if size <= points:
+        return curve
+    keep = np.linspace(0, size - 1, points).round().astype(int)
+    return {name: [values[k] for k in keep] for name, values in curve.items()}
 
 
 def threshold_from_curve(curve: dict[str, list[float]], precision: float) -> float:

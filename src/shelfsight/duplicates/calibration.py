@@ -9,6 +9,10 @@ A threshold holds only for the embedding it was calibrated on, so a calibration 
 ``calibration-<name>-<identity key>.json``, and a threshold is refused for a model whose identity differs from
 the one the result records (a re-fetched hub model with other weights, another input size). The name stays in
 the file name and the result, for people.
+
+The lookup reads the user's cache first (a calibration on their own photos, ``shelfsight duplicates --calibrate``),
+then the calibrations shipped in ``calibrations/`` (Grocery Store, for the offline backbones; each records its
+dataset, split, seed, sizes, date, shelfsight version and model identity), so a packaged model needs no prior step.
 """
 
 from __future__ import annotations
@@ -19,15 +23,23 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shelfsight import paths
+from shelfsight import __version__, paths
 from shelfsight.backbones import Backbone
 from shelfsight.catalog import Catalog
-from shelfsight.duplicates.calibrate import PairScores, evaluate_method, threshold_from_curve, truth
+from shelfsight.duplicates.calibrate import (
+    PairScores,
+    evaluate_method,
+    hard_negatives,
+    thin_curve,
+    threshold_from_curve,
+    truth,
+)
 from shelfsight.duplicates.calibration_set import CalibrationSet, build_calibration_set
 from shelfsight.duplicates.perceptual import HASHES, hash_images, hash_similarity
 from shelfsight.duplicates.transforms import get_transforms
@@ -37,6 +49,9 @@ from shelfsight.files import atomic_write
 
 EMBEDDING = "embedding"
 PRECISIONS = (0.99, 0.95, 0.9)
+SHIPPED = Path(__file__).parent / "calibrations"
+"""Calibrations that ship with the package: found after the user's cache, by the same file name."""
+SHIPPED_CURVE_POINTS = 400
 
 
 class CalibrationError(ShelfsightError):
@@ -53,6 +68,9 @@ class CalibrationSettings:
     transforms: tuple[str, ...] | None = None
     precisions: tuple[float, ...] = PRECISIONS
     hashes: tuple[str, ...] = tuple(HASHES)
+    group_negatives: int = 3
+    """Per source with a group (``CatalogItem.group``): up to this many other photos of its group join the pool,
+    as hard negatives (same seller or shoot, same background, a different item)."""
 
 
 def calibrate(catalog: Catalog, backbone: Backbone, workdir: str | Path, settings: CalibrationSettings,
@@ -62,30 +80,32 @@ def calibrate(catalog: Catalog, backbone: Backbone, workdir: str | Path, setting
     transforms = get_transforms(settings.transforms)
     calibration = build_calibration_set(catalog, transforms, workdir, sources=settings.sources,
                                         distractors=settings.distractors, seed=settings.seed,
-                                        split=settings.split)
+                                        split=settings.split, group_negatives=settings.group_negatives)
     positive, names = truth(calibration)
+    hard = hard_negatives(calibration, positive)
     scored = {EMBEDDING: embedding_scores(catalog, calibration, backbone, progress)}
     pool_paths = [str(i.image_path) for i in calibration.pool]
     copy_paths = [str(i.image_path) for i in calibration.copies]
     for method in settings.hashes:
         scored[method] = hash_similarity(hash_images(copy_paths, method), hash_images(pool_paths, method))
-    methods = {name: evaluate_method(PairScores(name, scores, positive, names), settings.precisions)
+    methods = {name: evaluate_method(PairScores(name, scores, positive, names, hard), settings.precisions)
                for name, scores in scored.items()}
     return {
         "model": backbone.spec.name, "model_identity": normalised(backbone.cache_identity()),
         "identity_key": identity_key(backbone.cache_identity()), "catalog": catalog.name,
         "catalog_identity": catalog.identity(), "sources": settings.sources, "split": settings.split,
         "distractors": settings.distractors, "seed": settings.seed, "copies": len(calibration.copies),
-        "pairs": int(positive.size), "transforms": [t.name for t in transforms],
-        "precisions": list(settings.precisions), "methods": methods,
+        "pool": len(calibration.pool), "pairs": int(positive.size), "hard_negative_pairs": int(hard.sum()),
+        "transforms": [t.name for t in transforms], "precisions": list(settings.precisions), "methods": methods,
         "seconds": time.perf_counter() - started, "written": time.time(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "shelfsight_version": __version__,
     }
 
 
 def embedding_scores(catalog: Catalog, calibration: CalibrationSet, backbone: Backbone,
                      progress: bool) -> np.ndarray:
-    """Cosine similarities (copies x pool); the pool's vectors come from the whole catalogue's cached ones."""
-    whole = embed_catalog(catalog, backbone, progress=progress)
+    """Cosine similarities (copies x pool); only the pool and the copies are embedded (the cache keeps them)."""
+    whole = embed_catalog(calibration.pool, backbone, progress=progress)
     copies = embed_catalog(calibration.copies, backbone, progress=progress)
     pool = _rows(whole, calibration.pool.ids, catalog.name)
     return _rows(copies, calibration.copies.ids, calibration.copies.name) @ pool.T
@@ -119,17 +139,49 @@ def default_path(model: str, identity: Mapping[str, Any] | None = None) -> Path:
     return paths.cache_dir() / "duplicates" / f"calibration-{name}{suffix}.json"
 
 
+def shipped_path(model: str, identity: Mapping[str, Any]) -> Path | None:
+    """The calibration of this identity shipped with the package, if there is one."""
+    path = SHIPPED / default_path(model, identity).name
+    return path if path.is_file() else None
+
+
 def find_calibration(model: str, identity: Mapping[str, Any]) -> Path:
-    """The cached calibration of this identity: its own file, else a name-only file that records it; when
-    neither exists, the path it should have (so the error that follows names it)."""
+    """The calibration of this identity: the cache's own file, else a name-only cache file that records it, else
+    the shipped one; when none exists, the cache path it should have (so the error that follows names it)."""
     own, named = default_path(model, identity), default_path(model)
-    if own.is_file() or not named.is_file():
+    if own.is_file():
         return own
+    if named.is_file() and _records(named, identity):
+        return named
+    return shipped_path(model, identity) or own
+
+
+def _records(path: Path, identity: Mapping[str, Any]) -> bool:
     try:
-        recorded = json.loads(named.read_text(encoding="utf-8")).get("model_identity")
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("model_identity")
     except (OSError, json.JSONDecodeError, AttributeError):
-        return own
-    return named if isinstance(recorded, dict) and normalised(recorded) == normalised(identity) else own
+        return False
+    return isinstance(recorded, dict) and normalised(recorded) == normalised(identity)
+
+
+def shippable(result: dict[str, Any]) -> dict[str, Any]:
+    """A result small enough to ship: curves thinned to SHIPPED_CURVE_POINTS (the stored pooled thresholds stay
+    exact), leakage kept as counts (no photo paths of the machine that made it)."""
+    methods = {name: {**entry, "curve": thin_curve(entry["curve"], SHIPPED_CURVE_POINTS)}
+               for name, entry in result["methods"].items()}
+    shipped = {**result, "methods": methods}
+    if "leakage" in result:
+        shipped["leakage"] = [{k: v for k, v in entry.items() if k in ("protocol", "queries", "gallery", "threshold",
+                                                                        "leaking", "exact")}
+                              for entry in result["leakage"]]
+    return shipped
+
+
+def calibrate_and_store(catalog: Catalog, backbone: Backbone, workdir: str | Path, settings: CalibrationSettings,
+                        *, progress: bool = False) -> tuple[dict[str, Any], Path]:
+    """Calibrate on ``catalog`` and keep the result where the lookup finds it for this model (the user's cache)."""
+    result = calibrate(catalog, backbone, workdir, settings, progress=progress)
+    return result, save_calibration(result, default_path(backbone.spec.name, backbone.cache_identity()))
 
 
 def save_calibration(result: dict[str, Any], path: str | Path) -> Path:
@@ -143,8 +195,8 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
     try:
         result = json.loads(target.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CalibrationError(f"{target}: no calibration result; run `python benchmarks/duplicates.py --model "
-                               "MODEL` first, or give --threshold") from None
+        raise CalibrationError(f"{target}: no calibration result; calibrate on your photos with `shelfsight "
+                               "duplicates CATALOG --model MODEL --calibrate`, or give --threshold") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise CalibrationError(f"{target}: not a readable calibration result ({exc})") from None
     if not isinstance(result, dict) or EMBEDDING not in result.get("methods", {}):
@@ -164,6 +216,9 @@ def calibrated_threshold(result: dict[str, Any], precision: float, method: str =
     entry = result["methods"].get(method)
     if entry is None:
         raise CalibrationError(f"the calibration has no method {method!r}; it has {sorted(result['methods'])}")
+    stored = entry.get("thresholds", {}).get(f"{precision:g}", {}).get("threshold")
+    if isinstance(stored, float) and stored == stored:
+        return stored  # the exact pooled threshold (a shipped curve is thinned)
     try:
         return threshold_from_curve(entry["curve"], precision)
     except ValueError as exc:
@@ -177,14 +232,14 @@ def _require_identity(result: dict[str, Any], identity: Mapping[str, Any]) -> No
         return
     if not recorded:
         raise CalibrationError(f"the calibration of {result.get('model')!r} records no model identity (an older "
-                               "result), so it cannot be matched to the loaded model: calibrate again (python "
-                               "benchmarks/duplicates.py --model MODEL) or give --threshold")
+                               "result), so it cannot be matched to the loaded model: calibrate again (shelfsight "
+                               "duplicates CATALOG --model MODEL --calibrate) or give --threshold")
     parts = sorted(k for k in recorded.keys() | loaded.keys() if recorded.get(k) != loaded.get(k))
     raise CalibrationError(
         f"the calibration of {result.get('model')!r} was made on another embedding than the loaded model's "
         f"(different {', '.join(parts)}: {_shown(recorded, parts)} then, {_shown(loaded, parts)} now); a threshold "
-        "only holds for the embedding it was calibrated on: calibrate this one (python benchmarks/duplicates.py "
-        "--model MODEL) or give --threshold")
+        "only holds for the embedding it was calibrated on: calibrate this one (shelfsight duplicates CATALOG "
+        "--model MODEL --calibrate) or give --threshold")
 
 
 def _shown(identity: dict[str, Any], parts: list[str]) -> str:

@@ -36,24 +36,46 @@ class CalibrationSet:
         return str(copy.product_id)
 
 
-def draw_items(catalog: Catalog, sources: int, distractors: int, seed: int,
-               split: str | None = None) -> tuple[list[CatalogItem], list[CatalogItem]]:
+def draw_items(catalog: Catalog, sources: int, distractors: int, seed: int, split: str | None = None,
+               group_negatives: int = 0) -> tuple[list[CatalogItem], list[CatalogItem]]:
     """``sources`` photos to copy and ``distractors`` other photos (of ``split`` when given), disjoint, seeded,
-    in catalogue order."""
+    in catalogue order; plus, among the others, up to ``group_negatives`` more photos of each source's group."""
     items = [i for i in catalog if split is None or i.split == split]
     if sources < 1 or sources + distractors > len(items):
         raise ValueError(f"{catalog.name} has {len(items)} items; cannot draw {sources} sources and "
                          f"{distractors} other photos (need at least one source and no more than it holds)")
     order = np.random.default_rng(seed).permutation(len(items))
-    chosen = sorted(order[:sources].tolist()), sorted(order[sources:sources + distractors].tolist())
-    return [items[i] for i in chosen[0]], [items[i] for i in chosen[1]]
+    chosen = sorted(order[:sources].tolist()), set(order[sources:sources + distractors].tolist())
+    picked = [items[i] for i in chosen[0]]
+    if group_negatives > 0:
+        chosen[1].update(_group_siblings(items, chosen[0], chosen[1], group_negatives, seed))
+    return picked, [items[i] for i in sorted(chosen[1])]
+
+
+def _group_siblings(items: list[CatalogItem], picked: list[int], taken: set[int], per_source: int,
+                    seed: int) -> set[int]:
+    """Positions of up to ``per_source`` other photos of each picked photo's group, not already drawn (seeded)."""
+    by_group: dict[str, list[int]] = {}
+    for position, item in enumerate(items):
+        if item.group is not None:
+            by_group.setdefault(item.group, []).append(position)
+    rng = np.random.default_rng([seed, 1])
+    used, added = set(picked) | taken, set()
+    for position in picked:
+        group = items[position].group
+        free = [p for p in by_group.get(group, []) if p not in used] if group is not None else []
+        for k in rng.permutation(len(free))[:per_source]:
+            used.add(free[k])
+            added.add(free[k])
+    return added
 
 
 def build_calibration_set(catalog: Catalog, transforms: tuple[Transform, ...], workdir: str | Path, *,
-                          sources: int, distractors: int, seed: int = 0, split: str | None = None) -> CalibrationSet:
+                          sources: int, distractors: int, seed: int = 0, split: str | None = None,
+                          group_negatives: int = 0) -> CalibrationSet:
     """Draw the photos (of ``split``, when given), write each source's transformed copies, and return the copies
     and the pool."""
-    picked, others = draw_items(catalog, sources, distractors, seed, split)
+    picked, others = draw_items(catalog, sources, distractors, seed, split, group_negatives)
     folder = Path(workdir) / f"copies-seed{seed}"
     copies = [_make_copy(item, transform, folder, seed) for item in picked for transform in transforms]
     pool = catalog.subset([i.item_id for i in (*picked, *others)], name=f"{catalog.name}[calibration pool]")

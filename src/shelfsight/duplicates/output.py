@@ -35,25 +35,30 @@ def _cluster_of(report: DuplicateReport) -> dict[str, int]:
 
 
 def write_pairs_csv(report: DuplicateReport, path: Path) -> None:
-    """One row per pair: cluster, ids, paths, similarity (1 for exact copies), kind."""
+    """One row per pair: cluster (empty when the two are in different clusters or none: complete linkage keeps a
+    pair apart when it would join photos below the threshold), ids, paths, similarity (1 for exact copies), kind."""
     cluster = _cluster_of(report)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["cluster", "id_a", "id_b", "path_a", "path_b", "similarity", "kind"])
         for pair in report.pairs:
-            writer.writerow([cluster[pair.a], pair.a, pair.b, report.paths.get(pair.a, ""),
+            shared = cluster.get(pair.a) if cluster.get(pair.a) == cluster.get(pair.b) else None
+            writer.writerow(["" if shared is None else shared, pair.a, pair.b, report.paths.get(pair.a, ""),
                              report.paths.get(pair.b, ""), f"{pair.similarity:.6f}", pair.kind])
 
 
 def write_clusters_csv(report: DuplicateReport, path: Path) -> None:
-    """One row per item of a cluster: cluster, size, id, path, label, the cluster's best similarity."""
+    """One row per item of a cluster: cluster, size, id, path, label, the cluster's best and weakest similarity,
+    and its weakest pair."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["cluster", "size", "id", "path", "label", "max_similarity", "exact"])
+        writer.writerow(["cluster", "size", "id", "path", "label", "max_similarity", "min_similarity", "exact",
+                         "weakest_pair"])
         for cluster in report.clusters:
             for item_id in cluster.ids:
                 writer.writerow([cluster.number, len(cluster.ids), item_id, report.paths.get(item_id, ""),
-                                 report.labels.get(item_id, ""), f"{cluster.max_similarity:.6f}", cluster.exact])
+                                 report.labels.get(item_id, ""), f"{cluster.max_similarity:.6f}",
+                                 f"{cluster.min_similarity:.6f}", cluster.exact, " ~ ".join(cluster.weakest)])
 
 
 def render_html(report: DuplicateReport, shown: int = SHOWN_CLUSTERS) -> str:
@@ -71,7 +76,8 @@ def render_html(report: DuplicateReport, shown: int = SHOWN_CLUSTERS) -> str:
             for i in cluster.ids)
         kind = "exact copy" if cluster.exact else "near-duplicate"
         rows.append(f'<section><h2>Cluster {cluster.number}: {len(cluster.ids)} items, {kind}, '
-                    f"best similarity {cluster.max_similarity:.4f}</h2><div class=row>{figures}</div></section>")
+                    f"similarity {cluster.min_similarity:.4f} to {cluster.max_similarity:.4f} (weakest pair: "
+                    f"{escape(' ~ '.join(cluster.weakest))})</h2><div class=row>{figures}</div></section>")
     more = (f"<p>{len(report.clusters) - shown} smaller clusters are in clusters.csv only.</p>"
             if len(report.clusters) > shown else "")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>Duplicates in {escape(report.catalog)}</title>"

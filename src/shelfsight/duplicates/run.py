@@ -2,18 +2,29 @@
 written to a folder (pairs.csv, clusters.csv, duplicates.html, summary.json).
 
 ``summary.json`` is what the report's duplicates section reads when the folder is ``RUN/duplicates``.
+``calibrate_own`` calibrates the threshold on the catalogue's own photos (``--calibrate``) and keeps it where the
+lookup finds it for the model.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shelfsight import paths
 from shelfsight.backbones import Backbone, load_backbone
 from shelfsight.catalog import Catalog, protocols_for
-from shelfsight.duplicates.calibration import calibrated_threshold, find_calibration, load_calibration
+from shelfsight.duplicates.calibration import (
+    CalibrationSettings,
+    calibrate_and_store,
+    calibrated_threshold,
+    find_calibration,
+    identity_key,
+    load_calibration,
+)
 from shelfsight.duplicates.clusters import DuplicateReport, find_duplicates
 from shelfsight.duplicates.hashing import content_hashes
 from shelfsight.duplicates.leakage import protocol_leakage
@@ -24,6 +35,8 @@ from shelfsight.files import atomic_write
 
 SUMMARY = "summary.json"
 SUMMARY_CLUSTERS = 12
+OWN_SOURCES = 200
+OWN_DISTRACTORS = 800
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,36 @@ def resolve_threshold(model: str | Backbone, threshold: float | None, target_pre
     return ThresholdChoice(value, f"calibrated at precision {precision:g} ({path})")
 
 
+def default_threshold(model: str | Backbone, precision: float = 0.99) -> float | None:
+    """The threshold at ``precision`` of the calibration the lookup finds for ``model`` (the user's own, else the
+    shipped one); None when there is none, so a caller (``run``'s dedupe policy) falls back to exact copies."""
+    try:
+        return resolve_threshold(model, None, precision).value
+    except ShelfsightError:
+        return None
+
+
+def own_settings(catalog: Catalog, sources: int | None = None, seed: int = 0) -> CalibrationSettings:
+    """A calibration sized to the catalogue: a fifth of its photos (at most OWN_SOURCES) get edited copies, matched
+    against them and up to OWN_DISTRACTORS others, drawn from every split."""
+    size = len(catalog)
+    chosen = sources if sources is not None else min(OWN_SOURCES, max(1, size // 5))
+    if not 1 <= chosen < size:
+        raise ShelfsightError(f"{catalog.name} has {size} photos: calibrating needs at least one to copy and one "
+                              f"other (asked for {chosen} to copy)")
+    return CalibrationSettings(sources=chosen, distractors=min(OWN_DISTRACTORS, size - chosen), seed=seed, split=None)
+
+
+def calibrate_own(catalog: Catalog, model: str | Backbone, settings: CalibrationSettings, *,
+                  progress: bool = False) -> tuple[dict[str, Any], Path]:
+    """Calibrate ``model``'s threshold on ``catalog`` (edited copies of a sample against the rest; same-group photos
+    as hard negatives) and store it where ``find_calibration`` looks first; the copies stay in the cache."""
+    backbone = load_backbone(model) if isinstance(model, str) else model
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", catalog.name)
+    workdir = paths.cache_dir() / "duplicates" / "copies" / f"{name}-{identity_key(catalog.identity())}"
+    return calibrate_and_store(catalog, backbone, workdir, settings, progress=progress)
+
+
 def run_duplicates(catalog: Catalog, source: str, model: str, choice: ThresholdChoice, output: str | Path, *,
                    backend: str = "auto", progress: bool = False) -> dict[str, Any]:
     """Find the clusters, measure each protocol's leakage, write every file; return the summary."""
@@ -79,6 +122,7 @@ def summarise(report: DuplicateReport, model: str, choice: ThresholdChoice, leak
               files: dict[str, str]) -> dict[str, Any]:
     """Plain data: counts, the largest clusters with their paths, the leakage per protocol, the files."""
     clusters = [{"number": c.number, "size": len(c.ids), "max_similarity": c.max_similarity, "exact": c.exact,
+                 "min_similarity": c.min_similarity, "weakest": list(c.weakest),
                  "items": [{"id": i, "path": report.paths.get(i, ""), "label": report.labels.get(i, "")}
                            for i in c.ids]} for c in report.clusters[:SUMMARY_CLUSTERS]]
     return {"catalog": report.catalog, "model": model, "threshold": choice.value, "threshold_source": choice.source,

@@ -10,6 +10,9 @@ Conventions:
     values are NaN for it) and counted in ``RetrievalReport.n_excluded``;
   * in the same-set (leave-one-out) protocol a query is never its own neighbour: the caller
     searches with the query excluded (``exclude_ids``), and ``count_relevant`` subtracts 1;
+  * with groups (``query_groups``/``gallery_groups``: a seller, a listing, a shoot; ``None`` for no group) a
+    query never counts the gallery items of its own group: the caller searches with them excluded, they are
+    not relevant, and a neighbour of the query's own group raises (the leave-one-out rule, per group);
   * neighbour index ``-1`` is padding (fewer hits than k) and is never relevant;
   * a neighbour listed twice in one row is refused: it would count one relevant item twice.
 """
@@ -22,10 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "RetrievalReport", "average_precision", "average_precision_per_query", "count_relevant", "encode_labels",
-    "full_ranking_average_precision", "map_at_r", "map_at_r_per_query", "mmp_at_k", "mmp_at_k_per_query", "mrr",
-    "mrr_per_query", "ndcg_at_k", "ndcg_at_k_per_query", "precision_at_k", "precision_at_k_per_query",
-    "r_precision", "r_precision_per_query", "recall_at_k", "recall_at_k_per_query", "relevance", "retrieval_report",
+    "RetrievalReport", "average_precision", "average_precision_per_query", "count_relevant", "encode_groups",
+    "encode_labels", "full_ranking_average_precision", "map_at_r", "map_at_r_per_query", "mmp_at_k",
+    "mmp_at_k_per_query", "mrr", "mrr_per_query", "ndcg_at_k", "ndcg_at_k_per_query", "precision_at_k",
+    "precision_at_k_per_query", "r_precision", "r_precision_per_query", "recall_at_k", "recall_at_k_per_query",
+    "relevance", "retrieval_report",
 ]
 
 
@@ -49,12 +53,34 @@ def relevance(query_labels: np.ndarray | Sequence[object], gallery_labels: np.nd
 
 
 def count_relevant(query_labels: np.ndarray | Sequence[object], gallery_labels: np.ndarray | Sequence[object], *,
-                   same_set: bool) -> np.ndarray:
-    """``(Q,)`` int: gallery items sharing each query's label, minus the query itself when ``same_set``.
+                   same_set: bool, query_groups: np.ndarray | Sequence[object] | None = None,
+                   gallery_groups: np.ndarray | Sequence[object] | None = None) -> np.ndarray:
+    """``(Q,)`` int: gallery items sharing each query's label, minus the query itself when ``same_set``, minus
+    the items of the query's own group when groups are given (the query itself is one of them).
 
-    O(Q + N) through per-label counts, never a Q x N comparison.
+    O(Q + N) through per-label and per-(label, group) counts, never a Q x N comparison.
     """
-    return _count_from_codes(*encode_labels(query_labels, gallery_labels), same_set=same_set)
+    codes = encode_labels(query_labels, gallery_labels)
+    groups = encode_groups(query_groups, gallery_groups, len(codes[0]), len(codes[1]))
+    return _count_from_codes(*codes, same_set=same_set, groups=groups)
+
+
+def encode_groups(query_groups: np.ndarray | Sequence[object] | None, gallery_groups: np.ndarray | Sequence[object]
+                  | None, n_queries: int, n_gallery: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Shared int codes of the groups, ``-1`` for an item without one; None when neither side has a group."""
+    if query_groups is None and gallery_groups is None:
+        return None
+    queries = np.asarray(query_groups if query_groups is not None else [None] * n_queries, dtype=object)
+    gallery = np.asarray(gallery_groups if gallery_groups is not None else [None] * n_gallery, dtype=object)
+    if queries.shape != (n_queries,) or gallery.shape != (n_gallery,):
+        raise ValueError(f"need one group (or None) per item: got {queries.shape} and {gallery.shape} for "
+                         f"{n_queries} queries and {n_gallery} gallery items")
+    both = np.concatenate([queries, gallery])
+    present = np.array([value is not None for value in both], dtype=bool)
+    codes = np.full(len(both), -1, dtype=np.int64)
+    if present.any():
+        codes[present] = np.unique(both[present].astype(str), return_inverse=True)[1].reshape(-1)
+    return codes[:n_queries], codes[n_queries:]
 
 
 def _relevance_from_codes(query_codes: np.ndarray, gallery_codes: np.ndarray, neighbour_indices: np.ndarray
@@ -70,13 +96,23 @@ def _relevance_from_codes(query_codes: np.ndarray, gallery_codes: np.ndarray, ne
     return (gallery_codes[np.where(valid, indices, 0)] == query_codes[:, None]) & valid
 
 
-def _count_from_codes(query_codes: np.ndarray, gallery_codes: np.ndarray, *, same_set: bool) -> np.ndarray:
+def _count_from_codes(query_codes: np.ndarray, gallery_codes: np.ndarray, *, same_set: bool,
+                      groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     if same_set and len(query_codes) != len(gallery_codes):
         raise ValueError(f"same_set needs as many queries as gallery items, got {len(query_codes)} "
                          f"and {len(gallery_codes)}")
     n_codes = int(max(query_codes.max(initial=-1), gallery_codes.max(initial=-1))) + 1
     per_label = np.bincount(gallery_codes, minlength=n_codes)
-    return per_label[query_codes].astype(np.int64) - int(same_set)
+    counts = per_label[query_codes].astype(np.int64) - int(same_set)
+    if groups is None:
+        return counts
+    # a query of group g loses the relevant gallery items of g, itself included when same_set (so add back the 1
+    # subtracted above): (label, group) pairs counted once, O(Q + N)
+    grouped = groups[1] >= 0
+    pairs = np.concatenate([np.stack([gallery_codes, groups[1]], 1)[grouped], np.stack([query_codes, groups[0]], 1)])
+    inverse = np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
+    own = np.bincount(inverse[:grouped.sum()], minlength=len(pairs))[inverse[grouped.sum():]]
+    return np.where(groups[0] >= 0, counts - own + int(same_set), counts)
 
 
 # --- per-query metrics ------------------------------------------------------------------------------------------
@@ -214,13 +250,15 @@ def ndcg_at_k(relevant: np.ndarray, n_relevant: np.ndarray, k: int) -> float:
 def full_ranking_average_precision(query_vectors: np.ndarray, gallery_vectors: np.ndarray,
                                    query_labels: np.ndarray | Sequence[object],
                                    gallery_labels: np.ndarray | Sequence[object], *, exclude_self: bool,
-                                   block_size: int = 512) -> np.ndarray:
+                                   block_size: int = 512, query_groups: np.ndarray | Sequence[object] | None = None,
+                                   gallery_groups: np.ndarray | Sequence[object] | None = None) -> np.ndarray:
     """``(Q,)`` exact AP over the full gallery ranking (inner product, higher first), NaN where nothing is relevant.
 
     For checking truncated-K metrics and for small sets: queries are ranked in blocks, so memory stays
     at about ``block_size x N`` (scores, one sort order and a mask) and never reaches ``Q x N``. Ties
     rank the lower gallery index first, as ``ExactIndex`` does. ``exclude_self`` is the same-set
-    protocol: query i is gallery item i and is dropped from its own ranking.
+    protocol: query i is gallery item i and is dropped from its own ranking; with groups, so are the
+    gallery items of the query's own group.
     """
     query_codes, gallery_codes = encode_labels(query_labels, gallery_labels)
     queries = np.asarray(query_vectors, dtype=np.float32)
@@ -229,16 +267,22 @@ def full_ranking_average_precision(query_vectors: np.ndarray, gallery_vectors: n
         raise ValueError(f"expected (Q, d) and (N, d) vectors, got {queries.shape} and {gallery.shape}")
     if len(queries) != len(query_codes) or len(gallery) != len(gallery_codes):
         raise ValueError("need one label per vector")
-    n_relevant = _count_from_codes(query_codes, gallery_codes, same_set=exclude_self)
+    groups = encode_groups(query_groups, gallery_groups, len(queries), len(gallery))
+    n_relevant = _count_from_codes(query_codes, gallery_codes, same_set=exclude_self, groups=groups)
     result = np.empty(len(queries))
     for start in range(0, len(queries), block_size):
         stop = min(start + block_size, len(queries))
         scores = queries[start:stop] @ gallery.T
         relevant = gallery_codes[None, :] == query_codes[start:stop, None]
+        dropped = np.zeros(scores.shape, dtype=bool)
         if exclude_self:
             rows = np.arange(stop - start)
-            scores[rows, rows + start] = -np.inf  # ranked last and never relevant: it shifts no other rank
-            relevant[rows, rows + start] = False
+            dropped[rows, rows + start] = True
+        if groups is not None:
+            block_groups = groups[0][start:stop, None]
+            dropped |= (groups[1][None, :] == block_groups) & (block_groups >= 0)
+        scores[dropped] = -np.inf  # ranked last and never relevant: it shifts no other rank
+        relevant[dropped] = False
         result[start:stop] = _ranked_average_precision(scores, relevant, n_relevant[start:stop])
     return result
 
@@ -275,22 +319,27 @@ class RetrievalReport:
 
 
 def retrieval_report(query_labels: np.ndarray | Sequence[object], gallery_labels: np.ndarray | Sequence[object],
-                     neighbour_indices: np.ndarray, *, same_set: bool, ks: Sequence[int] = (1, 5, 10)
-                     ) -> RetrievalReport:
+                     neighbour_indices: np.ndarray, *, same_set: bool, ks: Sequence[int] = (1, 5, 10),
+                     query_groups: np.ndarray | Sequence[object] | None = None,
+                     gallery_groups: np.ndarray | Sequence[object] | None = None) -> RetrievalReport:
     """Every protocol metric from one ``(Q, K)`` neighbour array, best first (``-1`` pads).
 
     ``same_set=True`` is the leave-one-out protocol (queries are the gallery, in the same order): the
     caller must already have excluded each query from its own neighbours (``exclude_ids`` in the index
     search); a query found among its own neighbours raises. Its own copy is not counted as relevant.
-    A row naming one gallery item twice raises too.
+    With groups the same holds for every gallery item of the query's own group. A row naming one gallery
+    item twice raises too.
     """
     query_codes, gallery_codes = encode_labels(query_labels, gallery_labels)
     indices = np.asarray(neighbour_indices)
     if same_set:
         _reject_self_matches(indices)
     _reject_repeated_neighbours(indices)
+    groups = encode_groups(query_groups, gallery_groups, len(query_codes), len(gallery_codes))
     rel = _relevance_from_codes(query_codes, gallery_codes, indices)
-    n_rel = _count_from_codes(query_codes, gallery_codes, same_set=same_set)
+    if groups is not None:  # the same comparison as relevance, on group codes (-1: no group, never "own")
+        _reject_own_group(_relevance_from_codes(*groups, indices) & (groups[0][:, None] >= 0))
+    n_rel = _count_from_codes(query_codes, gallery_codes, same_set=same_set, groups=groups)
     if ks and max(ks) > rel.shape[1]:
         raise ValueError(f"ks={tuple(ks)} needs at least {max(ks)} neighbour columns, got {rel.shape[1]}")
     per_query = _per_query_at_ks(rel, n_rel, ks)
@@ -300,6 +349,13 @@ def retrieval_report(query_labels: np.ndarray | Sequence[object], gallery_labels
     return RetrievalReport(metrics={name: _mean(values) for name, values in per_query.items()},
                            n_queries=int(kept.sum()), n_excluded=int((~kept).sum()), k=rel.shape[1],
                            warning=_truncation_warning(n_rel, rel.shape[1]), per_query=per_query)
+
+
+def _reject_own_group(own: np.ndarray) -> None:
+    if own.any():
+        query, rank = (int(x) for x in np.argwhere(own)[0])
+        raise ValueError(f"query {query} has a gallery item of its own group at rank {rank + 1}: search with the "
+                         "query's group excluded, so a query never counts its own group's photos")
 
 
 def _per_query_at_ks(rel: np.ndarray, n_rel: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:

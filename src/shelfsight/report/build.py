@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shelfsight.bench import strategies as registry
 from shelfsight.bench.compare import FamilySettings
 from shelfsight.bench.leaderboard import TIED, leaderboard_frames, metric_columns
 from shelfsight.report import figures
@@ -29,6 +30,14 @@ from shelfsight.report.recommend import (
 )
 from shelfsight.report.sections import Plot, Section, build_sections
 
+CATEGORY_SPREAD = 0.01
+"""Cosine spread of a query's same-class top neighbours under which a ranking tells the category, not the look-alike
+(the issue-27 catalogue: 0.979-0.982 across a whole category with top-tuned vectors)."""
+CATEGORY_QUERIES = 3
+"""Fewest example queries (with two or more same-class neighbours) behind a category-ranking warning."""
+CATEGORY_RULE = ("Top-tuning on category labels teaches the embedding the category: its scores within a category "
+                 "bunch together, so it ranks by category, not by look-alike. For look-alike search serve the "
+                 "pre-trained embedding, or tune on product ids.")
 MAX_GRID_ROWS = 12
 """Model x strategy rows per retrieval grid: the best ones by the main metric, so the page stays light."""
 TOP_CONFUSIONS = 10
@@ -136,6 +145,19 @@ class Report:
     """Sections from ``shelfsight.report.sections`` that have something to show for this run."""
     family: str = ""
     """The run's one Holm family: its size, alpha and what it holds."""
+    category: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(dataset, model) -> a warning that the model's top-tuned vectors rank by category (``category_ranking``)."""
+
+    def category_of(self, dataset: str) -> list[str]:
+        return [warning for (where, _), warning in sorted(self.category.items()) if where == dataset]
+
+    def category_answers(self) -> list[str]:
+        """The category warning of the recommended visual search, when it is top-tuned and flagged: first screen."""
+        return [f"{rec.dataset}, recommended {rec.best.label}: {self.category[(rec.dataset, rec.best.model)]}"
+                for rec in self.recommendations.items
+                if rec.task == VISUAL_SEARCH and rec.tier.name == TIERS[-1].name and rec.best is not None
+                and (rec.dataset, rec.best.model) in self.category
+                and rec.best is not None and rec.best.strategy == registry.toptune.NAME]
 
     @property
     def scope(self) -> list[str]:
@@ -215,7 +237,47 @@ def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report
                   recommendations=recs, boards=boards, bars=bars, gains=gains, family_gains=family_gains(gains),
                   gains_plot=gains_plot, cost_plots=cost_plots, cross_plots=cross_plots, grids=grids,
                   confusions=confusions, index_recall=recall, thumbnails_missing=len(thumbnails.missing),
-                  absent=absent, extras=extras, family=tests.describe())
+                  absent=absent, extras=extras, family=tests.describe(), category=category_ranking(run))
+
+
+def category_ranking(run: RunData) -> dict[tuple[str, str], str]:
+    """(dataset, model) -> the warning when the model's top-tuned vectors rank by category: on the main protocol's
+    example queries (``CATEGORY_QUERIES`` or more), the median spread (max - min cosine) of a query's same-class top
+    neighbours is under ``CATEGORY_SPREAD`` and under a fifth of the same model's pre-trained spread."""
+    found = {}
+    for dataset in datasets(run.table):
+        protocol = main_protocol(run.table, dataset)
+        spreads = {(c.cell.model, c.cell.strategy): spread for c in run.cells
+                   if c.status == "ok" and c.cell.dataset == dataset and protocol is not None
+                   and (spread := _same_class_spread(c.details.get(protocol))) is not None}
+        for (model, strategy), (width, queries) in sorted(spreads.items()):
+            pretrained = spreads.get((model, registry.baseline().name))
+            if strategy != registry.toptune.NAME or pretrained is None or queries < CATEGORY_QUERIES:
+                continue
+            if width < CATEGORY_SPREAD and width < pretrained[0] / 5:
+                found[(dataset, model)] = (
+                    f"{model}'s top-tuned vectors rank by category: a query's same-class top neighbours sit within "
+                    f"{_cosine(width)} cosine of each other (median over {queries} example queries; pre-trained: "
+                    f"{_cosine(pretrained[0])}), so their scores cannot tell a look-alike from any item of its "
+                    "category. For look-alike search, serve the pre-trained embedding, or tune on product ids.")
+    return found
+
+
+def _cosine(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.0005 else "<0.001"
+
+
+def _same_class_spread(details: Any) -> tuple[float, int] | None:
+    """(median spread, queries) of the relevant neighbours' scores over the stored example queries (two or more
+    relevant neighbours with scores); None when the details carry none."""
+    examples = details.get("examples") if isinstance(details, dict) else None
+    spreads = []
+    for example in examples or []:
+        scores = [float(n["score"]) for n in example.get("neighbours", [])
+                  if n.get("relevant") and isinstance(n.get("score"), int | float) and math.isfinite(n["score"])]
+        if len(scores) >= 2:
+            spreads.append(max(scores) - min(scores))
+    return (float(np.median(spreads)), len(spreads)) if spreads else None
 
 
 def _boards(table: pd.DataFrame, significance: pd.DataFrame | None) -> list[Board]:

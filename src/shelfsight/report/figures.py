@@ -8,18 +8,30 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from shelfsight.bench import strategies as registry
 from shelfsight.report.analysis import COST_AXES, pareto_front
 from shelfsight.report.data import main_metric, retrieval_protocols
 
 DPI = 100
+MIN_LABEL_PX = 10
+"""The smallest text a reader should have to read on a point label, in pixels of the saved PNG."""
+LABEL_PT = math.ceil(MIN_LABEL_PX * 72 / DPI)
+"""Point labels' font size: MIN_LABEL_PX at DPI (8 pt at 100 dpi is 11 px)."""
+SHOWN_WIDTH_PX = 1340
+"""The widest a figure is shown without being scaled down: the report's 1,400 px column less its padding."""
+_OFFSETS = [(dx, dy) for radius in (6, 16, 28) for dx, dy in
+            ((radius, radius), (radius, -radius - 8), (-radius, radius), (-radius, -radius - 8), (radius, -4),
+             (-radius, -4), (0, radius + 4), (0, -radius - 12))]
+"""Candidate label positions around a point (points), nearest first: the first that overlaps no label wins."""
 
 
 def strategy_colours(strategies: Sequence[str]) -> dict[str, str]:
@@ -33,6 +45,44 @@ def png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def fix_layout(figure: Figure) -> None:
+    """Run the figure's layout once and freeze it, so labels placed afterwards keep their measured places."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    figure.draw_without_rendering()
+    figure.set_layout_engine("none")
+
+
+def place_labels(axes: Axes, points: Sequence[tuple[float, float]], texts: Sequence[str]) -> list[str]:
+    """Label each point at LABEL_PT, offset to the first candidate place inside the axes where it overlaps no label
+    placed before nor the legend (deterministic, no adjustText); a label with no free place is left off and
+    returned, for the caller to list.
+    Call after ``fix_layout``: places are measured in the figure's final pixels."""
+    renderer = axes.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    frame = axes.get_window_extent(renderer)
+    legend = axes.get_legend()
+    taken: list[Any] = [legend.get_window_extent(renderer)] if legend is not None else []
+    for x, y in points:  # the marked points themselves: a label never hides one
+        px, py = axes.transData.transform((x, y))
+        taken.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
+    dropped = []
+    for (x, y), text in sorted(zip(points, texts, strict=True), key=lambda item: (item[0][0], item[0][1])):
+        for dx, dy in _OFFSETS:
+            label = axes.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=LABEL_PT,
+                                  ha="left" if dx >= 0 else "right", annotation_clip=False)
+            label.set_in_layout(False)
+            box = label.get_window_extent(renderer).expanded(1.05, 1.1)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in taken):
+                taken.append(box)
+                break
+            label.remove()
+        else:
+            dropped.append(text)
+    return dropped
 
 
 def _grouped_bars(axes: Axes, frame: pd.DataFrame, colours: dict[str, str]) -> None:
@@ -135,13 +185,23 @@ def _scale(axes: Axes, values: np.ndarray) -> None:
 
 
 def cost_chart(frame: pd.DataFrame, title: str, colours: dict[str, str]) -> bytes | None:
-    """Quality against each cost, points coloured by strategy, the Pareto front drawn as a step line."""
+    """Quality against each cost, as PNG bytes (``cost_figure``)."""
+    figure = cost_figure(frame, title, colours)
+    return png(figure) if figure is not None else None
+
+
+def cost_figure(frame: pd.DataFrame, title: str, colours: dict[str, str]) -> Figure | None:
+    """Quality against each cost, two panels a row so the figure is shown at full size: points coloured by
+    strategy, the Pareto front a step line, its points named (LABEL_PT, placed so that no two labels overlap)."""
     axes_list = [axis for axis in COST_AXES if axis.metric in frame and frame[axis.metric].notna().any()]
     if frame.empty or not axes_list:
         return None
-    figure = Figure(figsize=(4.0 * len(axes_list), 3.6), layout="constrained")
+    columns = min(2, len(axes_list))
+    rows = math.ceil(len(axes_list) / columns)
+    figure = Figure(figsize=(5.6 * columns, 3.8 * rows + 0.6), layout="constrained")
+    labelled = []
     for index, axis in enumerate(axes_list, start=1):
-        axes = figure.add_subplot(1, len(axes_list), index)
+        axes = figure.add_subplot(rows, columns, index)
         part = frame[frame[axis.metric].notna()].reset_index(drop=True)
         part[axis.metric] = part[axis.metric] * axis.scale
         for strategy in [s for s in colours if s in set(part["strategy"])]:
@@ -154,21 +214,24 @@ def cost_chart(frame: pd.DataFrame, title: str, colours: dict[str, str]) -> byte
         xs = part.loc[front, axis.metric].to_numpy()
         ys = part.loc[front, "quality"].to_numpy()
         # cheapest first: the best quality reachable within each budget, a staircase rising as the budget grows
-        axes.step(xs, ys, where="post", color="black", linewidth=1,
-                  linestyle="--", label="Pareto front")
+        axes.step(xs, ys, where="post", color="black", linewidth=1, linestyle="--", label="Pareto front")
         axes.scatter(xs, ys, s=90, facecolors="none", edgecolors="black", linewidths=1, zorder=3)
-        for i in front:
-            axes.annotate(str(part.loc[i, "model"]), (part.loc[i, axis.metric], part.loc[i, "quality"]),
-                          fontsize=6, xytext=(3, 3), textcoords="offset points")
+        labelled.append((axes, list(zip(xs.tolist(), ys.tolist(), strict=True)),
+                         [str(part.loc[i, "model"]) for i in front]))
         _scale(axes, part[axis.metric].to_numpy(dtype=float))
-        axes.set_xlabel(axis.label + ("" if axis.lower_is_better else " (higher is cheaper)"), fontsize=8)
+        axes.margins(x=0.08, y=0.12)  # room for the labels of the points at the edges
+        axes.set_xlabel(axis.label + ("" if axis.lower_is_better else " (higher is cheaper)"), fontsize=9)
         axes.grid(alpha=0.3)
-        if index == 1:
-            axes.set_ylabel(title.split(" · ", 1)[-1], fontsize=8)
+        if index % columns == 1 or columns == 1:
+            axes.set_ylabel(title.split(" · ", 1)[-1], fontsize=9)
     figure.suptitle(title, fontsize=11)
     handles, labels = figure.axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
-    return png(figure)
+    figure.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=9, frameon=False)
+    fix_layout(figure)
+    for axes, points, names in labelled:
+        if dropped := place_labels(axes, points, names):
+            axes.set_title("also on the front: " + ", ".join(dropped), fontsize=LABEL_PT)
+    return figure
 
 
 def heatmap(matrix: pd.DataFrame, title: str, label: str) -> bytes:

@@ -8,7 +8,8 @@ import math
 import jinja2
 
 from shelfsight.bench.leaderboard import COUNTS
-from shelfsight.report.build import Report, slug
+from shelfsight.report.build import CATEGORY_RULE, Report, slug
+from shelfsight.report.guidance import serving_commands
 from shelfsight.report.images import png_uri
 from shelfsight.report.recommend import (
     AUTO_TAGGING,
@@ -56,14 +57,16 @@ def render_html(report: Report) -> str:
     return environment.from_string(TEMPLATE).render(
         r=report, sections=_sections(report),
         answers=[*(answer(report.recommendations, task) for task in (VISUAL_SEARCH, AUTO_TAGGING)),
-                 *(line for extra in report.extras for line in extra.answers)],
+                 *report.category_answers(), *(line for extra in report.extras for line in extra.answers)],
         headline=headline(report.recommendations), consensus=consensus_lines,
+        commands=serving_commands(run, report.recommendations),
         tiers=TIERS,
         tasks=(VISUAL_SEARCH, AUTO_TAGGING), models=sorted(str(m) for m in table["model"].unique()),
         strategies=sorted(str(s) for s in table["strategy"].unique()),
         ok_cells=sum(1 for c in run.cells if c.status == "ok"),
         recs_for=lambda task, dataset: [report.recommendations.get(task, dataset, t.name) for t in TIERS],
-        describe=describe, margin_note=margin_note, format_cost=format_cost, number=number, slug=slug,
+        category_rule=CATEGORY_RULE, describe=describe, margin_note=margin_note, format_cost=format_cost,
+        number=number, slug=slug,
         uri=lambda plot: png_uri(plot.png) if isinstance(plot, Plot) else "",
         index_text=_index_text(index), versions=versions,
         config_text=json.dumps(run.config, indent=2, sort_keys=True) if run.config else "(no config.json)",

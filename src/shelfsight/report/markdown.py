@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from shelfsight.report.build import Board, Report
+from shelfsight.report.build import CATEGORY_RULE, Board, Report
+from shelfsight.report.guidance import serving_commands
 from shelfsight.report.html import number
 from shelfsight.report.recommend import (
     AUTO_TAGGING,
@@ -35,6 +36,13 @@ def _board(board: Board) -> list[str]:
     return [*lines, ""]
 
 
+def _commands(report: Report) -> list[str]:
+    """The commands that serve the choice, as a shell block on the first screen."""
+    found = serving_commands(report.run, report.recommendations)
+    return ["Serve the choice:", "", "```bash", *(line for c in found for line in c.lines()), "```", ""] if found \
+        else []
+
+
 def render_markdown(report: Report, figures_dir: str = "figures") -> str:
     run = report.run
     recs = report.recommendations
@@ -42,12 +50,16 @@ def render_markdown(report: Report, figures_dir: str = "figures") -> str:
              f"Generated {report.generated} from `{run.run_dir}`; the full report with retrieval grids is "
              "`report.html` beside this file.", "",
              *(f"**{answer(recs, task)}**\n" for task in (VISUAL_SEARCH, AUTO_TAGGING)),
-             *(f"**{line}**\n" for extra in report.extras for line in extra.answers), "## Recommendation", ""]
+             *(f"**{line}**\n" for line in report.category_answers()),
+             *(f"**{line}**\n" for extra in report.extras for line in extra.answers),
+             *_commands(report), "## Recommendation", ""]
     if not report.datasets:
         lines.append("No result to recommend from: no cell finished (see the failed cells below).")
     lines += [f"- {describe(rec)}" for rec in headline(recs)]
     lines += [f"- {line}" for task in (VISUAL_SEARCH, AUTO_TAGGING)
               if (line := consensus(recs, task, TIERS[-1].name))]
+    lines += [f"- Visual search on {dataset}: {warning}" for (dataset, _), warning in sorted(report.category.items())]
+    lines += [f"- {CATEGORY_RULE}"] if report.datasets else []
     lines += ["", "### Every budget", "", "| task | dataset | budget | choice | value | lead | cost |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for rec in recs.items:

@@ -6,7 +6,8 @@ tied within noise or not measured, with the evidence.
 
 Every "better" is a paired test on the same queries (``PairedTests``: a permutation test, Holm-corrected
 over the run's one family of comparisons); without per-query scores the verdicts fall back to means
-and say so.
+and say so. A best cell tied within noise with a cheaper one (faster extraction, then fewer parameters, then
+a smaller index) gives way to it: the recommendation says so, with both costs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ AUTO_TAGGING = "auto-tagging"
 SECONDARY = {VISUAL_SEARCH: ("R@1", "MAP@R"), AUTO_TAGGING: ("macro_f1",)}
 """Metrics quoted beside the deciding one."""
 COSTS_QUOTED = ("tune_seconds", "extract_images_per_s", "params_m", "index_bytes")
+RATE, PARAMS, TUNE, INDEX = "extract_images_per_s", "params_m", "tune_seconds", "index_bytes"
+TUNE_RATIO = 1.5
+"""Training times within this ratio count as equal (a measured time moves by that much on a shared CPU)."""
+TIE_CANDIDATES = 3
+"""The best is tested against the cheaper cells among the next few by mean (which pairs depends on means and
+costs only, so the bench gathers them into the run's family before any test): a tie with one of them gives
+the choice to the cheapest tied."""
+RATE_TOLERANCE = 0.10
+"""Extraction rates within 10% count as equal (a measured rate moves by that much between runs on a shared
+CPU): parameters, then the index's size, decide."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,9 @@ class Recommendation:
     reason: str = ""
     """Why there is no choice, when ``best`` is None."""
     test: PairedTest | None = None
-    """The paired test of best against runner-up."""
+    """The paired test of best against runner-up (of ``passed_over`` against ``best`` when it gave way)."""
+    passed_over: Choice | None = None
+    """The best-scoring cell, when it was tied within noise with the cheaper ``best`` (then also ``runner_up``)."""
 
     @property
     def margin(self) -> float | None:
@@ -180,11 +193,75 @@ def recommend(table: pd.DataFrame, tester: Tester | None = None) -> Recommendati
                               f"no strategy within this budget was run ({_allowed_names(tier)})")
                     items.append(Recommendation(task, dataset, protocol, metric, tier, None, reason=reason))
                     continue
-                runner = allowed[1] if len(allowed) > 1 else None
-                test = tester(dataset, protocol, metric, allowed[0], runner) if tester and runner else None
-                items.append(Recommendation(task, dataset, protocol, metric, tier, allowed[0], runner, test=test))
+                items.append(_pick(task, dataset, (protocol, metric), tier, allowed, tester))
     checks = [check for dataset in datasets(table) for check in guidance_checks(table, dataset, tester)]
     return Recommendations(tuple(items), tuple(checks))
+
+
+def _pick(task: str, dataset: str, on: tuple[str, str], tier: Tier, allowed: list[Choice],
+          tester: Tester | None) -> Recommendation:
+    """The best of ``allowed`` against the runner-up; against each cheaper cell among the next few too, and the
+    cheapest of those tied with it recommended instead."""
+    best, runner = allowed[0], (allowed[1] if len(allowed) > 1 else None)
+
+    def test(other: Choice) -> PairedTest | None:
+        return tester(dataset, *on, best, other) if tester else None
+
+    tests = {id(other): test(other) for other in allowed[1:1 + TIE_CANDIDATES] if other is runner or
+             cheaper(other, best)}
+    tied = [c for c in allowed[1:1 + TIE_CANDIDATES]
+            if cheaper(c, best) and (found := tests.get(id(c))) is not None and not found.significant]
+    if tied:
+        cheapest = tied[0]
+        for other in tied[1:]:
+            cheapest = other if cheaper(other, cheapest) else cheapest
+        return Recommendation(task, dataset, *on, tier, cheapest, best, test=tests[id(cheapest)], passed_over=best)
+    return Recommendation(task, dataset, *on, tier, best, runner, test=tests.get(id(runner)))
+
+
+def cheaper(a: Choice, b: Choice) -> bool:
+    """Does ``a`` cost less than ``b``: a lighter adaptation tier (no training before a trained head before
+    fine-tuning), else a faster extraction (by more than :data:`RATE_TOLERANCE`), else fewer parameters, else a
+    shorter training (by more than :data:`TUNE_RATIO`), else a smaller index? False when the costs that would
+    decide are not measured."""
+    level_a, level_b = strategy_level(a.strategy), strategy_level(b.strategy)
+    if level_a != level_b:
+        return level_a < level_b
+    name = deciding_cost(a, b)
+    if name is None:
+        return False
+    return a.costs[name] > b.costs[name] if name == RATE else a.costs[name] < b.costs[name]
+
+
+def deciding_cost(a: Choice, b: Choice) -> str | None:
+    """The first cost, in the order :func:`cheaper` reads them, on which ``a`` and ``b`` differ beyond noise."""
+    for name in (RATE, PARAMS, TUNE, INDEX):
+        x, y = a.costs.get(name), b.costs.get(name)
+        if x is None or y is None:
+            continue
+        if name == RATE:
+            differ = abs(x - y) > RATE_TOLERANCE * max(x, y)
+        elif name == TUNE:
+            differ = max(x, y) > TUNE_RATIO * min(x, y) and abs(x - y) > 1.0
+        else:
+            differ = not math.isclose(x, y, rel_tol=1e-6)
+        if differ:
+            return name
+    return None
+
+
+def cheaper_note(rec: Recommendation, numbers: str) -> str:
+    """'tied with X (NUMBERS): the cheaper is recommended, 98 images/s against 42' (or parameters, index size)."""
+    best, over = rec.best, rec.passed_over
+    assert best is not None and over is not None
+    level_best, level_over = strategy_level(best.strategy), strategy_level(over.strategy)
+    if level_best != level_over:
+        return (f"tied with {over.label} {over.mean:.3f} ({numbers}): the cheaper is recommended, "
+                f"{registry.TIER_NAMES[level_best]} against {registry.TIER_NAMES[level_over]}")
+    name = deciding_cost(best, over) or RATE
+    against = (f", {format_cost(name, best.costs[name])} against {format_cost(name, over.costs[name])}"
+               if name in best.costs and name in over.costs else "")
+    return f"tied with {over.label} {over.mean:.3f} ({numbers}): the cheaper is recommended{against}"
 
 
 def _allowed_names(tier: Tier) -> str:
@@ -223,6 +300,8 @@ def margin_note(rec: Recommendation) -> str:
     best, runner = rec.best, rec.runner_up
     if best is None or runner is None:
         return "the only candidate measured"
+    if rec.passed_over is not None and rec.test is not None:
+        return cheaper_note(rec, rec.test.numbers())
     margin = best.mean - runner.mean
     if rec.test is None:
         return f"ahead of {_value(runner)} by {margin:.3f}; not tested (no per-query scores)"
@@ -269,7 +348,8 @@ def answer(recs: Recommendations, task: str) -> str:
         best = rec.best
         assert best is not None
         runner = rec.runner_up
-        lead = ("the only candidate measured" if runner is None else
+        lead = (cheaper_note(rec, _short_p(rec.test)) if rec.passed_over is not None and rec.test is not None else
+                "the only candidate measured" if runner is None else
                 f"significantly ahead of {runner.label}" if rec.decisive else
                 f"tied within noise with {runner.label}" if rec.decisive is False else
                 f"ahead of {runner.label}, not tested")
@@ -279,6 +359,10 @@ def answer(recs: Recommendations, task: str) -> str:
         parts.append(f"on {rec.dataset}, {best.label} ({rec.protocol} {rec.metric} {best.mean:.3f}{interval}, "
                      f"{lead}{'; ' + costs if costs else ''})")
     return f"Which embedding for {task}? " + "; ".join(parts) + "."
+
+
+def _short_p(test: PairedTest) -> str:
+    return f"p={test.p_value:.2g}, Holm {test.p_adjusted:.2g}"
 
 
 def consensus(recs: Recommendations, task: str, tier: str) -> str | None:

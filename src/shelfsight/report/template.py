@@ -37,6 +37,9 @@ TEMPLATE = r"""<!DOCTYPE html>
   .disagree { background: #ffebe9; color: var(--bad); }
   .not-measured { background: #eaeef2; color: var(--muted); }
   .absent { color: var(--muted); font-style: italic; }
+  .category { font-size: 0.88rem; color: var(--muted); }
+  .category.warn { color: #9a6700; background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px;
+                   padding: 6px 10px; }
   figure { margin: 10px 0 20px; }
   figure img { max-width: 100%; border: 1px solid var(--line); }
   figcaption { color: var(--muted); font-size: 0.85rem; }
@@ -51,6 +54,12 @@ TEMPLATE = r"""<!DOCTYPE html>
   .miss { border-color: #cf222e; }
   .query-thumb { width: 80px; height: 80px; border-color: #24292f; margin: 0 auto 4px; }
   .rowlabel { font-size: 0.78rem; white-space: nowrap; }
+  .scroll { overflow-x: auto; max-width: 100%; }
+  .scroll > table { margin-bottom: 6px; }
+  .cap { font-size: 0.7rem; line-height: 1.15; width: 70px; text-align: center; overflow-wrap: anywhere;
+         color: var(--muted); }
+  .cap .key { color: #1f2328; }
+  .fuller pre { max-height: none; }
   pre { background: var(--soft); padding: 10px; overflow-x: auto; font-size: 0.8rem; max-height: 420px; }
   details summary { cursor: pointer; color: #0969da; }
 </style>
@@ -73,6 +82,10 @@ TEMPLATE = r"""<!DOCTYPE html>
 {% for line in answers %}<p class="answer"><strong>{{ line }}</strong></p>
 {% endfor %}
 </div>
+{% if commands %}<div class="next"><p><strong>Serve the choice</strong> (copy, paste, run; the page is then at
+http://127.0.0.1:PORT/):</p>
+<pre class="commands">{% for c in commands %}{{ c.lines() | join("\n") }}
+{% endfor %}</pre></div>{% endif %}
 <h2>Recommendation</h2>
 {% if not r.datasets %}<p class="absent">No result to recommend from: no cell finished; see <a href="#failed">Failed cells</a>.</p>{% endif %}
 <div class="headline"><ul>
@@ -91,9 +104,10 @@ classification accuracy. Budgets:
 </p>
 {% for dataset in r.datasets %}{% for task in tasks %}
 <h3>{{ task | capitalize }} · {{ dataset }}</h3>
+{% if task == tasks[0] %}{% for warning in r.category_of(dataset) %}<p class="category warn">{{ warning }}</p>{% else %}<p class="category">{{ category_rule }}</p>{% endfor %}{% endif %}
 {% set recs = recs_for(task, dataset) %}
 {% if recs and recs[0].metric %}
-<table>
+<div class="scroll"><table>
 <tr><th>budget</th><th>choice</th><th>family</th><th>{{ recs[0].protocol }} {{ recs[0].metric }}</th>
     <th>also</th><th>runner-up and lead</th><th>cost</th></tr>
 {% for rec in recs %}
@@ -110,7 +124,7 @@ classification accuracy. Budgets:
   {% endif %}
 </tr>
 {% endfor %}
-</table>
+</table></div>
 {% else %}<p class="absent">No {{ task }} results on {{ dataset }}.</p>{% endif %}
 {% endfor %}{% endfor %}
 
@@ -136,14 +150,14 @@ column) shows its 95% bootstrap interval over queries in brackets; the best valu
 Holm-corrected over the run's one family). Costs are shown, not ranked.</p>
 {% for board in r.boards %}
 <h3 id="board-{{ slug(board.dataset, board.protocol) }}">{{ board.dataset }} · {{ board.protocol }}</h3>
-<table class="leaderboard" data-dataset="{{ board.dataset }}" data-protocol="{{ board.protocol }}">
+<div class="scroll"><table class="leaderboard" data-dataset="{{ board.dataset }}" data-protocol="{{ board.protocol }}">
 <tr><th>model</th><th>strategy</th>{% for m in board.metrics %}<th>{{ m }}</th>{% endfor %}</tr>
 {% for model, strategy, cells in board.rows %}
 <tr><td>{{ model }}</td><td>{{ strategy }}</td>
 {% for c in cells %}<td class="num{{ ' best' if c.best }}" data-metric="{{ c.metric }}" data-value="{{ c.value | tojson }}">{{ number(c.value, c.metric) }}{% if c.std > 0 %} <span class="std">± {{ "%.3f" | format(c.std) }}</span>{% endif %}{% if c.has_interval %} <span class="ci">[{{ "%.3f" | format(c.low) }}, {{ "%.3f" | format(c.high) }}]</span>{% endif %}{% if c.tied %} <span class="tie" title="not significantly below the best">≈</span>{% endif %}</td>{% endfor %}
 </tr>
 {% endfor %}
-</table>
+</table></div>
 {% endfor %}
 {% if not r.boards %}<p class="absent">The results table is empty: no cell finished.</p>{% endif %}
 </section>
@@ -207,7 +221,8 @@ evaluated on; the diagonal is the dataset's own tuning.</figcaption></figure>
 <section id="retrieval-examples">
 <h2>Retrieval examples</h2>
 <p>The same seeded queries for every model and strategy (main protocol of each dataset), with their top 5
-neighbours: <span style="color:#1a7f37">green</span> relevant, <span style="color:#cf222e">red</span> not.
+neighbours: <span style="color:#1a7f37">green</span> relevant, <span style="color:#cf222e">red</span> not; under
+each, its label and similarity score (cosine).
 Rows are ordered by the protocol's main metric.
 {% if r.thumbnails_missing %}{{ r.thumbnails_missing }} image(s) could not be read and are shown as grey placeholders.{% endif %}</p>
 {% for grid in r.grids %}
@@ -222,7 +237,8 @@ Rows are ordered by the protocol's main metric.
   {% for row in q.rows %}
   <tr><td class="rowlabel">{{ row.label }}<br><span class="std">{{ grid.metric }} {{ "%.3f" | format(row.value) }} · {{ row.hits }}/{{ row.neighbours | length }} relevant</span></td>
   {% for n in row.neighbours %}<td><img class="thumb {{ 'hit' if n.relevant else 'miss' }}" alt="{{ n.key }}"
-      title="{{ n.key }} · score {{ '%.3f' | format(n.score) }}" src="{{ n.uri }}"></td>{% endfor %}</tr>
+      title="{{ n.key }} · score {{ '%.3f' | format(n.score) }}" src="{{ n.uri }}">
+      <div class="cap"><span class="key">{{ n.key }}</span><br>{{ '%.3f' | format(n.score) }}</div></td>{% endfor %}</tr>
   {% endfor %}
   </table>
 </div>

@@ -6,7 +6,7 @@ reaches the full ``Q x N`` matrix; that is what lets metrics run on catalogue-si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,9 @@ class ExactIndex:
         self._matrix = None
 
     def search(self, vectors: np.ndarray, k: int, *, label: str | None = None, split: str | None = None,
-               exclude_ids: Sequence[str | None] | None = None) -> SearchResult:
+               exclude_ids: Sequence[str | Collection[str] | None] | None = None) -> SearchResult:
+        """The protocol's search; ``exclude_ids[q]`` may also be a set of ids never returned for query q (its
+        own group's photos, itself included), so the top k are k items that may be returned."""
         array = np.asarray(vectors, dtype=np.float32)
         check_finite(array)
         queries = torch.as_tensor(array, device=self.device)
@@ -53,18 +55,29 @@ class ExactIndex:
         k_eff = max(0, min(k, int(allowed.sum())))
         indices = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        excluded = self._items.excluded_positions(exclude_ids, len(queries))
+        rows, positions = self._excluded_pairs(exclude_ids, len(queries))
         for start in range(0, len(queries) if k_eff else 0, self.block_size):  # nothing to rank: all padding
             block = queries[start:start + self.block_size] @ gallery.T
             block[:, ~allowed] = -torch.inf
-            positions = torch.as_tensor(excluded[start:start + self.block_size], dtype=torch.long)
-            rows = torch.nonzero(positions >= 0).flatten()
-            block[rows, positions[rows]] = -torch.inf
+            first, last = np.searchsorted(rows, [start, start + len(block)])
+            block[torch.as_tensor(rows[first:last] - start), torch.as_tensor(positions[first:last])] = -torch.inf
             top_scores, top_indices = _top_k_stable(block, k_eff)
             indices[start:start + len(block), :k_eff] = top_indices
             scores[start:start + len(block), :k_eff] = top_scores
         indices[~np.isfinite(scores)] = -1
         return SearchResult(indices=indices, scores=scores, ids=self._items.result_ids(indices))
+
+    def _excluded_pairs(self, exclude_ids: Sequence[str | Collection[str] | None] | None,
+                        n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+        """(query row, gallery position) of every item never to return, by row; unknown ids are ignored."""
+        wanted = list(exclude_ids) if exclude_ids is not None else [None] * n_queries
+        if len(wanted) != n_queries:
+            raise ValueError(f"need one exclude entry per query; got {len(wanted)} for {n_queries} queries")
+        pairs = [(row, position) for row, entry in enumerate(wanted)
+                 for item_id in ((entry,) if isinstance(entry, str) else entry or ())
+                 if (position := self._items.position.get(item_id)) is not None]
+        array = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        return array[:, 0], array[:, 1]
 
     def _gallery(self) -> torch.Tensor:
         if self._matrix is None:

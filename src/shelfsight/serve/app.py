@@ -89,6 +89,9 @@ class ServeSettings(BaseModel):
     read_only: bool = False
     allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_HOSTS))
     cors_origins: list[str] = Field(default_factory=list)
+    allow_images_from: list[Path] = Field(default_factory=list)
+    """Folders whose images are served also for items indexed from outside their catalogue's folder (the
+    path-safety checks still hold: only files resolving inside one of these)."""
 
     @model_validator(mode="after")
     def _token_reads_need_a_key(self) -> "ServeSettings":
@@ -104,13 +107,16 @@ class ServeSettings(BaseModel):
     def access(self) -> dict[str, Any]:
         """How access is configured, for ``/health`` (never the key itself)."""
         writes = "disabled" if self.read_only else "api key" if self.api_key else "loopback, no key"
+        outside = (f"served from {len(self.allow_images_from)} allowed folder(s)" if self.allow_images_from else
+                   "not served: start `shelfsight serve --allow-images-from FOLDER` to serve them")
         return {"writes": writes, "reads": self.read_access, "allowed_hosts": self.allowed_hosts,
-                "cors_origins": self.cors_origins}
+                "cors_origins": self.cors_origins, "images_outside_catalogue_folders": outside}
 
 
 def open_service(settings: ServeSettings) -> VisualSearchService:
     return VisualSearchService.open(settings.index_dir, encoder=settings.encoder, token=settings.token,
-                                    uri=settings.uri, options=settings.options())
+                                    uri=settings.uri, options=settings.options(),
+                                    images_from=settings.allow_images_from)
 
 
 def create_app(settings: ServeSettings, service: VisualSearchService | None = None) -> FastAPI:

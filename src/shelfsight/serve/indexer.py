@@ -4,13 +4,15 @@ Vectors come from the cached ``embed_catalog``, so indexing a catalogue the benc
 reads the cache instead of recomputing, and the service's own embeddings (same preprocessing, same
 prepared model) land next to them. Each row stores the item id, label, split and a JSON ``attributes``
 object: the image's root key and path relative to that root (so the service can serve it and refuse
-anything outside), and the item's metadata (coarse label, product id).
+anything outside), and the item's metadata (coarse label, product id, and a manifest's other columns, such as a
+seller id: the service returns them with every hit).
 
 **Which vectors?** By default the collection stores the raw backbone embeddings, even when a
 top-tuned head is given: new products of classes the head never saw can be added and found, and a
 retrained head only changes tagging, not the index. ``vectors="head"`` stores the head's penultimate
 (top-tuned) embeddings instead, usually better for retrieval inside the head's classes (the paper's
-top-tuning result), at the price of re-indexing whenever the head changes.
+top-tuning result), at the price of re-indexing whenever the head changes. A ``linear`` or ``ncm`` cell's head
+(``adapt.heads.LinearHead``) tags only: it has no embedding of its own, so its index stores backbone vectors.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from shelfsight.adapt import embed_with_head, load_head
+from shelfsight.adapt import (
+    LINEAR_HEAD_FORMAT,
+    LinearHead,
+    MLPHead,
+    embed_with_head,
+    head_format,
+    load_head,
+    load_linear_head,
+)
 from shelfsight.backbones import Backbone, load_backbone
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.embeddings import Embeddings, RuntimeChoice, embed_catalog
@@ -42,7 +52,7 @@ from shelfsight.serve.compression import (
     recorded_method,
 )
 from shelfsight.serve.encoder import ensure_onnx
-from shelfsight.serve.errors import ServeError
+from shelfsight.serve.errors import InvalidItemError, ServeError
 from shelfsight.serve.manifest import (
     CatalogueRecord,
     CompressionRecord,
@@ -54,6 +64,7 @@ from shelfsight.serve.manifest import (
     read_manifest,
     write_manifest,
 )
+from shelfsight.serve.validation import check_metadata
 
 ADD_BATCH = 1000
 
@@ -87,6 +98,20 @@ class IndexReport:
     """Measured: the Milvus Lite index files over the items (None on a server)."""
     disk_bytes_per_item: float | None = None
     """Measured: the whole Milvus Lite collection on disk over the items (its rows keep float32 vectors too)."""
+
+
+ServedHead = MLPHead | LinearHead
+"""A head the service tags with: a top-tuned MLP, or a linear probe / class means."""
+
+
+def load_served_head(folder: str | os.PathLike[str]) -> tuple[ServedHead, list[str]]:
+    """Any saved head (``toptune``, ``linear`` or ``ncm`` cell) and its class names, read by its declared format."""
+    path = Path(folder)
+    if head_format(path) == LINEAR_HEAD_FORMAT:
+        linear = load_linear_head(path)
+        return linear, list(linear.classes)
+    mlp, classes, _ = load_head(path)
+    return mlp, classes
 
 
 def head_digest(folder: str | os.PathLike[str]) -> str:
@@ -176,7 +201,10 @@ def _embed(catalog: Catalog, backbone: Backbone, model: str, head_path: Path | N
            runtime: RuntimeChoice, batch_size: int | None, num_workers: int | None,
            cache_dir: str | os.PathLike[str] | None, progress: bool) -> tuple[Embeddings, np.ndarray, int]:
     """The catalogue's embeddings, the rows to store (the head's when ``vectors`` is head) and the backbone size."""
-    head_module = load_head(head_path)[0] if head_path is not None else None
+    head_module = load_served_head(head_path)[0] if head_path is not None else None
+    if vectors == "head" and isinstance(head_module, LinearHead):
+        raise ServeError(f"head {head_path} is a {head_module.kind} head: it tags but has no embedding of its own "
+                         "(a linear layer does not change the vectors); index with --vectors backbone")
     embedded = embed_catalog(catalog, backbone, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
                              progress=progress, runtime=runtime)
     if embedded.dim and head_module is not None and head_module.in_dim != embedded.dim:
@@ -184,7 +212,7 @@ def _embed(catalog: Catalog, backbone: Backbone, model: str, head_path: Path | N
                          f"{embedded.dim}-d: train the head on this backbone's embeddings")
     backbone_dim = embedded.dim or probe_dim(backbone)
     rows = embedded.vectors
-    if vectors == "head" and head_module is not None:
+    if vectors == "head" and isinstance(head_module, MLPHead):
         rows = embed_with_head(head_module, rows) if len(rows) else np.zeros((0, head_module.embed_dim), np.float32)
     elif not len(rows):
         rows = np.zeros((0, backbone_dim), dtype=np.float32)
@@ -323,5 +351,13 @@ def item_attributes(item: CatalogItem, root: Path, root_key: str) -> dict[str, A
     except ValueError:
         relative = None
     metadata = {key: value for key, value in (("coarse_label", item.coarse_label), ("product_id", item.product_id))
-                if value is not None}
-    return {"root": root_key, "path": relative, "metadata": metadata}
+                if value is not None} | dict(item.metadata)
+    try:
+        check_metadata(metadata)
+    except InvalidItemError as error:
+        raise ServeError(f"item {item.item_id!r}: its metadata (the manifest's other columns) cannot be stored: "
+                         f"{error}; shorten or drop that column") from None
+    attributes = {"root": root_key, "path": relative, "metadata": metadata}
+    if relative is None:  # outside the root: its image is served only from a folder the user allows
+        attributes["file"] = item.image_path.resolve().as_posix()
+    return attributes

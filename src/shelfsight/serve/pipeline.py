@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from shelfsight.adapt import MLPHead, embed_with_head, predict
+from shelfsight.adapt import LinearHead, MLPHead, embed_with_head, predict
 from shelfsight.compress import Projection
 from shelfsight.search.milvus import MilvusIndex
 from shelfsight.serve.compression import one_blas_thread
@@ -71,11 +71,11 @@ class Lookup:
 class EmbedStage:
     """Pixels -> :class:`Embedded`, one encoder call (and one head call) per list."""
 
-    def __init__(self, encoder: Encoder, head: MLPHead | None, *, head_vectors: bool,
+    def __init__(self, encoder: Encoder, head: MLPHead | LinearHead | None, *, head_vectors: bool,
                  projection: Projection | None = None) -> None:
         self.encoder = encoder
         self.head = head
-        self.head_vectors = head_vectors and head is not None
+        self.head_vectors = head_vectors and isinstance(head, MLPHead)
         self.projection = projection if projection is not None and projection.pca is not None else None
         """The index's PCA (``--compress pcaD``): every vector searched or added goes through it, as at indexing."""
         self.lock = threading.Lock()
@@ -84,8 +84,8 @@ class EmbedStage:
         batch = np.stack(pixels)
         with self.lock:
             raw = self.encoder(batch)
-            vectors = embed_with_head(self.head, raw) if self.head_vectors and self.head is not None else raw
-            probabilities = predict(self.head, raw)[1] if self.head is not None else None
+            vectors = embed_with_head(self.head, raw) if self.head_vectors and isinstance(self.head, MLPHead) else raw
+            probabilities = class_probabilities(self.head, raw)
             if self.projection is not None:
                 vectors = self._project(vectors)
         return [Embedded(raw[i], vectors[i], probabilities[i] if probabilities is not None else None)
@@ -98,6 +98,13 @@ class EmbedStage:
             projected = self.projection.apply(vectors)
         projected[np.linalg.norm(vectors, axis=1) <= 0.5] = 0.0
         return projected
+
+
+def class_probabilities(head: MLPHead | LinearHead | None, raw: np.ndarray) -> np.ndarray | None:
+    """(N, C) probabilities of the head's classes for backbone embeddings; None without a head."""
+    if head is None:
+        return None
+    return head.probabilities(raw) if isinstance(head, LinearHead) else predict(head, raw)[1]
 
 
 class SearchStage:

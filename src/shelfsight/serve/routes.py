@@ -89,7 +89,7 @@ def add_search_routes(app: FastAPI, max_k: int, status_of: dict[type[ServeError]
     @app.post("/tag", response_model=TagResponse, tags=["search"])
     def tag(request: Request, image: ImageFile,
             top: Annotated[int, Form(ge=1, le=1000, description="How many classes.")] = 5) -> TagResponse:
-        """Class probabilities from the top-tuned head, most probable first."""
+        """Class probabilities from the head (top-tuned, linear probe or class means), most probable first."""
         svc = current(request)
         svc.require_tagging()  # before reading the upload
         with svc.receive(image.file) as path:

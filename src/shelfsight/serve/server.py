@@ -17,14 +17,36 @@ from shelfsight.serve.errors import ServeError
 from shelfsight.serve.security import check_binding
 
 
-def run_server(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve until interrupted. The binding is checked (no open writes beyond loopback) and the index opened
-    first, so a wrong folder or a changed model is a ShelfsightError (a clear message from the CLI), not a
-    failed uvicorn startup. The process runs BLAS on one thread (:func:`serving_blas_thread`)."""
+def run_server(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+               sock: socket.socket | None = None) -> None:
+    """Serve until interrupted. The binding is checked (no open writes beyond loopback), the port taken and the
+    index opened first, so a port in use, a wrong folder or a changed model is a ShelfsightError (a clear message
+    from the CLI) before the model loads, not a failed uvicorn startup after it. ``sock``: ``host:port`` already
+    bound (``shelfsight serve`` binds it before its imports); closed on return. BLAS runs on one thread
+    (:func:`serving_blas_thread`)."""
     check_binding(host, api_key=settings.api_key, read_only=settings.read_only, allowed_hosts=settings.allowed_hosts)
-    with serving_blas_thread(), open_service(settings) as service:
-        uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level,
-                    timeout_graceful_shutdown=10)
+    listening = sock or bind_port(host, port)
+    try:
+        with serving_blas_thread(), open_service(settings) as service:
+            config = uvicorn.Config(create_app(settings, service), host=host, port=port, log_level=log_level,
+                                    timeout_graceful_shutdown=10)
+            uvicorn.Server(config).run(sockets=[listening])
+    finally:
+        listening.close()
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """``host:port`` bound as uvicorn binds it (``SO_REUSEADDR``), so a port in use is refused at once, before
+    anything loads, and nothing else can take it while the model does."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port} ({error.strerror or error}): choose another --port, "
+                         "or stop what holds it") from None
+    return sock
 
 
 @contextlib.contextmanager
@@ -32,9 +54,7 @@ def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0,
                     startup_timeout: float = 300.0) -> Iterator[str]:
     """Run ``app`` under uvicorn in a background thread and yield its base URL; stopped (with the app's
     shutdown) on exit. ``port=0`` binds a free port first, so there is no race for it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = bind_port(host, port)
     bound = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     failure: list[BaseException] = []

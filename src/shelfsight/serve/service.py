@@ -28,7 +28,6 @@ from typing import IO, Any
 
 import numpy as np
 
-from shelfsight.adapt import MLPHead
 from shelfsight.backbones import load_backbone
 from shelfsight.search.milvus import MilvusIndex
 from shelfsight.search.milvus_fields import VECTOR_FIELD, id_filter
@@ -47,8 +46,16 @@ from shelfsight.serve.errors import (
     UnreadableImageError,
     UploadTooLargeError,
 )
+from shelfsight.serve.indexer import ServedHead
 from shelfsight.serve.manifest import UPLOADS_ROOT, IndexLayout, ServiceManifest, read_manifest
-from shelfsight.serve.opening import ServiceOptions, check_weights, open_encoder, open_head, open_served_collection
+from shelfsight.serve.opening import (
+    ServiceOptions,
+    check_not_locked,
+    check_weights,
+    open_encoder,
+    open_head,
+    open_served_collection,
+)
 from shelfsight.serve.pipeline import Embedded, EmbedStage, Hit, Lookup, SearchStage, record_metadata
 from shelfsight.serve.validation import check_item_id, check_metadata, image_url
 
@@ -84,12 +91,14 @@ class VisualSearchService:
     """Search, tag, add and delete over one index folder; open with :meth:`open`, release with :meth:`close`."""
 
     def __init__(self, layout: IndexLayout, manifest: ServiceManifest, encoder: Encoder, report: EncoderReport,
-                 decoder: BoundedDecoder, head: tuple[MLPHead, list[str]] | None, index: MilvusIndex, *,
-                 options: ServiceOptions | None = None) -> None:
+                 decoder: BoundedDecoder, head: tuple[ServedHead, list[str]] | None, index: MilvusIndex, *,
+                 options: ServiceOptions | None = None, images_from: Sequence[str | os.PathLike[str]] = ()) -> None:
         self.options = options or ServiceOptions()
+        self.images_from = tuple(Path(folder).resolve() for folder in images_from)
+        """Folders the user allowed images to be served from beyond the index's roots (``--allow-images-from``)."""
         self.layout, self.manifest, self.index = layout, manifest, index
         self.encoder, self.encoder_report, self.decoder = encoder, report, decoder
-        self.head: MLPHead | None = head[0] if head is not None else None
+        self.head: ServedHead | None = head[0] if head is not None else None
         self.classes: list[str] = head[1] if head is not None else []
         self._index_lock = threading.RLock()
         batch, wait = self.options.max_batch, self.options.max_wait_ms
@@ -106,13 +115,19 @@ class VisualSearchService:
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike[str], *, encoder: EncoderChoice = "auto", token: str = "",
-             uri: str | None = None, options: ServiceOptions | None = None) -> VisualSearchService:
+             uri: str | None = None, options: ServiceOptions | None = None,
+             images_from: Sequence[str | os.PathLike[str]] = ()) -> VisualSearchService:
         """Load the model (and head) the folder was indexed with, pick the encoder, open the collection
-        (``uri`` overrides the Milvus server recorded in the folder)."""
+        (``uri`` overrides the Milvus server recorded in the folder). ``images_from``: folders whose images are
+        served also for items that lie outside their catalogue's root."""
+        for folder in images_from:
+            if not Path(folder).is_dir():
+                raise ServeError(f"--allow-images-from {folder}: no such folder")
         layout = IndexLayout.at(index_dir)
         manifest = read_manifest(layout)
         if uri is not None:
             manifest = manifest.model_copy(update={"milvus": manifest.milvus.model_copy(update={"uri": uri})})
+        check_not_locked(layout, manifest)  # before the model loads: a second process fails at once, saying why
         backbone = load_backbone(manifest.model, pretrained=manifest.pretrained, weights=manifest.weights,
                                  preprocess={k: tuple(v) if isinstance(v, list) else v
                                              for k, v in manifest.preprocess.items()})
@@ -123,7 +138,7 @@ class VisualSearchService:
         opts = options or ServiceOptions()
         decoder = BoundedDecoder(backbone.preprocess, max_pixels=opts.max_decode_pixels,
                                  concurrency=opts.decode_concurrency)
-        return cls(layout, manifest, chosen, report, decoder, head, index, options=opts)
+        return cls(layout, manifest, chosen, report, decoder, head, index, options=opts, images_from=images_from)
 
     def close(self) -> None:
         self._embedder.close()
@@ -170,10 +185,11 @@ class VisualSearchService:
                 pixels = self.decoder(path)
             return self._embedder.submit(pixels)
 
-    def require_tagging(self) -> MLPHead:
+    def require_tagging(self) -> ServedHead:
         if self.head is None:
-            raise TaggingUnavailableError("this index has no top-tuned head, so it cannot tag: extend it with "
-                                          "`shelfsight index --head HEAD_FOLDER` (same model and catalogue)")
+            raise TaggingUnavailableError("this index has no head, so it cannot tag: extend it with `shelfsight "
+                                          "index --head RUN/work/CELL/head` (the top-tuned head of a toptune cell, "
+                                          "or the head of a linear or ncm cell, of the same model; same catalogue)")
         return self.head
 
     def _tags(self, embedded: Embedded, top: int) -> list[Tag] | None:
@@ -277,20 +293,38 @@ class VisualSearchService:
         return Item(item_id, record["label"], record["split"], image_url(item_id), record_metadata(record))
 
     def image_file(self, item_id: str) -> tuple[Path, str | None]:
-        """(file, media type) of the item's image, only if registered and resolved inside its root."""
+        """(file, media type) of the item's image, only if registered and resolved inside its root, or, for an item
+        indexed from outside its catalogue's root, inside a folder the user allowed (``--allow-images-from``)."""
         attributes = self._record(item_id).get("attributes") or {}
         key, relative = attributes.get("root"), attributes.get("path")
         folder = self.layout.uploads if key == UPLOADS_ROOT else self.manifest.roots.get(str(key))
-        if folder is None or not relative:
-            raise ImageUnavailableError(f"item {item_id!r} has no servable image (it lies outside its catalogue, or "
-                                        "the collection records no image paths)")
-        root = Path(folder).resolve()
-        candidate = (root / str(relative)).resolve()
-        if not candidate.is_relative_to(root):
-            raise ImageOutsideRootError(f"the image of item {item_id!r} resolves outside its catalogue folder: refused")
+        if folder is not None and not relative and attributes.get("file"):
+            candidate = self._allowed_outside(item_id, Path(str(attributes["file"])))
+        elif folder is None or not relative:
+            raise ImageUnavailableError(f"item {item_id!r} has no servable image (the collection records no image "
+                                        "path for it)")
+        else:
+            root = Path(folder).resolve()
+            candidate = (root / str(relative)).resolve()
+            if not candidate.is_relative_to(root):
+                raise ImageOutsideRootError(f"the image of item {item_id!r} resolves outside its catalogue folder: "
+                                            "refused")
         if not candidate.is_file():
             raise ImageUnavailableError(f"the image file of item {item_id!r} is missing")
         return candidate, attributes.get("media_type")
+
+    def _allowed_outside(self, item_id: str, file: Path) -> Path:
+        """The image of an item indexed from outside its catalogue's root, if it resolves inside an allowed folder.
+        The message names the fix, never the server's path."""
+        candidate = file.resolve()
+        if any(candidate.is_relative_to(allowed) for allowed in self.images_from):
+            return candidate
+        if self.images_from:
+            raise ImageOutsideRootError(f"the image of item {item_id!r} is outside the folders this service may "
+                                        "serve: refused")
+        raise ImageUnavailableError(f"the image of item {item_id!r} lies outside its catalogue's folder: serve it "
+                                    "with `shelfsight serve --allow-images-from FOLDER`, or re-index with "
+                                    "--image-root FOLDER holding every photo")
 
     def _record(self, item_id: str) -> dict[str, Any]:
         with self._index_lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -68,6 +68,8 @@ class StrategyInputs:
     seeded draw nested across budgets (``adapt.splits.at_most_per_class``); validation and test untouched."""
     retrieval_protocols: tuple[str, ...] | None = None
     """The retrieval protocols to score (None: every protocol of the dataset)."""
+    same_group: Literal["exclude", "keep"] = "exclude"
+    """Whether a query's own group's photos are left out of its ranking (the dataset's ``same_group``)."""
 
 
 @dataclass(frozen=True)

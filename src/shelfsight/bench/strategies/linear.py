@@ -1,10 +1,13 @@
-"""``linear``: logistic regression on the frozen embeddings, its L2 strength chosen on validation."""
+"""``linear``: logistic regression on the frozen embeddings, its L2 strength chosen on validation. The fitted
+probe is saved as a head in the cell's work folder (``RUN/work/CELL_ID/head``), which ``shelfsight index --head``
+serves (``adapt.heads.LinearHead``)."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
 
+from shelfsight.adapt.heads import logistic_head, save_linear_head
 from shelfsight.bench.strategies.base import CLASSIFICATION, HEAD_ONLY, Strategy, StrategyInputs, StrategyOutput
 from shelfsight.bench.strategies.scoring import ClassificationData, classification_data, classification_scores
 
@@ -12,6 +15,8 @@ if TYPE_CHECKING:
     from shelfsight.bench.config import BenchConfig
 
 NAME = "linear"
+HEAD_FOLDER = "head"
+"""Under the cell's work folder, as a top-tuned cell's head."""
 C_GRID = (1.0, 10.0, 100.0)
 
 
@@ -20,8 +25,10 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
     started = time.perf_counter()
     model, c = fit(data, inputs.seed)
     fit_seconds = time.perf_counter() - started
+    head = save_linear_head(inputs.workdir / HEAD_FOLDER, logistic_head(model, data.classes, {"C": c}))
     details: dict[str, Any] = {"C": c, "train": len(data.y_train), "test": len(data.y_test),
-                               "classes": len(data.classes), "dropped_test_unseen_class": data.dropped_test}
+                               "classes": len(data.classes), "dropped_test_unseen_class": data.dropped_test,
+                               "head": str(head)}
     scores, per_item = classification_scores(data, model.predict(data.x_test), details)
     return StrategyOutput({CLASSIFICATION: scores}, {"tune_seconds": fit_seconds}, details, per_item)
 

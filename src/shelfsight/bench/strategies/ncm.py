@@ -2,7 +2,8 @@
 takes the class whose mean is closest in cosine: auto-tagging with nothing to train, one vector per class
 to store (where kNN keeps every training photo), and new classes added by averaging their photos. It averages the
 training part only, so a label-budget cell ``ncm/N`` learns from its N drawn photos per class, as ``knn/N`` and
-``linear/N`` do (their details say how many: ``train``)."""
+``linear/N`` do (their details say how many: ``train``). The means are saved as a cosine head in the cell's work
+folder (``RUN/work/CELL_ID/head``), which ``shelfsight index --head`` serves."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shelfsight.adapt.heads import ncm_head, save_linear_head
 from shelfsight.bench.strategies.base import CLASSIFICATION, NO_TRAINING, Strategy, StrategyInputs, StrategyOutput
 from shelfsight.bench.strategies.scoring import classification_data, classification_scores, training_counts
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from shelfsight.bench.config import BenchConfig
 
 NAME = "ncm"
+HEAD_FOLDER = "head"
 
 
 def class_means(vectors: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -44,8 +47,10 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
     started = time.perf_counter()
     means = class_means(data.x_train, data.y_train, len(data.classes))
     fit_seconds = time.perf_counter() - started
+    head = save_linear_head(inputs.workdir / HEAD_FOLDER, ncm_head(means, data.classes, data.x_train, data.y_train))
     details: dict[str, Any] = {**training_counts(data, inputs.label_budget), "test": len(data.y_test),
-                               "classes": len(data.classes), "dropped_test_unseen_class": data.dropped_test}
+                               "classes": len(data.classes), "dropped_test_unseen_class": data.dropped_test,
+                               "head": str(head)}
     scores, per_item = classification_scores(data, predict(means, data.x_test), details)
     return StrategyOutput({CLASSIFICATION: scores}, {"tune_seconds": fit_seconds}, details, per_item)
 

@@ -51,7 +51,7 @@ def retrieval_scores(inputs: StrategyInputs, tuned: dict[str, tuple[Embeddings, 
         result = evaluate_protocol(
             protocol, inputs.catalog, embeddings, make_index=inputs.make_index, k=inputs.k, ks=inputs.ks,
             collection=f"{inputs.collection_prefix}_{protocol.name}", keep_collection=inputs.keep_collections,
-            dedupe=inputs.dedupe)
+            dedupe=inputs.dedupe, same_group=inputs.same_group)
         scores[protocol.name], details[protocol.name] = result.metrics, result.details
         frames.append(result.per_query.assign(protocol=protocol.name))
     return scores, details, frames

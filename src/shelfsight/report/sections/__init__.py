@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shelfsight.report.data import RunData
-from shelfsight.report.sections import compression, duplicates, label_budgets, skipped, zeroshot
+from shelfsight.report.sections import compression, duplicates, fuller, groups, label_budgets, skipped, zeroshot
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ SectionBuilder = Callable[[RunData], "Section | None"]
 
 BUILDERS: list[SectionBuilder] = [
     skipped.build,
+    groups.build,
     label_budgets.build,
     compression.build,
     duplicates.build,
@@ -51,5 +52,7 @@ BUILDERS: list[SectionBuilder] = [
 
 
 def build_sections(run: RunData) -> list[Section]:
-    """Every extra section that has something to show for ``run``."""
-    return [section for builder in BUILDERS if (section := builder(run)) is not None]
+    """Every extra section that has something to show for ``run``, then what a fuller config would add."""
+    found = [section for builder in BUILDERS if (section := builder(run)) is not None]
+    more = fuller.build(run, {section.id for section in found})
+    return [*found, *([more] if more is not None else [])]

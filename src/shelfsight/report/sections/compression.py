@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from shelfsight.bench.strategies import compress, compress_toptune
 from shelfsight.report.analysis import pareto_front
 from shelfsight.report.data import RunData
+from shelfsight.report.figures import LABEL_PT, fix_layout, place_labels, png
 from shelfsight.report.images import png_uri
 
 if TYPE_CHECKING:
@@ -33,7 +34,9 @@ METRICS = ("mMP@5", "R@1")
 COSTS = ("bytes_per_item", "index_bytes", "fixed_bytes", "build_seconds", "qps_batch1", "qps_batched")
 BUDGET_ITEMS = 20_000_000
 BUDGET_BYTES = 16e9
-"""The memory budget the recommendation answers: 20 M photos in 16 GB (800 bytes per photo)."""
+"""A fixed example budget, shown labelled as such: 20 M photos in 16 GB (800 bytes per photo)."""
+GROWTH = (10, 100)
+"""The catalogue's own size is the first scenario; these growth factors of it the next ones."""
 
 
 @dataclass(frozen=True)
@@ -160,10 +163,16 @@ def _interval(row: pd.Series, metric: str) -> str:
 
 
 def frontier_plot(frame: pd.DataFrame, title: str) -> bytes:
+    """The frontier figure as PNG bytes (``frontier_figure``)."""
+    return png(frontier_figure(frame, title))
+
+
+def frontier_figure(frame: pd.DataFrame, title: str) -> Figure:
     """Quality against log bytes per item: each backbone and embedding's methods as points, its line the best
     it reaches within each number of bytes; 95% intervals as bars; the Pareto front over all of them in black,
-    its methods named."""
-    figure = Figure(figsize=(10, 4.2))
+    its methods named (``figures.place_labels``: at least 10 px, no two labels overlapping)."""
+    figure = Figure(figsize=(11, 4.6), layout="constrained")
+    fronts = []
     for axes, metric in zip(figure.subplots(1, len(METRICS)), METRICS, strict=True):
         for position, ((model, embedding), part) in enumerate(frame.groupby(["model", "embedding"], sort=True)):
             part = part.dropna(subset=[metric])
@@ -179,25 +188,20 @@ def frontier_plot(frame: pd.DataFrame, title: str) -> bytes:
         front = valid.iloc[pareto_front(valid["bytes_per_item"].tolist(), valid[metric].tolist())]
         axes.step(front["bytes_per_item"], front[metric], where="post", color="black", linewidth=1.5,
                   label="Pareto front (all)")
-        for rank, (method, cost, value) in enumerate(zip(front["method"], front["bytes_per_item"], front[metric],
-                                                         strict=True)):
-            axes.annotate(str(method), (cost, value), fontsize=6, xytext=(3, 4 if rank % 2 else -9),
-                          textcoords="offset points")
+        fronts.append((axes, list(zip(front["bytes_per_item"], front[metric], strict=True)),
+                       [str(m) for m in front["method"]]))
         axes.set_xscale("log")
+        axes.margins(x=0.08, y=0.12)  # room for the labels of the points at the edges
         axes.set_xlabel("bytes per item (log)")
         axes.set_ylabel(metric)
         axes.grid(alpha=0.3)
-    figure.axes[0].legend(fontsize=7, loc="lower right")
-    figure.suptitle(title, fontsize=10)
-    return _png(figure)
-
-
-def _png(figure: Figure) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
+    figure.axes[0].legend(fontsize=LABEL_PT, loc="lower right")
+    figure.suptitle(title, fontsize=11)
+    fix_layout(figure)
+    for axes, points, names in fronts:
+        if dropped := place_labels(axes, points, names):
+            axes.set_title("also on the front: " + ", ".join(dropped), fontsize=LABEL_PT)
+    return figure
 
 
 def build(run: RunData, budget: Budget = Budget()) -> Section | None:
@@ -207,6 +211,7 @@ def build(run: RunData, budget: Budget = Budget()) -> Section | None:
     frame = frontier_frame(run)
     if frame.empty:
         return None
+    sizes = {str(d): catalogue_items(run, str(d)) for d in frame["dataset"].unique()}
     plots, html_parts, markdown = [], [_INTRO_HTML], [_INTRO_MD, ""]
     for (dataset, protocol), part in frame.groupby(["dataset", "protocol"], sort=True):
         title = f"{dataset} · {protocol}"
@@ -214,7 +219,7 @@ def build(run: RunData, budget: Budget = Budget()) -> Section | None:
                            frontier_plot(part, f"{title}: quality against bytes per item"),
                            "Each point a method; vertical bars 95% bootstrap intervals; black steps: the Pareto front.")
         plots.append(plot)
-        advice = _advice(part, budget)
+        advice = _advice(part, budget, sizes[str(dataset)])
         html_parts += [f"<h3>{html.escape(title)}</h3>",
                        *(f"<p><strong>{html.escape(line)}</strong></p>" for line in advice),
                        f'<img src="{png_uri(plot.png)}" alt="{html.escape(title)}" style="max-width:100%">',
@@ -230,14 +235,80 @@ def build(run: RunData, budget: Budget = Budget()) -> Section | None:
     return Section("compression", "Compression frontier", "\n".join(html_parts), "\n".join(markdown), plots)
 
 
-def _advice(frame: pd.DataFrame, budget: Budget) -> list[str]:
-    """The budget recommendation over every embedding, then over the pre-trained ones alone (no training)."""
-    lines = [recommendation(frame, budget) or f"{budget.text()}: no measured method fits."]
+def _advice(frame: pd.DataFrame, budget: Budget, items: int | None) -> list[str]:
+    """At the catalogue's own size (and grown by ``GROWTH``): the smallest method tied with the best, and its
+    memory; then the fixed example budget, labelled; each over every embedding, then the pre-trained ones alone."""
     untrained = frame[frame["strategy"] == compress.NAME]
-    if not untrained.empty and untrained["strategy"].nunique() < frame["strategy"].nunique():
-        found = recommendation(untrained, budget)
+    both = not untrained.empty and untrained["strategy"].nunique() < frame["strategy"].nunique()
+    lines = []
+    if items:
+        lines.append(at_scale(frame, items) or f"At this catalogue's size ({items:,} photos): no method measured.")
+        found = at_scale(untrained, items) if both else None
         lines += [f"Without training: {found}"] if found else []
+    example = recommendation(frame, budget) or f"{budget.text()}: no measured method fits."
+    lines.append(f"Example budget, not this catalogue's: {example}")
+    found = recommendation(untrained, budget) if both else None
+    lines += [f"Example budget without training: {found}"] if found else []
     return lines
+
+
+def catalogue_items(run: RunData, dataset: str) -> int | None:
+    """The photos the dataset's protocols searched, read from its cells' details (queries plus gallery where the
+    queries are not in the gallery): the catalogue's own size for the scaling scenario; None when not recorded."""
+    from shelfsight.catalog import declared_entry
+
+    entry = declared_entry(dataset)
+    declared = {p.name: p for p in (entry.protocols if entry is not None else ())}
+    sizes = [0]
+    for cell in run.cells:
+        if cell.status != "ok" or cell.cell.dataset != dataset:
+            continue
+        for protocol, details in cell.details.items():
+            if not isinstance(details, dict) or not {"queries", "gallery"} <= set(details):
+                continue
+            found = declared.get(protocol)
+            inside = found.leave_one_out if found is not None else protocol == "leave-one-out"
+            sizes.append(int(details["gallery"]) + (0 if inside else int(details["queries"])))
+    return max(sizes) or None
+
+
+def at_scale(frame: pd.DataFrame, items: int, metric: str = "mMP@5") -> str | None:
+    """"At this catalogue's size (5,155 photos) and grown x10 and x100: ... keeps 99% ... about 0.7 MB, 6.6 MB
+    and 66 MB in memory": the smallest method within the best one's 95% interval, whatever memory it needs."""
+    chosen = choose(frame, Budget(items, math.inf), metric)
+    if chosen is None:
+        return None
+    choice, _ = chosen
+    scales = [items, *(items * g for g in GROWTH)]
+    grown = " and ".join(f"x{g}" for g in GROWTH)
+    floats = frame[(frame["method"] == FLOAT) & frame[metric].notna()]
+    top = floats.loc[floats[metric].idxmax()] if not floats.empty else None
+    versus = (f"; the best float embedding, {top['model']} ({top['embedding']}), needs {_sizes(top, scales)}"
+              if top is not None and top.name != choice.name else "")
+    counts = ", ".join(f"{n:,}" for n in scales[1:])
+    return (f"At this catalogue's size ({items:,} photos) and grown {grown} ({counts}): {choice['model']} "
+            f"({choice['embedding']}) + {choice['method']} keeps {100 * choice[f'kept {metric}']:.0f}% of its float "
+            f"{metric}: {choice[metric]:.3f}{_interval(choice, metric)}"
+            f", the smallest method within the best one's interval, in {choice['bytes_per_item']:,.0f} bytes per "
+            f"photo{' plus its fixed parts' if _fixed(choice) else ''}: {_sizes(choice, scales)}{versus}.")
+
+
+def _sizes(row: pd.Series, scales: list[int]) -> str:
+    """Memory of ``row``'s index at each scale: ``about 0.7 MB, 6.6 MB and 66 MB in memory``."""
+    values = [_human(n * float(row["memory_per_item"]) + _fixed(row)) for n in scales]
+    return f"about {', '.join(values[:-1])} and {values[-1]} in memory"
+
+
+def _fixed(row: pd.Series) -> float:
+    """Bytes the index holds whatever its size (codebooks, the PCA projection)."""
+    return sum(float(row[c]) for c in ("fixed_bytes", "fixed_bytes_projection") if pd.notna(row.get(c, math.nan)))
+
+
+def _human(size: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.0f} bytes"
 
 
 _INTRO_MD = (
@@ -278,7 +349,7 @@ def _table_html(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row, column))}</td>" for column, _ in COLUMNS)
                    + "</tr>" for _, row in frame.iterrows())
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div class=\"scroll\"><table class=\"compression\"><tr>{head}</tr>{body}</table></div>"
 
 
 def _table_markdown(frame: pd.DataFrame) -> list[str]:

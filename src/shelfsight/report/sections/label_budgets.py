@@ -30,7 +30,7 @@ from shelfsight.bench.label_budgets import (
 )
 from shelfsight.bench.strategies.base import CLASSIFICATION
 from shelfsight.report.data import RunData
-from shelfsight.report.figures import png
+from shelfsight.report.figures import LABEL_PT, png
 from shelfsight.report.images import png_uri
 
 if TYPE_CHECKING:
@@ -42,7 +42,9 @@ LEAD = ("Each tuned strategy trained on N labelled photos per class, for several
         "queries; dashed: the pre-trained embedding, which needs no label. The break-even budget is the smallest "
         "N at which the strategy is significantly better than its reference on the same queries (paired test, "
         "Holm-corrected over the run's one family of comparisons, and an interval that excludes zero); it is not "
-        f"called with fewer than {MIN_DRAWS} draws per budget, where the interval over draws under-covers.")
+        f"called with fewer than {MIN_DRAWS} draws per budget, where the interval over draws under-covers. Only "
+        "measured budgets are named: the break-even lies between that N and the largest budget measured below it, "
+        "and nothing is claimed for the budgets in between.")
 
 
 def build(run: RunData) -> Section | None:
@@ -114,17 +116,17 @@ def curve_plot(frame: pd.DataFrame, protocol: str | None, title: str) -> bytes:
             for level in part[(part["model"] == model) & (part["budget"] == str(ZERO_LABEL))].itertuples():
                 axes.axhline(float(level.mean), color="grey" if level.kind == registry.baseline().name else "purple",
                              linestyle=(0, (4, 2 + 2 * m)), linewidth=1, alpha=0.8)
-                axes.annotate(f"{model} · {level.kind}", (min(x_of.values()), float(level.mean)), fontsize=6,
+                axes.annotate(f"{model} · {level.kind}", (min(x_of.values()), float(level.mean)), fontsize=LABEL_PT,
                               xytext=(0, 3), textcoords="offset points", color="dimgrey")
         axes.set_xscale("log")
         ticks = sorted(x_of.items(), key=lambda item: item[1])
-        axes.set_xticks([x for _, x in ticks], [_tick(b, frame) for b, _ in ticks], fontsize=7)
+        axes.set_xticks([x for _, x in ticks], [_tick(b, frame) for b, _ in ticks], fontsize=LABEL_PT)
         axes.minorticks_off()
         axes.set_xlabel("labelled photos per class (log)")
         axes.set_ylabel(f"{metric}" + (f" ({panel_protocol})" if panel_protocol != CLASSIFICATION else ""))
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
-            axes.legend(fontsize=6, loc="lower right")
+            axes.legend(fontsize=LABEL_PT, loc="lower right")
     figure.suptitle(title, fontsize=10)
     return png(figure)
 
@@ -142,38 +144,54 @@ def describe_budget(budget: str | None, curves: pd.DataFrame, dataset: str) -> s
         return "not reached"
     if budget != ALL:
         return f"{budget} per class"
-    per_class = curves.loc[(curves["dataset"] == dataset) & (curves["budget"] == ALL), "train_per_class"].dropna()
-    return f"all training photos, ≈{per_class.mean():.0f} per class" if not per_class.empty else "all training photos"
+    per_class = _per_class(curves, dataset)
+    return f"all training photos, ≈{per_class:.0f} per class" if per_class is not None else "all training photos"
 
 
 def advice(evens: list[BreakEven], curves: pd.DataFrame) -> list[str]:
-    """First-screen sentences: below which budget the pre-trained embedding is the choice for visual search."""
+    """First-screen sentences: at which measured budgets the pre-trained embedding is the choice for visual
+    search. Only measured budgets are named: a break-even lies between two of them, never at a number between."""
     lines = []
     for even in evens:
         if even.reference != registry.baseline().name or even.strategy != registry.toptune.NAME:
             continue
-        end = describe_budget(even.largest, curves, even.dataset)
-        if not even.called:
-            lines.append(f"How many labels before top-tuning pays? On {even.dataset}, for {even.model}: "
-                         f"{too_few(even)}; run label_budgets.subsets: {MIN_DRAWS} or more to call a break-even.")
-        elif even.budget is None:
-            lines.append(f"How many labels before top-tuning pays? On {even.dataset}, {even.model}'s top-tuned "
-                         f"embedding never beat its pre-trained one significantly ({RETRIEVAL_METRIC}, up to {end}): "
-                         "use the pre-trained embedding.")
-        elif even.budget == "1":
-            lines.append(f"How many labels before top-tuning pays? On {even.dataset}, {even.model}'s top-tuned "
-                         f"embedding beats its pre-trained one from one labelled photo per class ({_numbers(even)}"
-                         f"{'' if even.holds else ', though not at every larger budget'}).")
-        elif even.budget == ALL:
-            lines.append(f"How many labels before top-tuning pays? On {even.dataset}, {even.model}'s top-tuned "
-                         f"embedding beat its pre-trained one only with {end} ({_numbers(even)}): with fewer "
-                         "labelled photos, use the pre-trained embedding.")
-        else:
-            lines.append(f"How many labels before top-tuning pays? On {even.dataset}, with fewer than {even.budget} "
-                         f"labelled photos per class, use {even.model}'s pre-trained embedding: its top-tuned "
-                         f"embedding first beats it significantly at {even.budget} per class ({_numbers(even)}"
-                         f"{'' if even.holds else ', though not at every larger budget'}).")
+        lines.append(f"How many labels before top-tuning pays? On {even.dataset}, {_answer(even, curves)}")
     return lines
+
+
+def _answer(even: BreakEven, curves: pd.DataFrame) -> str:
+    """The sentence after ``On DATASET,`` for one top-tuning curve against the pre-trained embedding."""
+    end = describe_budget(even.largest, curves, even.dataset)
+    caveat = "" if even.holds else ", though not at every larger budget"
+    if not even.called:
+        return (f"for {even.model}: {too_few(even)}; run label_budgets.subsets: {MIN_DRAWS} or more to call a "
+                "break-even.")
+    if even.budget is None:
+        return (f"{even.model}'s top-tuned embedding never beat its pre-trained one significantly "
+                f"({RETRIEVAL_METRIC}, up to {end}): use the pre-trained embedding.")
+    if even.below is None:
+        first = "one labelled photo per class" if even.budget == "1" else \
+            f"{describe_budget(even.budget, curves, even.dataset)}, the smallest budget measured"
+        return f"{even.model}'s top-tuned embedding beats its pre-trained one from {first} ({_numbers(even)}{caveat})."
+    at = describe_budget(even.budget, curves, even.dataset)
+    few = "one labelled photo" if even.below == "1" else f"up to {even.below} labelled photos"
+    return (f"with {few} per class, use {even.model}'s pre-trained embedding: its top-tuned "
+            f"embedding is first significantly better at {at} ({_numbers(even)}{caveat}). {_between(even, curves)}")
+
+
+def _between(even: BreakEven, curves: pd.DataFrame) -> str:
+    """``The break-even lies between 5 and all (≈180 per class): nothing between them was measured.``"""
+    upper = str(even.budget)
+    if upper == ALL:
+        per_class = _per_class(curves, even.dataset)
+        upper = f"all ({f'≈{per_class:.0f} per class' if per_class is not None else 'every training photo'})"
+    return (f"The break-even lies between {even.below} and {upper}: nothing between them was measured "
+            "(add budgets there to narrow it).")
+
+
+def _per_class(curves: pd.DataFrame, dataset: str) -> float | None:
+    per_class = curves.loc[(curves["dataset"] == dataset) & (curves["budget"] == ALL), "train_per_class"].dropna()
+    return float(per_class.mean()) if not per_class.empty else None
 
 
 def _numbers(even: BreakEven) -> str:
@@ -192,7 +210,8 @@ def _verdict(even: BreakEven, curves: pd.DataFrame) -> str:
     if even.budget is None:
         return f"not reached (tested up to {describe_budget(even.largest, curves, even.dataset)})"
     held = "" if even.holds else "; not significant at every larger budget"
-    return describe_budget(even.budget, curves, even.dataset) + held
+    gap = f"; not at {even.below}, nothing measured between" if even.below is not None else ""
+    return describe_budget(even.budget, curves, even.dataset) + gap + held
 
 
 EVEN_HEADER = ("model", "strategy", "against", "metric", "first significantly better at")
@@ -244,7 +263,7 @@ def _points_html(frame: pd.DataFrame, protocol: str | None) -> str:
     header, rows = _points(frame, protocol)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div class=\"scroll\"><table><tr>{head}</tr>{body}</table></div>"
 
 
 def _points_markdown(frame: pd.DataFrame, protocol: str | None) -> list[str]:
