@@ -188,14 +188,28 @@ def decide_duplicates(policy: DedupePolicy, reference: str, catalog: Catalog,
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("key") == key:
-            return DuplicateDecision.from_json(stored)
+            return _said(DuplicateDecision.from_json(stored))
     embeddings = embed()
     decision = DuplicateDecision(policy, reference, {p.name: protocol_leakage(p, catalog, embeddings,
                                                                               policy.threshold)
                                                      for p in protocols}, key)
     atomic_write(path, lambda temporary: temporary.write_text(json.dumps(decision.to_json(), indent=1),
                                                               encoding="utf-8"))
+    return _said(decision)
+
+
+def _said(decision: DuplicateDecision) -> DuplicateDecision:
+    """The decision, once its leaking queries are on the console: once per dataset and run, not once per cell."""
+    for name, found in decision.protocols.items():
+        if found.count:
+            _say_leaking(name, found)
     return decision
+
+
+def _say_leaking(protocol: str, found: ProtocolLeakage) -> None:
+    _log.warning("protocol %r: %d of %d queries have a duplicate in the gallery (%d exact), e.g. %s",
+                 protocol, found.count, found.queries, found.exact,
+                 ", ".join(f"{p.a} ~ {p.b} ({p.similarity:.3f})" for p in found.examples[:3]))
 
 
 def duplicate_leakage(
@@ -217,10 +231,8 @@ def duplicate_leakage(
     else:
         found = protocol_leakage(protocol, catalog, embeddings, policy.threshold)
     leaking = leaking_mask(query_ids, found)
-    if leaking.any() and _first_time((protocol.name, found.count, found.queries, found.exact)):
-        _log.warning("protocol %r: %d of %d queries have a duplicate in the gallery (%d exact), e.g. %s",
-                     protocol.name, found.count, found.queries, found.exact,
-                     ", ".join(f"{p.a} ~ {p.b} ({p.similarity:.3f})" for p in found.examples[:3]))
+    if leaking.any() and not isinstance(dedupe, DuplicateDecision):  # a run's decision was said when it was made
+        _say_leaking(protocol.name, found)
     details = found.as_dict({i.item_id: str(i.image_path) for i in catalog if i.item_id in _example_ids(found)})
     details |= {"action": policy.action, "scores_all_queries": scores_of(per_query, np.ones_like(leaking)),
                 "scores_without_duplicates": scores_of(per_query, ~leaking),
@@ -234,16 +246,6 @@ def _decided_by(dedupe: DedupePolicy | DuplicateDecision) -> str:
     if dedupe.threshold is not None:
         return f"content, and cosine >= {dedupe.threshold} in this embedding"
     return "content (byte-identical copies)"
-
-
-_WARNED: set[tuple[str, int, int, int]] = set()
-
-
-def _first_time(warning: tuple[str, int, int, int]) -> bool:
-    """A dataset's duplicate decision is shared by all its cells: say it once per process, not once per cell."""
-    fresh = warning not in _WARNED
-    _WARNED.add(warning)
-    return fresh
 
 
 def _example_ids(found: ProtocolLeakage) -> set[str]:
