@@ -13,6 +13,7 @@ import pytest
 
 from shelfsight.catalog import Catalog, load_catalog, load_image_folder
 from shelfsight.embeddings import embed_catalog
+from shelfsight.embeddings.ray_start import start_ray
 from shelfsight.embeddings.shards import read_shard
 
 ray = pytest.importorskip("ray")
@@ -31,12 +32,9 @@ RECIPE = BackboneRecipe("efficientnet_lite0", preprocess={"input_size": 64})
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    """A local cluster bounded to two CPU workers, shut down after the module.
-
-    Ray waits 30 s for its control store to publish a port; on a loaded 2-core CI machine with a cold
-    disk cache that can run out, so allow 120 s (Ray's own default for a persistent store)."""
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """A local cluster bounded to two CPU workers, shut down after the module (started as the engine
+    starts one: tried again when a cold first boot misses Ray's 30 s window)."""
+    start_ray(ray, address=None, num_cpus=2)
     try:
         yield
     finally:

@@ -46,6 +46,7 @@ from shelfsight.embeddings.extract import (
     store_parts,
 )
 from shelfsight.embeddings.plan import ExtractionPlan, plan_extraction
+from shelfsight.embeddings.ray_start import RayStartError, start_ray
 from shelfsight.embeddings.runtimes import Runtime, RuntimeChoice
 from shelfsight.embeddings.shards import write_shard
 from shelfsight.errors import ShelfsightError
@@ -222,21 +223,10 @@ def _import_ray() -> Any:
 
 
 def _start_ray(ray: Any, options: RayOptions) -> None:
-    """Connect to ``address`` (a running cluster), or start a local one bounded to ``num_cpus``."""
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
-    # a local start on a busy machine can need more than Ray's default 30 s to bring up its control store
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
-    if options.address:
-        kwargs["address"] = options.address
-    else:
-        kwargs["num_cpus"] = options.num_cpus or os.cpu_count() or 1
     try:
-        ray.init(**kwargs)
-    except ConnectionError as exc:
-        raise RayEngineError(f"cannot reach the Ray cluster at {options.address!r} ({exc}); start it with "
-                             "`ray start --head` or pass the address printed by it") from None
+        start_ray(ray, options.address, options.num_cpus)
+    except RayStartError as exc:
+        raise RayEngineError(str(exc)) from None
 
 
 def _actor_count(ray: Any, options: RayOptions) -> int:
