@@ -15,10 +15,9 @@ import pytest
 from shelfsight.adapt.splits import at_most_per_class, labelled_splits
 from shelfsight.adapt.toptune import TopTuneConfig, planned_trials
 from shelfsight.bench import load_config, read_table, run_bench
+from shelfsight.bench.budgets import BREAK_EVEN_FILE, CURVES_FILE
 from shelfsight.bench.config import ConfigError
 from shelfsight.bench.label_budgets import (
-    BREAK_EVEN_FILE,
-    CURVES_FILE,
     break_even,
     break_evens,
     read_curves,

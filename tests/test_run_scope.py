@@ -16,8 +16,9 @@ from statsmodels.stats.multitest import multipletests
 from typer.testing import CliRunner
 
 from shelfsight.bench import load_config, read_table, run_bench
+from shelfsight.bench.budgets import BREAK_EVEN_FILE
 from shelfsight.bench.compare import COMPARISONS_FILE, Family, FamilySettings, Request, RunScores, compare
-from shelfsight.bench.label_budgets import BREAK_EVEN_FILE, MIN_DRAWS, break_evens
+from shelfsight.bench.label_budgets import MIN_DRAWS, break_evens
 from shelfsight.bench.results import Cell, CellResult, ResultStore, RunPlan
 from shelfsight.bench.runner import BenchSummary
 from shelfsight.catalog import load_catalog

@@ -39,7 +39,7 @@ from pydantic import (
 from shelfsight.adapt.finetune import FinetuneConfig
 from shelfsight.adapt.toptune import TopTuneConfig
 from shelfsight.bench import strategies as registry
-from shelfsight.bench.label_budgets import LabelBudgets
+from shelfsight.bench.budgets import LabelBudgets
 from shelfsight.bench.leakage import DedupePolicy
 from shelfsight.bench.results import Cell
 from shelfsight.bench.strategies.zeroshot import ZeroShotConfig

@@ -19,10 +19,10 @@ import pandas as pd
 from shelfsight.backbones import Backbone, finetuned_name, get_spec, gflops_per_image, load_backbone, load_class_weights
 from shelfsight.backbones.finetuned import read_record
 from shelfsight.bench import strategies
+from shelfsight.bench.budgets import label_budget_identity, scored_protocols
 from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry
 from shelfsight.bench.evaluate import IndexFactory
 from shelfsight.bench.identity import SCORING_VERSION, digest
-from shelfsight.bench.label_budgets import label_budget_identity, scored_protocols
 from shelfsight.bench.leakage import (
     DedupePolicy,
     DuplicateDecision,

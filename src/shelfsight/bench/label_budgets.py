@@ -28,139 +28,27 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shelfsight.bench import strategies as registry
+from shelfsight.bench.budgets import (
+    ALL,
+    BREAK_EVEN_FILE,
+    CLASSIFICATION_METRIC,
+    CURVES_FILE,
+    RETRIEVAL_METRIC,
+    ZERO_LABEL,
+    is_budget_cell,
+)
 from shelfsight.bench.results import TABLE_COLUMNS, Cell, ResultStore
 from shelfsight.bench.strategies.base import CLASSIFICATION, budget_strategy, split_budget
 
 if TYPE_CHECKING:
     from shelfsight.bench.compare import Family, Request
-    from shelfsight.bench.config import BenchConfig, ModelEntry
+    from shelfsight.bench.config import BenchConfig
 
-ALL = "all"
-CURVES_FILE = "label-budgets.csv"
-BREAK_EVEN_FILE = "label-budgets-tests.csv"
-VALIDATION = "fixed: the run's validation part, set aside before the budget is drawn"
-NESTED_DRAW = "nested-permutation-v1"
-"""The subset draw (``adapt.splits.at_most_per_class``); part of a budget cell's identity."""
-RETRIEVAL_METRIC = "mMP@5"
-CLASSIFICATION_METRIC = "accuracy"
-ZERO_LABEL = 0
-"""The ``budget`` of the reference rows (pre-trained embedding, zero-shot tagging) in the curves table."""
-
-
-class LabelBudgets(BaseModel):
-    """The config's ``label_budgets`` section (a list is shorthand for ``budgets``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    budgets: tuple[int | Literal["all"], ...] = (1, 2, 5, 10, 25, "all")
-    subsets: int = Field(default=3, ge=1, description="Subset seeds per budget: seed, seed + 1, ...")
-    strategies: tuple[str, ...] | None = None
-    """Default: the label-learning strategies the config runs for the model and dataset, fine-tuning
-    excepted (it is costly: name it to have it)."""
-    models: tuple[str, ...] | None = None
-    datasets: tuple[str, ...] | None = None
-    protocols: Literal["main", "all"] = "main"
-    """Retrieval protocols a budget cell scores: the dataset's main one (the curves' protocol; a third of the
-    scoring on the Grocery Store Dataset's three) or all of them."""
-
-    @field_validator("budgets")
-    @classmethod
-    def _budgets(cls, value: tuple[int | str, ...]) -> tuple[int | str, ...]:
-        numbers = [b for b in value if b != ALL]
-        if any(not isinstance(b, int) or b < 1 for b in numbers):
-            raise ValueError(f"budgets are labelled photos per class (integers >= 1) or 'all', got {list(value)}")
-        if len(set(numbers)) != len(numbers):
-            raise ValueError(f"budgets repeat a value: {list(value)}")
-        return (*sorted(int(b) for b in numbers), *((ALL,) if ALL in value else ()))
-
-    @field_validator("strategies")
-    @classmethod
-    def _budgeted(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        allowed = registry.budgeted_names()
-        for name in value or ():
-            if name not in allowed:
-                raise ValueError(f"strategy {name!r} does not learn from training labels; label budgets apply "
-                                 f"to {', '.join(allowed)}")
-        return value
-
-    @property
-    def numbers(self) -> tuple[int, ...]:
-        return tuple(int(b) for b in self.budgets if b != ALL)
-
-    def subset_seeds(self, first: int) -> tuple[int, ...]:
-        return tuple(first + r for r in range(self.subsets))
-
-    def applies(self, model: ModelEntry, dataset: str) -> bool:
-        return ((self.models is None or model.label in self.models)
-                and (self.datasets is None or dataset in self.datasets))
-
-    def strategies_for(self, config: BenchConfig, model: ModelEntry, dataset: str) -> tuple[str, ...]:
-        """The strategies limited on this model and dataset."""
-        if not self.applies(model, dataset):
-            return ()
-        if self.strategies is not None:
-            return self.strategies
-        return tuple(name for name in registry.budgeted_names()
-                     if name != registry.finetune.NAME and config.runs(name, model, dataset))
-
-
-def label_budget_identity(strategy: str, section: LabelBudgets | None) -> dict[str, Any]:
-    """What a label-budget cell adds to its key (nothing for other cells)."""
-    budget = split_budget(strategy)[1]
-    if budget is None:
-        return {}
-    protocols = section.protocols if section is not None else "all"
-    return {"label_budget": {"per_class": budget, "validation": VALIDATION, "draw": NESTED_DRAW,
-                             "protocols": protocols}}
-
-
-def scored_protocols(strategy: str, section: LabelBudgets | None, declared: list[str]) -> tuple[str, ...] | None:
-    """The retrieval protocols a cell scores, of the dataset's ``declared`` ones: None (all) but for a
-    label-budget cell of a section that keeps to the main one."""
-    if split_budget(strategy)[1] is None or section is None or section.protocols == "all" or not declared:
-        return None
-    return (declared[0],)
-
-
-def is_budget_cell(cell: Cell) -> bool:
-    return split_budget(cell.strategy)[1] is not None
-
-
-def budget_cells(config: BenchConfig) -> list[tuple[Cell, ModelEntry, str]]:
-    """Every ``KIND/N`` cell of the config, dataset by dataset, then model, strategy, budget and seed."""
-    section = config.label_budgets
-    if section is None:
-        return []
-    return [(Cell(model.label, dataset.name, budget_strategy(kind, budget), seed), model, dataset.name)
-            for dataset in config.datasets for model in config.models
-            for kind in section.strategies_for(config, model, dataset.name)
-            for budget in section.numbers for seed in section.subset_seeds(config.seed)]
-
-
-def required_plain(config: BenchConfig) -> list[tuple[str, ModelEntry, str]]:
-    """The plain cells the curves read and the config may not run: ``all`` (the strategy on every training
-    photo) and the pre-trained embedding (the zero-label level)."""
-    section = config.label_budgets
-    if section is None:
-        return []
-    needed: list[tuple[str, ModelEntry, str]] = []
-    for dataset in config.datasets:
-        for model in config.models:
-            kinds = section.strategies_for(config, model, dataset.name)
-            if not kinds:
-                continue
-            wanted = [registry.baseline().name, *(kinds if ALL in section.budgets else ())]
-            needed += [(kind, model, dataset.name) for kind in wanted if not config.runs(kind, model, dataset.name)]
-    return needed
-
-
-# ---------------------------------------------------------------------------------------------- tables
 def curves_table(store: ResultStore, cells: Iterable[Cell], *, n_resamples: int, seed: int) -> pd.DataFrame:
     """The curves: one row per (model, dataset, strategy, budget, protocol, metric) with the mean over subset
     seeds and a 95% interval (subset seeds resampled, then queries). Budget cells carry their N; the plain

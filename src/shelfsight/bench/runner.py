@@ -24,11 +24,12 @@ from rich.console import Console
 
 from shelfsight import __version__
 from shelfsight.bench import strategies
+from shelfsight.bench.budgets import budget_cells, is_budget_cell, required_plain
 from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry, config_to_json
 from shelfsight.bench.context import RunContext
 from shelfsight.bench.estimate import CellEstimate, RunEstimator
 from shelfsight.bench.identity import describe_change, digest
-from shelfsight.bench.label_budgets import budget_cells, is_budget_cell, required_plain, write_label_budgets
+from shelfsight.bench.label_budgets import write_label_budgets
 from shelfsight.bench.results import Cell, CellResult, ResultStore, RunPlan, stale_note
 from shelfsight.bench.run_progress import RunProgress, duration, print_plan, write_skipped
 from shelfsight.bench.strategies import is_stochastic, parse_strategy, seeded_validation

@@ -16,13 +16,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from shelfsight.bench import strategies as registry
+from shelfsight.bench.budgets import ALL, CLASSIFICATION_METRIC, RETRIEVAL_METRIC, VALIDATION, ZERO_LABEL
 from shelfsight.bench.label_budgets import (
-    ALL,
-    CLASSIFICATION_METRIC,
     MIN_DRAWS,
-    RETRIEVAL_METRIC,
-    VALIDATION,
-    ZERO_LABEL,
     BreakEven,
     break_evens,
     budget_order,
