@@ -33,11 +33,13 @@ demo: install system-deps
 demo-full: install system-deps
 	$(BIN)/shelfsight demo --full
 
-# check_structure.py fails on a module over 400 lines, a function over 60, an import cycle or a public
+# import-linter holds the architecture (.importlinter: layers, forbidden imports, no cycles, imports inside
+# functions included); check_structure.py fails on a module over 400 lines, a function over 60 or a public
 # class name defined twice, and prints each offender.
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo .importlinter
 	$(BIN)/python scripts/check_structure.py src/shelfsight
 
 test: install system-deps lint

@@ -47,7 +47,8 @@ import numpy as np
 from shelfsight.backbones import load_backbone
 from shelfsight.catalog import load_catalog
 from shelfsight.serve import OnnxEncoder, TorchEncoder, build_index, ensure_onnx
-from shelfsight.serve.encoder import EmbeddingModel, Pixels, median_ms
+from shelfsight.serve.decode import BoundedDecoder
+from shelfsight.serve.encoder import EmbeddingModel, median_ms
 
 
 @dataclass
@@ -222,7 +223,7 @@ def encoder_speeds(model: str, onnx_path: Path, photos: list[Path], repeats: int
     import torch
 
     backbone = load_backbone(model)
-    pixels = Pixels(backbone.preprocess)
+    pixels = BoundedDecoder(backbone.preprocess)
     batch = np.stack([pixels(path) for path in photos[:batch_size]])
     eager_model = EmbeddingModel(load_backbone(model).encoder.eval(), backbone.preprocess, channels_last=False).eval()
 

@@ -217,7 +217,7 @@ def test_classification_carves_a_seeded_stratified_validation_split(grocery_root
     def data(seed: int):  # type: ignore[no-untyped-def]
         return classification_data(StrategyInputs(
             dataset="catalogue", catalog=catalog, embeddings=embeddings, make_index=None,  # type: ignore[arg-type]
-            collection_prefix="c", k=10, ks=(1,), seed=seed, workdir=tmp_path, options={}))
+            collection_prefix="c", k=10, ks=(1,), seed=seed, workdir=tmp_path, sections={}))
 
     first, again, other = data(0), data(0), data(1)
     n_train = sum(1 for i in catalog if i.split == "train")

@@ -45,7 +45,7 @@ def test_bulk_index_streams_every_shard_with_labels_from_the_catalogue(tmp_path:
     assert len(shards) == 7
     catalog = _catalog(ids[:-5])  # five rows the catalogue does not know
     index = ExactIndex()
-    report = bulk_index(index, shards, catalog=catalog, batch_rows=17, read_ahead=1)
+    report = bulk_index(index, shards, read=read_shard, catalog=catalog, batch_rows=17, read_ahead=1)
     assert (report.inserted, report.not_in_catalog, report.shards) == (245, 5, 7)
     assert len(index) == 245
     expected = ExactIndex()
@@ -60,8 +60,8 @@ def test_an_interrupted_bulk_load_is_finished_by_running_it_again(tmp_path: Path
     ids = [f"item-{i:03d}" for i in range(120)]
     shards = export_shards(ids, _unit(120, 8, 2), tmp_path / "shards", rows_per_shard=30)
     with MilvusIndex.lite(tmp_path / "bulk.db", "items", 8) as index:
-        first = bulk_index(index, shards[:2])  # the load stopped after two shards
-        again = bulk_index(index, shards)
+        first = bulk_index(index, shards[:2], read=read_shard)  # the load stopped after two shards
+        again = bulk_index(index, shards, read=read_shard)
         assert (first.inserted, again.inserted, again.already_present) == (60, 60, 60)
         assert len(index) == 120
 
@@ -84,7 +84,8 @@ def test_retrieval_on_a_milvus_server_with_bulk_indexed_shards_equals_milvus_lit
 
     expected = evaluate_protocol(protocol, catalog, embeddings, make_index=lite, collection="fine", k=20).metrics
     with MilvusIndex.server(milvus_server, "", "grocery_fine", embeddings.dim, overwrite=True) as server:
-        report = bulk_index(server, shards, catalog=catalog, keep_ids=set(data.gallery_ids), batch_rows=100)
+        report = bulk_index(server, shards, read=read_shard, catalog=catalog, keep_ids=set(data.gallery_ids),
+                            batch_rows=100)
         assert report.inserted == len(data.gallery_ids) == len(server)
         answer = server.search(data.query_vectors, 20)
     position = {item_id: row for row, item_id in enumerate(data.gallery_ids)}
@@ -192,7 +193,7 @@ def test_a_bare_bulk_load_is_served_read_only(grocery_photos: list[Path], tmp_pa
     folder = served_bulk(tmp_path / "index", model="efficientnet_lite0", dim=1280,
                          target=MilvusTarget(collection="bare"), catalog=None)
     with MilvusIndex.lite(folder.layout.milvus_lite, "bare", 1280) as bare:  # no attributes field
-        assert bulk_index(bare, sorted((tmp_path / "shards").glob("*.parquet"))).inserted == 40
+        assert bulk_index(bare, sorted((tmp_path / "shards").glob("*.parquet")), read=read_shard).inserted == 40
     folder.finish(40)
     photo = {"image": ("p.jpg", grocery_photos[0].read_bytes(), "image/jpeg")}
     settings = ServeSettings(index_dir=tmp_path / "index", encoder="torch")

@@ -44,36 +44,8 @@ def messy_package(tmp_path: Path) -> Path:
             "long_function.py": long_function,
             "nested.py": nested,
             "big.py": "".join(f"X{i} = {i}\n" for i in range(450)),
-            # a -> b -> a; a also imports c, but only under TYPE_CHECKING and inside a function, while c
-            # imports a at module level: neither may make an a -> c -> a cycle.
-            "a.py": """\
-                from __future__ import annotations
-
-                from typing import TYPE_CHECKING
-
-                from . import b
-
-                if TYPE_CHECKING:
-                    from pkg.c import Thing
-
-
-                def later() -> Thing:
-                    from pkg import c
-
-                    return c.Thing()
-                """,
-            "b.py": """\
-                import pkg.a
-
-                VALUE = 1
-                """,
-            "c.py": """\
-                from pkg.a import later
-
-
-                class Thing:
-                    pass
-                """,
+            "b.py": "import pkg.a\n\nVALUE = 1\n",  # cycles are import-linter's (.importlinter): not counted here
+            "a.py": "from . import b\n",
             "d.py": "class Widget:\n    pass\n\n\nclass _Private:\n    pass\n",
             "sub/__init__.py": "",
             "sub/e.py": "class Widget:\n    pass\n\n\nclass _Private:\n    pass\n",
@@ -96,15 +68,14 @@ def test_every_offender_is_reported_once_and_fails(tmp_path: Path) -> None:
     assert len(matching("nested.py:1:", "function outer has 64 lines")) == 1
     assert len(matching("nested.py:2:", "function outer.<locals>.inner has 62 lines")) == 1
     assert matching("big.py") == [f"{package / 'big.py'}: module has 450 lines (max 400)"]
-    assert [line for line in lines if line.startswith("import cycle")] == ["import cycle: pkg.a -> pkg.b -> pkg.a"]
-    assert not matching("pkg.c")  # the TYPE_CHECKING and function-level imports do not count
+    assert not matching("cycle") and not matching("pkg.a")
     widget = matching("public class Widget")
     assert len(widget) == 1
     assert str(package / "d.py") + ":1" in widget[0] and str(package / "sub" / "e.py") + ":1" in widget[0]
     assert not matching("_Private")
-    summary = "check_structure: 1 long module, 3 long functions, 1 import cycle, 1 duplicated public class name"
+    summary = "check_structure: 1 long module, 3 long functions, 1 duplicated public class name"
     assert lines[-1] == summary
-    assert len(lines) == 7  # six offenders and the summary
+    assert len(lines) == 6  # five offenders and the summary
 
 
 def test_warn_only_prints_the_same_and_exits_zero(tmp_path: Path) -> None:
@@ -119,28 +90,8 @@ def test_limits_are_options(tmp_path: Path) -> None:
     package = messy_package(tmp_path)
     result = run(package, "--max-module-lines", "450", "--max-function-lines", "70")
     assert "big.py" not in result.stdout and "too_long" not in result.stdout and "outer" not in result.stdout
-    assert result.returncode == 1  # the cycle and the duplicated class remain
+    assert result.returncode == 1  # the duplicated class remains
     assert run(package, "--max-function-lines", "0").returncode == 2
-
-
-def test_cycles_are_each_reported_once(tmp_path: Path) -> None:
-    # x -> y -> x and x -> y -> z -> x share nodes: one strongly connected component, two cycles.
-    package = write(
-        tmp_path / "loops",
-        {
-            "__init__.py": "",
-            "x.py": "from loops import y\n",
-            "y.py": "from . import x, z\n",
-            "z.py": "from .x import *\n",
-            "w.py": "import loops.x\n",  # imports into the cycle but is not part of one
-        },
-    )
-    result = run(package)
-    assert [line for line in result.stdout.splitlines() if line.startswith("import cycle")] == [
-        "import cycle: loops.x -> loops.y -> loops.x",
-        "import cycle: loops.x -> loops.y -> loops.z -> loops.x",
-    ]
-    assert result.returncode == 1
 
 
 def test_clean_package_passes(tmp_path: Path) -> None:
@@ -155,6 +106,6 @@ def test_clean_package_passes(tmp_path: Path) -> None:
     result = run(package)
     assert result.returncode == 0, result.stdout
     assert result.stdout.splitlines() == [
-        "check_structure: 0 long modules, 0 long functions, 0 import cycles, 0 duplicated public class names: "
+        "check_structure: 0 long modules, 0 long functions, 0 duplicated public class names: "
         "no offenders"
     ]

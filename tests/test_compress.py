@@ -69,7 +69,7 @@ def test_method_names_parse_to_one_spelling_and_mistakes_name_the_grammar() -> N
 
 def test_a_bench_config_refuses_a_misspelt_method_naming_the_section() -> None:
     base = {"models": ["efficientnet_lite0"], "datasets": ["grocery-store"], "strategies": ["compress"]}
-    assert load_config(base).compress.methods[0] == "float"
+    assert load_config(base).section("compress").methods[0] == "float"
     with pytest.raises(ConfigError, match=r"compress.*cannot read 'pca'"):
         load_config({**base, "compress": {"methods": ["pca-int8"]}})
 
@@ -95,7 +95,7 @@ def test_pca_is_fitted_on_the_gallery_only(tmp_path: Path) -> None:
     queries = _unit(np.random.default_rng(2).normal(size=(80, 48)) * np.linspace(0.2, 5, 48))
     ids = [f"g{i}" for i in range(len(gallery))]
     side = Side(ids, gallery, queries, None, b"gallery")
-    run = run_method(parse_method("pca16"), side, config=CompressConfig(k=5), projections=(fits := Projections()),
+    run = run_method(parse_method("pca16"), side, config=CompressConfig(depth=5), projections=(fits := Projections()),
                      place=MilvusPlace(tmp_path / "m.db"), collection="pca")
     [projection] = fits._fitted.values()
     assert projection.pca is not None and projection.pca.n_samples_ == len(gallery)
@@ -188,7 +188,7 @@ def _bench(tmp_path: Path, grocery_root: Path, strategies: list[str], methods: l
         "stats": {"bootstrap": 100, "permutations": 200},
         "toptune": {"trials": 1, "trial_epochs": 2, "trial_repeats": 1, "final_max_epochs": 3, "patience": 2,
                     "widths": [64]},
-        "compress": {"methods": methods, "k": 5, "batch1_queries": 5},
+        "compress": {"methods": methods, "depth": 5, "batch1_queries": 5},
     })
     summary = run_bench(config, tmp_path / "run", progress=False)
     assert summary.failed == []
@@ -242,3 +242,17 @@ def test_compress_toptune_compresses_the_toptune_cells_head(tmp_path: Path, groc
     assert rows["float"]["costs"]["dim"] == tuned.costs["embed_dim"] == cells["toptune"].costs["embed_dim"]
     assert rows["float"]["metrics"]["mMP@5"] == pytest.approx(cells["toptune"].metrics["fine"]["mMP@5"], abs=1e-9)
     assert rows["binary"]["costs"]["bytes_per_item"] == tuned.costs["embed_dim"] / 8
+
+
+def test_renamed_settings_are_refused_naming_their_new_names() -> None:
+    """``compress.k`` (not ``retrieval.k``) is ``compress.depth``; ``compress.milvus_uri`` is ``compress.uri`` as
+    ``index.uri``; the top-level ``knn_k`` is ``knn: {k}``, whose default keeps the kNN cells' key."""
+    base = {"models": ["efficientnet_lite0"], "datasets": ["grocery-store"], "strategies": ["compress"]}
+    for given, said in (({"compress": {"k": 5}}, r"compress: .*'compress.k' is now 'compress.depth'"),
+                        ({"compress": {"milvus_uri": "http://h:19530"}}, "'compress.milvus_uri' is now 'compress.uri'"),
+                        ({"knn_k": 7}, r"'knn_k' is now 'knn.k': write knn: \{k: 7\}")):
+        with pytest.raises(ConfigError, match=said):
+            load_config({**base, **given})
+    config = load_config({**base, "compress": {"depth": 5, "uri": "http://h:19530"}, "knn": {"k": 7}})
+    assert config.section("compress").depth == 5 and config.section("knn").k == 7
+    assert load_config(base).section("knn").k == 5

@@ -31,6 +31,7 @@ from shelfsight.duplicates import (
     write_outputs,
 )
 from shelfsight.duplicates.calibrate import at_threshold, threshold_at
+from shelfsight.duplicates.check import with_leakage
 from shelfsight.duplicates.perceptual import hash_images, hash_similarity
 from shelfsight.protocols import RetrievalProtocol
 
@@ -221,7 +222,8 @@ def test_check_warns_about_test_photos_copied_into_train(tmp_path: Path) -> None
     trains = [i for i in catalog if i.split == "train"][:3]
     for query, gallery in zip(tests, trains, strict=True):  # three train files replaced by test photos
         shutil.copyfile(query.image_path, gallery.image_path)
-    report = check_dataset("grocery-store", data_dir=root, expected={"train": 60, "val": 32, "test": 60, "iconic": 6})
+    report = with_leakage(check_dataset("grocery-store", data_dir=root,
+                                        expected={"train": 60, "val": 32, "test": 60, "iconic": 6}))
     leakage = {found.protocol: found for found in report.leakage}
     assert set(leakage) == {"fine", "coarse", "iconic"}
     assert sorted(leakage["fine"].leaking) == sorted(i.item_id for i in tests) and leakage["fine"].exact == 3

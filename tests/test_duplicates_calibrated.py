@@ -235,6 +235,7 @@ def test_datasets_check_with_a_model_warns_about_near_duplicates_too(planted: tu
                                                                     calibration: dict[str, object], cache: Path,
                                                                     tmp_path: Path) -> None:
     from shelfsight.catalog.check import check_dataset
+    from shelfsight.duplicates.check import with_leakage
 
     catalog, _, expected = planted
     manifest = tmp_path / "catalogue.csv"
@@ -243,8 +244,8 @@ def test_datasets_check_with_a_model_warns_about_near_duplicates_too(planted: tu
         writer.writerow(["id", "path", "label", "split"])
         writer.writerows([i.item_id, str(i.image_path), i.label, i.split] for i in catalog)
     threshold = _threshold(calibration)
-    exact_only = check_dataset(str(manifest))
-    with_model = check_dataset(str(manifest), model="efficientnet_lite0", threshold=threshold)
+    exact_only = with_leakage(check_dataset(str(manifest)))
+    with_model = with_leakage(check_dataset(str(manifest)), model="efficientnet_lite0", threshold=threshold)
     assert [(f.protocol, f.count, f.exact) for f in exact_only.leakage] == [("test-train", 3, 3)]
     [found] = with_model.leakage
     assert set(found.leaking) == expected and found.exact == 3 and with_model.ok

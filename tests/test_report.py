@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from shelfsight.bench import load_config, read_table, run_bench
+from shelfsight.bench.table import cost_frame
 from shelfsight.report import build, load_run, recommend, render_html, render_markdown, write_report
-from shelfsight.report.analysis import adaptation_gains, cost_frame, cross_tuning, family_gains, pareto_front
+from shelfsight.report.analysis import adaptation_gains, cross_tuning, family_gains, pareto_front
 from shelfsight.report.recommend import AUTO_TAGGING, VISUAL_SEARCH, Choice, PairedTest, Tester, describe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -66,7 +66,7 @@ def test_auto_config_keeps_a_catalogue_s_own_splits_and_sizes_the_search(grocery
     (dataset,) = config.datasets
     assert dataset.name == "shop" and dataset.source == str(folder.resolve())
     assert not (tmp_path / "run" / "catalogue.csv").exists()  # train/ and test/ folders are its splits
-    assert config.toptune.trials == 4  # 24 training photos: the small search
+    assert config.section("toptune").trials == 4  # 24 training photos: the small search
     assert "toptune" in [s.name for s in config.strategies]
     assert [m.name for m in config.models] == ["efficientnet_lite0", "efficientnet_lite2"]
 
@@ -86,7 +86,7 @@ def test_the_demo_configs_name_only_strategies_and_settings_that_exist() -> None
             assert {"pretrained", "linear", "knn", "toptune", "finetune", "crosstune"} <= {s.name for s in
                                                                                            config.strategies}
     demo = load_config(yaml.safe_load(demo_config_text("demo")))
-    assert demo.finetune.train_per_class == 8 and demo.toptune.trials == 4
+    assert demo.section("finetune").train_per_class == 8 and demo.section("toptune").trials == 4
 
 
 def _manifest_with_bad_files(grocery_root: Path, folder: Path) -> Path:

@@ -19,12 +19,12 @@ from shelfsight.bench import load_config, read_table, run_bench
 from shelfsight.bench.budgets import BREAK_EVEN_FILE
 from shelfsight.bench.compare import COMPARISONS_FILE, Family, FamilySettings, Request, RunScores, compare
 from shelfsight.bench.label_budgets import MIN_DRAWS, break_evens
+from shelfsight.bench.recommend import recommend
 from shelfsight.bench.results import Cell, CellResult, ResultStore, RunPlan
 from shelfsight.bench.runner import BenchSummary
+from shelfsight.bench.significance import PairedTests, report_requests
 from shelfsight.catalog import load_catalog
 from shelfsight.report import load_run, write_report
-from shelfsight.report.paired import PairedTests, report_requests
-from shelfsight.report.recommend import recommend
 from shelfsight.report.sections.label_budgets import advice
 from zeroshot_tiny import register_open_clip
 

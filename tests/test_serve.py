@@ -39,7 +39,8 @@ from shelfsight.serve import (
     ensure_onnx,
     serve_in_thread,
 )
-from shelfsight.serve.encoder import Pixels, choose_encoder
+from shelfsight.serve.decode import BoundedDecoder
+from shelfsight.serve.encoder import choose_encoder
 
 MODEL = "efficientnet_lite0"
 N_CLASSES, TRAIN_PER_CLASS, QUERIES_PER_CLASS = 14, 5, 3
@@ -387,7 +388,7 @@ def test_onnx_export_matches_pytorch_on_real_photos(subset: GrocerySubset, tmp_p
     backbone = load_backbone(MODEL)
     path, exported = ensure_onnx(backbone, tmp_path / "encoder.onnx")
     assert exported and ensure_onnx(backbone, path) == (path, False)  # exported once, then reused
-    pixels = Pixels(backbone.preprocess)
+    pixels = BoundedDecoder(backbone.preprocess)  # Grocery Store photos: extraction's pixels exactly
     batch = np.stack([pixels(item.image_path) for item in subset.queries[::4]])
     reference, onnx = TorchEncoder(backbone), OnnxEncoder(path)
     expected, got = reference(batch), onnx(batch)

@@ -81,7 +81,7 @@ def _bench_answer(subset: GrocerySubset, queries: Catalog, cache: Path, method: 
     gallery = embed_catalog(subset.index, backbone, cache_dir=cache, num_workers=0, progress=False)
     asked = embed_catalog(queries, backbone, cache_dir=cache, num_workers=0, progress=False)
     side = Side(gallery.ids, gallery.vectors, asked.vectors, None, b"serve-compress")
-    run = run_method(parse_method(method), side, config=CompressConfig(k=K), projections=Projections(),
+    run = run_method(parse_method(method), side, config=CompressConfig(depth=K), projections=Projections(),
                      place=MilvusPlace(path=folder / "bench.db"), collection="bench")
     return run, gallery, asked
 

@@ -4,17 +4,17 @@ exactly as batch extraction decodes them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from shelfsight.backbones import Preprocess
+from shelfsight.backbones import Preprocess, build_pixel_transform
 from shelfsight.catalog.images import decode_image
 from shelfsight.errors import ImageDecodeError
 from shelfsight.serve.decode import BoundedDecoder
-from shelfsight.serve.encoder import Pixels
 from shelfsight.serve.errors import UnreadableImageError
 
 
@@ -58,9 +58,15 @@ def test_early_reduction_keeps_orientation_and_the_picture(tmp_path: Path) -> No
     assert decode_image(palette, reduce_to=512).size == (534, 534)  # converted, then reduced by 3 (rounding up)
 
 
+def _extraction_pixels(preprocess: Preprocess) -> Callable[[Path], np.ndarray]:
+    """A photo -> uint8 (3, H, W), as batch extraction decodes it (``extract._ImageDataset``: JPEG draft, transform)."""
+    transform = build_pixel_transform(preprocess)
+    return lambda path: transform(decode_image(path, draft_size=preprocess.resize_size)).numpy()
+
+
 def test_serving_pixels_equal_extraction_pixels_for_small_photos_and_nearly_for_large(tmp_path: Path) -> None:
     preprocess = Preprocess()
-    served, extracted = BoundedDecoder(preprocess), Pixels(preprocess)
+    served, extracted = BoundedDecoder(preprocess), _extraction_pixels(preprocess)
     small = _jpeg(tmp_path / "small.jpg", _photo(348, 464))  # a Grocery Store photo's size: no reduction
     np.testing.assert_array_equal(served(small), extracted(small))
     large = tmp_path / "large.png"

@@ -43,8 +43,9 @@ def _embedded(config: BenchConfig, run_dir: Path, label: str, dataset: str) -> t
     """The catalogue and the vectors a cell of model ``label`` read (the run's own path: the cache answers)."""
     context = RunContext(config, run_dir)
     model = next(m for m in config.models if m.label == label)
-    catalog = context.catalog(context.dataset(dataset))
-    return catalog, context.embed(catalog, context.backbone(model, config.seed), False)
+    provision = context.provision
+    catalog = provision.catalog(provision.dataset(dataset))
+    return catalog, provision.embed(catalog, provision.backbone(model, config.seed), False)
 
 
 def _rows(embeddings: Embeddings, ids: list[str]) -> np.ndarray:
@@ -198,7 +199,7 @@ def test_compression_on_a_leave_one_out_catalogue_is_cross_fitted(grocery_root: 
     pd.DataFrame([{"path": str(i.image_path), "label": i.label} for i in photos]).to_csv(manifest, index=False)
     config = {"name": "loo", "models": [SMALL], "datasets": [{"name": "shop", "source": str(manifest)}],
               "strategies": ["compress"],
-              "compress": {"methods": ["pca8", "int8", "binary", "milvus:IVF_SQ8"], "k": 5, "batch1_queries": 3}}
+              "compress": {"methods": ["pca8", "int8", "binary", "milvus:IVF_SQ8"], "depth": 5, "batch1_queries": 3}}
     cell, frame, catalog, embeddings = _compress_run(config, tmp_path / "run", "shop", "a")
     rows = {row["method"]: row for row in cell.details["compression"]["leave-one-out"]}
     assert (rows["pca8"]["fitted_on"], rows["int8"]["fitted_on"]) == (CROSS_FIT, CROSS_FIT)
@@ -229,7 +230,7 @@ def test_compression_on_cars196_is_fitted_on_the_training_classes(tmp_path: Path
     model = {"name": "timm:test_resnet.r160_in1k", "pretrained": False, "preprocess": {"input_size": 32},
              "alias": "t"}
     config = {"name": "cars", "models": [model], "datasets": ["cars196"], "data_dir": str(tmp_path / "data"),
-              "strategies": ["compress"], "compress": {"methods": ["pca2", "int8"], "k": 3, "batch1_queries": 2}}
+              "strategies": ["compress"], "compress": {"methods": ["pca2", "int8"], "depth": 3, "batch1_queries": 2}}
     cell, frame, catalog, embeddings = _compress_run(config, tmp_path / "run", "cars196", "t")
     rows = {row["method"]: row for row in cell.details["compression"]["metric-learning"]}
     assert rows["pca2"]["fitted_on"] == rows["int8"]["fitted_on"] == TRAIN_SPLIT

@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from shelfsight.bench import load_config, read_table, run_bench
-from shelfsight.bench.compare import compare, read_significance
+from shelfsight.bench.compare import compare
 from shelfsight.bench.identity import describe_change, digest
+from shelfsight.bench.leaderboard import read_significance
 from shelfsight.bench.results import CellResult, ResultStore
 from test_public_datasets import CAR_NAMES, make_cars_car_ims
 

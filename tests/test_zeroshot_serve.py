@@ -113,6 +113,18 @@ def test_bad_zero_shot_labels_are_refused(client: TestClient, photos: Catalog, l
     assert response.status_code == 422 and fragment in response.json()["detail"]
 
 
+def test_one_tag_handler_answers_both_taggers(client: TestClient, photos: Catalog) -> None:
+    """One ``POST /tag`` route (no route-list surgery); with ``zero_shot``, ``top`` is bounded by the labels allowed."""
+    assert [getattr(route, "methods", None) for route in client.app.routes  # type: ignore[attr-defined]
+            if getattr(route, "path", None) == "/tag"] == [{"POST"}]
+    image = photos.items[0].image_path.read_bytes()
+    response = client.post("/tag", params={"zero_shot": "apple,banana"}, data={"top": str(MAX_LABELS + 1)},
+                           files={"image": ("p.jpg", image, "image/jpeg")})
+    assert response.status_code == 422 and f"less than or equal to {MAX_LABELS}" in response.json()["detail"]
+    schema = client.get("/openapi.json").json()["paths"]["/tag"]["post"]
+    assert [parameter["name"] for parameter in schema["parameters"]] == ["zero_shot"]
+
+
 def test_an_image_only_index_says_it_has_no_text_tower(photos: Catalog, tmp_path: Path) -> None:
     folder = _index("timm:test_vit", photos.subset(photos.ids[:4]), tmp_path / "index")
     with TestClient(create_app(ServeSettings(index_dir=folder, encoder="torch")), base_url=LOCAL) as client:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "replace_folder"]
+
+T = TypeVar("T")
 
 
 def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], object], *, mode: int | None = 0o644,
@@ -33,3 +37,21 @@ def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], object]
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def replace_folder(target: str | os.PathLike[str], fill: Callable[[Path], T]) -> T:
+    """Call ``fill(staging_folder)`` on a fresh hidden folder beside ``target``, then rename it over ``target``
+    (replacing an older one), so a reader sees the old folder or the whole new one, never part of it. The
+    staging folder is removed on any failure. Returns what ``fill`` returns."""
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        result = fill(staging)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return result

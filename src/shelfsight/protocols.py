@@ -17,15 +17,37 @@ or classes overlap the evaluated ones, so its numbers compare with the metric-le
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from shelfsight.errors import CatalogError
 
-if TYPE_CHECKING:
-    from shelfsight.catalog import Catalog, CatalogItem
-
 Relevance = Literal["label", "coarse_label", "product_id"]
+
+
+class ItemView(Protocol):
+    """The fields of an item a protocol reads (``catalog.CatalogItem`` has them): declared here because the
+    catalogue's modules import this one, not the other way round."""
+
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def split(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def product_id(self) -> str | None: ...
+    @property
+    def coarse_label(self) -> str | None: ...
+
+
+class CatalogView(Protocol):
+    """What deriving a user catalogue's protocols reads of it (``catalog.Catalog`` has it): its items, its splits."""
+
+    def __iter__(self) -> Iterator[ItemView]: ...
+    @property
+    def splits(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +57,7 @@ class ItemSubset:
     field: Relevance
     values: frozenset[str]
 
-    def includes(self, item: CatalogItem) -> bool:
+    def includes(self, item: ItemView) -> bool:
         return getattr(item, self.field) in self.values
 
 
@@ -47,7 +69,7 @@ class TrainingItems:
     splits: tuple[str, ...]
     subset: ItemSubset | None = None
 
-    def includes(self, item: CatalogItem) -> bool:
+    def includes(self, item: ItemView) -> bool:
         return item.split in self.splits and (self.subset is None or self.subset.includes(item))
 
 
@@ -75,11 +97,11 @@ class RetrievalProtocol:
         """Evaluated classes must be unseen by any tuned model (the metric-learning protocols)."""
         return self.train is not None
 
-    def evaluated(self, item: CatalogItem) -> bool:
+    def evaluated(self, item: ItemView) -> bool:
         """Whether ``item`` is a query or a gallery item of this protocol."""
         return item.split in self.splits and self.takes_part(item)
 
-    def takes_part(self, item: CatalogItem) -> bool:
+    def takes_part(self, item: ItemView) -> bool:
         """Whether ``item`` may query or be retrieved, its split aside."""
         return self.subset is None or self.subset.includes(item)
 
@@ -91,7 +113,7 @@ class RetrievalProtocol:
     def splits(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self.query_splits, *self.gallery_splits)))
 
-    def key(self, item: CatalogItem) -> str:
+    def key(self, item: ItemView) -> str:
         """The value that decides relevance for ``item``."""
         value = getattr(item, self.relevance)
         if value is None:
@@ -101,7 +123,7 @@ class RetrievalProtocol:
         return str(value)
 
 
-def derived_protocols(catalog: Catalog) -> tuple[RetrievalProtocol, ...]:
+def derived_protocols(catalog: CatalogView) -> tuple[RetrievalProtocol, ...]:
     """A sensible protocol for a user catalogue: query/gallery splits if present, else test -> train, else
     leave-one-out over everything; relevance by product id when every item has one."""
     splits = set(catalog.splits)
@@ -124,7 +146,7 @@ class ClassificationSplits:
     label: Relevance = "label"
 
 
-def derived_classification(catalog: Catalog) -> ClassificationSplits | None:
+def derived_classification(catalog: CatalogView) -> ClassificationSplits | None:
     """Classification splits of a user catalogue: train/val/test when present, else None."""
     splits = set(catalog.splits)
     if {"train", "test"} <= splits:

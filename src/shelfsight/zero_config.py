@@ -28,6 +28,7 @@ from rich.console import Console
 from sklearn.model_selection import train_test_split
 
 from shelfsight.adapt.splits import group_codes, grouped_share
+from shelfsight.bench import strategies as registry
 from shelfsight.catalog import Catalog, CatalogItem, load_catalog
 from shelfsight.errors import CatalogError
 
@@ -69,8 +70,9 @@ def _label_budgets(catalog: Catalog, strategies: list[Any]) -> dict[str, Any]:
     budgets = [b for b in LABEL_BUDGETS if b < smallest]
     if len(budgets) < 2:
         return {}
+    curves = [s for s in (registry.linear.NAME, registry.toptune.NAME) if s in strategies]
     return {"label_budgets": {"budgets": [*budgets, "all"], "subsets": 3, "models": [MODELS[0]],
-                              "strategies": [s for s in ("linear", "toptune") if s in strategies]}}
+                              "strategies": curves}}
 
 
 def _leakage_check() -> dict[str, Any]:
@@ -92,9 +94,9 @@ def config_for(catalog: Catalog, path: str | os.PathLike[str], run_dir: Path, *,
     written = str((run_dir / MANIFEST).resolve())  # absolute paths: no image_root
     train = sum(1 for item in catalog if item.split == "train")
     classes = len({item.label for item in catalog})
-    strategies: list[Any] = ["pretrained", "knn", "ncm", "linear"]
+    strategies: list[Any] = [registry.pretrained.NAME, registry.knn.NAME, registry.ncm.NAME, registry.linear.NAME]
     if classes >= 2 and train / classes >= 4:
-        strategies.append("toptune")
+        strategies.append(registry.toptune.NAME)
     else:
         console.print(f"[yellow]top-tuning left out[/]: {train} training photos for {classes} classes "
                       "(it needs at least 4 per class)")
@@ -108,8 +110,8 @@ def config_for(catalog: Catalog, path: str | os.PathLike[str], run_dir: Path, *,
                       **({"image_root": image_root} if image_root and source != written else {})}],
         "strategies": strategies,
         "repeats": 1,
-        "toptune": {"trials": trials, "trial_epochs": 20, "trial_repeats": 1, "final_max_epochs": 500,
-                    "patience": 15},
+        registry.toptune.NAME: {"trials": trials, "trial_epochs": 20, "trial_repeats": 1, "final_max_epochs": 500,
+                                "patience": 15},  # the strategy's config section
         "index": {"backend": "milvus-lite", "type": "FLAT"},
         "retrieval": {"k": 10, "ks": [1, 5, 10]},  # MAP@R and MAP come from the exact ranking at any k
     }

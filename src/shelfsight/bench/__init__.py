@@ -3,8 +3,9 @@ stored as plain files with provenance, logged to MLflow, compared on a leaderboa
 
 from shelfsight.bench.config import BenchConfig, ConfigError, load_config
 from shelfsight.bench.leaderboard import leaderboard_frames, print_leaderboard
+from shelfsight.bench.plan import plan_cells
 from shelfsight.bench.results import Cell, CellResult, ResultStore, read_table
-from shelfsight.bench.runner import BenchSummary, plan_cells, run_bench
+from shelfsight.bench.runner import BenchSummary, run_bench
 
 __all__ = [
     "BenchConfig", "BenchSummary", "Cell", "CellResult", "ConfigError", "ResultStore", "leaderboard_frames",

@@ -11,17 +11,14 @@ interval.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from shelfsight.bench.leaderboard import CLASSIFICATION_METRICS, MAIN_METRICS
-from shelfsight.bench.results import DETERMINISTIC, SEEDS, TABLE_COLUMNS, CellResult
+from shelfsight.bench.results import DETERMINISTIC, SEEDS, TABLE_COLUMNS, Cell, CellResult, ResultStore
 from shelfsight.bench.strategies.base import CLASSIFICATION
-
-if TYPE_CHECKING:
-    from shelfsight.bench.results import ResultStore
+from shelfsight.stats import bootstrap_interval, classification_interval
 
 COST = "cost"
 LABEL_COLUMNS = ("y_true", "y_pred")
@@ -43,6 +40,18 @@ def aggregate(results: list[CellResult], store: ResultStore | None = None, *, n_
         return pd.DataFrame(columns=TABLE_COLUMNS)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return table.sort_values(["model", "family", "dataset", "protocol", "strategy", "metric"]).reset_index(drop=True)
+
+
+def write_tables(store: ResultStore, cells: list[Cell] | None = None, *, n_resamples: int = 1000, seed: int = 0,
+                 progress: bool = False) -> pd.DataFrame:
+    """``RUN/results.csv`` and ``.parquet``: seeds aggregated into mean, std, n and a bootstrap interval per
+    (model, dataset, protocol, strategy, metric), over the cells of the plan (every stored cell when ``cells`` is
+    None)."""
+    table = aggregate(store.load_all(cells), store, n_resamples=n_resamples, seed=seed, progress=progress)
+    store.run_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(store.run_dir / "results.csv", index=False)
+    table.to_parquet(store.run_dir / "results.parquet", index=False)
+    return table
 
 
 def _group_rows(members: list[CellResult], frames: list[pd.DataFrame | None], *, n_resamples: int,
@@ -78,8 +87,6 @@ def interval(protocol: str, metric: str, frames: list[pd.DataFrame], n_classes: 
              n_resamples: int, seed: int, confidence: float = 0.95) -> tuple[float, float]:
     """The bootstrap interval of one metric from the per-query scores of a cell's seeds; NaN when the
     metric has no per-query scores (e.g. the index's recall against exact search)."""
-    from shelfsight.stats import bootstrap_interval, classification_interval
-
     if protocol == CLASSIFICATION:
         if metric not in CLASSIFICATION_METRICS:
             return np.nan, np.nan

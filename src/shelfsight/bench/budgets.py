@@ -1,18 +1,15 @@
 """The plan side of label-efficiency curves (``bench.label_budgets`` holds the curves and break-even tests):
-the config's ``label_budgets`` section, which ``KIND/N`` cells it adds, and what such a cell adds to its key."""
+the config's ``label_budgets`` section and what a ``KIND/N`` cell adds to its key (``bench.plan`` adds the cells)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shelfsight.bench import strategies as registry
 from shelfsight.bench.results import Cell
-from shelfsight.bench.strategies.base import budget_strategy, split_budget
-
-if TYPE_CHECKING:
-    from shelfsight.bench.config import BenchConfig, ModelEntry
+from shelfsight.bench.strategies.base import split_budget
 
 ALL = "all"
 CURVES_FILE = "label-budgets.csv"
@@ -34,8 +31,8 @@ class LabelBudgets(BaseModel):
     budgets: tuple[int | Literal["all"], ...] = (1, 2, 5, 10, 25, "all")
     subsets: int = Field(default=3, ge=1, description="Subset seeds per budget: seed, seed + 1, ...")
     strategies: tuple[str, ...] | None = None
-    """Default: the label-learning strategies the config runs for the model and dataset, fine-tuning
-    excepted (it is costly: name it to have it)."""
+    """Default: the label-learning strategies the config runs for the model and dataset whose ``budget_default``
+    is set (fine-tuning's is not: it is costly, name it to have it)."""
     models: tuple[str, ...] | None = None
     datasets: tuple[str, ...] | None = None
     protocols: Literal["main", "all"] = "main"
@@ -69,18 +66,10 @@ class LabelBudgets(BaseModel):
     def subset_seeds(self, first: int) -> tuple[int, ...]:
         return tuple(first + r for r in range(self.subsets))
 
-    def applies(self, model: ModelEntry, dataset: str) -> bool:
-        return ((self.models is None or model.label in self.models)
+    def applies(self, model: str, dataset: str) -> bool:
+        """Whether the section limits the model labelled ``model`` on ``dataset``."""
+        return ((self.models is None or model in self.models)
                 and (self.datasets is None or dataset in self.datasets))
-
-    def strategies_for(self, config: BenchConfig, model: ModelEntry, dataset: str) -> tuple[str, ...]:
-        """The strategies limited on this model and dataset."""
-        if not self.applies(model, dataset):
-            return ()
-        if self.strategies is not None:
-            return self.strategies
-        return tuple(name for name in registry.budgeted_names()
-                     if name != registry.finetune.NAME and config.runs(name, model, dataset))
 
 
 def label_budget_identity(strategy: str, section: LabelBudgets | None) -> dict[str, Any]:
@@ -103,34 +92,6 @@ def scored_protocols(strategy: str, section: LabelBudgets | None, declared: list
 
 def is_budget_cell(cell: Cell) -> bool:
     return split_budget(cell.strategy)[1] is not None
-
-
-def budget_cells(config: BenchConfig) -> list[tuple[Cell, ModelEntry, str]]:
-    """Every ``KIND/N`` cell of the config, dataset by dataset, then model, strategy, budget and seed."""
-    section = config.label_budgets
-    if section is None:
-        return []
-    return [(Cell(model.label, dataset.name, budget_strategy(kind, budget), seed), model, dataset.name)
-            for dataset in config.datasets for model in config.models
-            for kind in section.strategies_for(config, model, dataset.name)
-            for budget in section.numbers for seed in section.subset_seeds(config.seed)]
-
-
-def required_plain(config: BenchConfig) -> list[tuple[str, ModelEntry, str]]:
-    """The plain cells the curves read and the config may not run: ``all`` (the strategy on every training
-    photo) and the pre-trained embedding (the zero-label level)."""
-    section = config.label_budgets
-    if section is None:
-        return []
-    needed: list[tuple[str, ModelEntry, str]] = []
-    for dataset in config.datasets:
-        for model in config.models:
-            kinds = section.strategies_for(config, model, dataset.name)
-            if not kinds:
-                continue
-            wanted = [registry.baseline().name, *(kinds if ALL in section.budgets else ())]
-            needed += [(kind, model, dataset.name) for kind in wanted if not config.runs(kind, model, dataset.name)]
-    return needed
 
 
 # ---------------------------------------------------------------------------------------------- tables

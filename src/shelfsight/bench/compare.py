@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -22,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shelfsight.bench import strategies as registry
 from shelfsight.bench.aggregate import LABEL_COLUMNS, main_metric, per_query_matrix, shared_queries
-from shelfsight.bench.leaderboard import CLASSIFICATION_METRICS
+from shelfsight.bench.leaderboard import CLASSIFICATION_METRICS, SIGNIFICANCE_FILE
 from shelfsight.bench.results import CellResult, ResultStore, RunPlan
 from shelfsight.bench.strategies.base import CLASSIFICATION, split_budget
 from shelfsight.catalog import declared_entry
@@ -31,7 +31,6 @@ from shelfsight.errors import ShelfsightError
 from shelfsight.files import atomic_write
 from shelfsight.stats import Comparison, holm, paired_classification, paired_comparison
 
-SIGNIFICANCE_FILE = "significance.csv"
 COMPARISONS_FILE = "comparisons.csv"
 Group = tuple[str, str, str]
 """(model, dataset, strategy): the seeds of one cell."""
@@ -108,7 +107,8 @@ class RunScores:
         """``MODEL:STRATEGY`` (split at the last colon) on ``dataset`` (optional when only one has it)."""
         model, sep, strategy = reference.rpartition(":")
         if not sep or not model or not strategy:
-            raise ShelfsightError(f"cell {reference!r}: write it as MODEL:STRATEGY, e.g. efficientnet_lite0:pretrained")
+            raise ShelfsightError(f"cell {reference!r}: write it as MODEL:STRATEGY, e.g. "
+                                  f"efficientnet_lite0:{registry.baseline().name}")
         matches = [g for g in self.groups if g[0] == model and g[2] == strategy and dataset in (None, g[1])]
         if len(matches) == 1:
             return matches[0]
@@ -387,8 +387,3 @@ def _columns(scores: RunScores) -> dict[tuple[str, str, str], list[Group]]:
             if metric is not None:
                 columns[(group[1], protocol, metric)].append(group)
     return {key: groups for key, groups in columns.items() if len(groups) > 1}
-
-
-def read_significance(run_dir: str | os.PathLike[str]) -> pd.DataFrame | None:
-    path = Path(run_dir) / SIGNIFICANCE_FILE
-    return pd.read_csv(path) if path.is_file() else None

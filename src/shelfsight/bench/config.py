@@ -30,20 +30,19 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
-    ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
-from shelfsight.adapt.finetune import FinetuneConfig
-from shelfsight.adapt.toptune import TopTuneConfig
 from shelfsight.bench import strategies as registry
 from shelfsight.bench.budgets import LabelBudgets
 from shelfsight.bench.leakage import DedupePolicy
 from shelfsight.bench.results import Cell
-from shelfsight.bench.strategies.zeroshot import ZeroShotConfig
-from shelfsight.compress.methods import CompressConfig
+from shelfsight.bench.sections import SECTIONS, StrategySections, refuse_old_names, seeded
+from shelfsight.bench.strategies import Strategy
 from shelfsight.errors import ShelfsightError
 
 
@@ -198,26 +197,37 @@ class BenchConfig(_Strict):
     index: IndexConfig = IndexConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
-    toptune: TopTuneConfig = TopTuneConfig()
-    """Top-tuning budget and search space (``adapt.TopTuneConfig``: the paper's 20 trials x 30 epochs x 2
-    repeats, up to 1000 final epochs); the seed comes from ``seed`` and ``repeats``."""
-    finetune: FinetuneConfig = FinetuneConfig()
-    """Full fine-tuning settings (``adapt.FinetuneConfig``); the seed comes from ``seed`` and ``repeats``."""
-    knn_k: int = Field(default=5, ge=1)
+    sections: StrategySections = Field(default_factory=StrategySections)
+    """The strategies' own sections (``Strategy.section``: ``toptune:``, ``finetune:``, ``knn:``, ``compress:``,
+    ``zeroshot:``), written at the top level of the YAML and of every dump; ``section(name)`` reads one."""
     dedupe: DedupePolicy = DedupePolicy()
     """Queries with an exact or near duplicate in their gallery: ``warn`` (default), ``exclude`` or ``off``;
     ``{action: exclude, threshold: 0.93}`` sets the near-duplicate cosine (``bench.leakage.DedupePolicy``, which
     ``evaluate_protocol(dedupe=...)`` applies; see docs/duplicates.md for how it reaches the cells)."""
-    compress: CompressConfig = CompressConfig()
-    """Methods and measurement of the ``compress`` strategies (``compress.CompressConfig``)."""
-    zeroshot: ZeroShotConfig = ZeroShotConfig()
-    """Prompt templates, descriptions and class texts of the ``zeroshot`` strategy (``strategies.zeroshot``)."""
     label_budgets: LabelBudgets | None = None
     """Label-efficiency curves (``bench.label_budgets``): the tuned strategies trained on N labelled photos
     per class, for each budget N, on several seeded subsets; ``[1, 2, 5, all]`` is shorthand for the budgets."""
     stats: StatsConfig = StatsConfig()
     tracking: TrackingConfig = TrackingConfig()
     data_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_sections(cls, value: Any) -> Any:
+        """The registry's sections, given at the top level, gathered into ``sections``."""
+        if not isinstance(value, dict):
+            return value
+        if SECTIONS in value:
+            raise ValueError(f"'{SECTIONS}' is not a setting: write each strategy's section at the top level")
+        refuse_old_names(value)
+        named = {section.name for section in registry.config_sections()}
+        return {**{k: v for k, v in value.items() if k not in named},
+                SECTIONS: {k: v for k, v in value.items() if k in named}}
+
+    @model_serializer(mode="wrap")
+    def _sections_at_top_level(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        return {**{k: v for k, v in dumped.items() if k != SECTIONS}, **dumped.get(SECTIONS, {})}
 
     @field_validator("models", mode="before")
     @classmethod
@@ -243,13 +253,6 @@ class BenchConfig(_Strict):
     @classmethod
     def _dedupe_shorthand(cls, value: Any) -> Any:
         return {"action": value} if isinstance(value, str) else value
-
-    @field_validator("finetune", "toptune", mode="before")
-    @classmethod
-    def _seed_is_the_runs(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, dict) and "seed" in value:
-            raise ValueError(f"set the seed with the top-level 'seed' and 'repeats', not inside {info.field_name}")
-        return value
 
     @model_validator(mode="after")
     def _strategy_filters_name_entries(self) -> BenchConfig:
@@ -301,6 +304,14 @@ class BenchConfig(_Strict):
                                      "dataset's name)")
         return self
 
+    def section(self, name: str) -> Any:
+        """A strategy section by its name (``Strategy.section.name``): the validated object."""
+        return getattr(self.sections, name)
+
+    def sections_of(self, strategy: Strategy) -> dict[str, Any]:
+        """The sections ``strategy`` reads, by name: what its settings, estimate, prepare and run are handed."""
+        return {name: self.section(name) for name in strategy.sections}
+
     def strategy(self, name: str) -> StrategyEntry | None:
         return next((s for s in self.strategies if s.name == name), None)
 
@@ -351,16 +362,23 @@ def load_config(source: str | os.PathLike[str] | dict[str, Any]) -> BenchConfig:
     try:
         return BenchConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(top level)'}: {error['msg']}" for error in exc.errors()
-        )
+        problems = "; ".join(f"{_where(error['loc'])}: {error['msg']}" for error in exc.errors())
         raise ConfigError(f"{where}: {problems}") from None
 
 
 def config_to_json(config: BenchConfig) -> str:
     """The config as JSON that ``load_config`` takes back: the seed lives at the top level only."""
-    dumped = config.model_dump(mode="json", exclude={"toptune": {"seed"}, "finetune": {"seed"}})
+    dumped = config.model_dump(mode="json")
+    for section in registry.config_sections():
+        if seeded(section):
+            dumped[section.name].pop("seed", None)
     return json.dumps(dumped, indent=2, sort_keys=True)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error's location as the YAML spells it (a strategy's section at the top level)."""
+    parts = [str(p) for p in (loc[1:] if loc[:1] == (SECTIONS,) else loc)]
+    return ".".join(parts) or "(top level)"
 
 
 def _colliding(first: tuple[str, str], second: tuple[str, str], one_model: bool) -> str:

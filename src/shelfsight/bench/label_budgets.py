@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from shelfsight.bench import strategies as registry
+from shelfsight.bench.aggregate import aggregate
 from shelfsight.bench.budgets import (
     ALL,
     BREAK_EVEN_FILE,
@@ -42,19 +43,19 @@ from shelfsight.bench.budgets import (
     ZERO_LABEL,
     is_budget_cell,
 )
+from shelfsight.bench.compare import BUDGET, Family, Request
 from shelfsight.bench.results import TABLE_COLUMNS, Cell, ResultStore
 from shelfsight.bench.strategies.base import CLASSIFICATION, budget_strategy, split_budget
+from shelfsight.catalog import declared_entry
 
 if TYPE_CHECKING:
-    from shelfsight.bench.compare import Family, Request
     from shelfsight.bench.config import BenchConfig
+
 
 def curves_table(store: ResultStore, cells: Iterable[Cell], *, n_resamples: int, seed: int) -> pd.DataFrame:
     """The curves: one row per (model, dataset, strategy, budget, protocol, metric) with the mean over subset
     seeds and a 95% interval (subset seeds resampled, then queries). Budget cells carry their N; the plain
     cells of the same strategies carry ``all`` and the pre-trained (and zero-shot) cells ``0``."""
-    from shelfsight.bench.aggregate import aggregate
-
     wanted = list(cells)
     budgeted = [c for c in wanted if is_budget_cell(c)]
     if not budgeted:
@@ -141,8 +142,6 @@ def test_sides(test: BudgetTest) -> tuple[tuple[str, str, str], tuple[str, str, 
 
 def budget_requests(tests: list[BudgetTest]) -> list[Request]:
     """The curves' comparisons, for the run's one Holm family (``bench.compare.Family``)."""
-    from shelfsight.bench.compare import BUDGET, Request
-
     return [Request(BUDGET, t.protocol, t.metric, *test_sides(t)) for t in tests]
 
 
@@ -263,8 +262,6 @@ def planned_budget_tests(run_dir: Path) -> list[BudgetTest]:
 def curve_protocols(curves: pd.DataFrame) -> dict[str, str]:
     """dataset -> the retrieval protocol the budget cells scored (the runner's main one, also for a user
     catalogue, unless ``protocols: all``), the declared order first."""
-    from shelfsight.catalog import declared_entry
-
     main_protocol = {}
     budgeted = curves[~curves["budget"].isin([ALL, str(ZERO_LABEL)])]
     for dataset in set(curves["dataset"]):

@@ -33,6 +33,13 @@ LEGEND = ("Mean over seeds (± standard deviation when repeated; deterministic c
           "Holm-corrected over the run's one family of comparisons, RUN/comparisons.csv).")
 """Costs are shown, not ranked: their better direction differs from column to column."""
 OVERVIEW_COSTS = ("tune_seconds", "epochs", "train_images_per_s", "extract_images_per_s")
+SIGNIFICANCE_FILE = "significance.csv"
+"""Each cell against its column's best (written by ``bench.compare.write_significance``): the ≈ marks."""
+
+
+def read_significance(run_dir: str | os.PathLike[str]) -> pd.DataFrame | None:
+    path = Path(run_dir) / SIGNIFICANCE_FILE
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def _columns(protocol: str, available: pd.Index) -> list[str]:
@@ -173,8 +180,6 @@ def overview_markdown(frames: dict[str, pd.DataFrame]) -> str:
 def print_leaderboard(run_dir: str | os.PathLike[str], console: Console | None = None) -> Path:
     """Print a Rich table per dataset and protocol; write ``RUN/leaderboard.md``; return its path."""
     out = console or Console()
-    from shelfsight.bench.compare import read_significance
-
     table_data = read_table(run_dir)
     frames = leaderboard_frames(table_data, read_significance(run_dir))
     overviews = overview_frames(table_data)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from shelfsight.errors import ShelfsightError
 from shelfsight.files import atomic_write
 
 TABLE_COLUMNS = ["model", "family", "dataset", "protocol", "strategy", "metric", "mean", "std", "n", "repeats",
@@ -137,24 +138,10 @@ class ResultStore:
         return ([r for r, keep in zip(stored, planned, strict=True) if keep],
                 [r for r, keep in zip(stored, planned, strict=True) if not keep])
 
-    def write_tables(self, cells: list[Cell] | None = None, *, n_resamples: int = 1000, seed: int = 0,
-                     progress: bool = False) -> pd.DataFrame:
-        """Aggregate seeds into mean, std, n and a bootstrap interval per (model, dataset, protocol,
-        strategy, metric), over the cells of the plan (every stored cell when ``cells`` is None)."""
-        from shelfsight.bench.aggregate import aggregate
-
-        table = aggregate(self.load_all(cells), self, n_resamples=n_resamples, seed=seed, progress=progress)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        table.to_csv(self.run_dir / "results.csv", index=False)
-        table.to_parquet(self.run_dir / "results.parquet", index=False)
-        return table
-
 
 def read_table(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(run_dir) / "results.csv"
     if not path.is_file():
-        from shelfsight.errors import ShelfsightError
-
         raise ShelfsightError(f"{path}: no results table. Run `shelfsight bench CONFIG --run-dir {run_dir}` first.")
     table = pd.read_csv(path)
     for column in TABLE_COLUMNS:

@@ -23,16 +23,19 @@ import pandas as pd
 from rich.console import Console
 
 from shelfsight import __version__
-from shelfsight.bench import strategies
-from shelfsight.bench.budgets import budget_cells, is_budget_cell, required_plain
+from shelfsight.bench.aggregate import write_tables
+from shelfsight.bench.budgets import is_budget_cell
+from shelfsight.bench.compare import FamilySettings, write_significance
 from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry, config_to_json
 from shelfsight.bench.context import RunContext
 from shelfsight.bench.estimate import CellEstimate, RunEstimator
 from shelfsight.bench.identity import describe_change, digest
-from shelfsight.bench.label_budgets import write_label_budgets
+from shelfsight.bench.label_budgets import write_label_budgets, write_tests
+from shelfsight.bench.plan import Plan, plan_cells
 from shelfsight.bench.results import Cell, CellResult, ResultStore, RunPlan, stale_note
 from shelfsight.bench.run_progress import RunProgress, duration, print_plan, write_skipped
-from shelfsight.bench.strategies import is_stochastic, parse_strategy, seeded_validation
+from shelfsight.bench.significance import describe_family, run_family
+from shelfsight.bench.strategies import parse_strategy
 from shelfsight.bench.tracking import Tracker, default_tracking_uri
 from shelfsight.errors import ShelfsightError
 from shelfsight.progress import run_display
@@ -46,7 +49,7 @@ def _load_datasets(context: RunContext) -> None:
     """Load every dataset up front: one clear error, not the same failure once per cell."""
     for dataset in context.config.datasets:
         try:
-            context.catalog(dataset)
+            context.provision.catalog(dataset)
         except Exception as exc:  # noqa: BLE001 - any loading failure stops the run with its reason
             raise BenchDatasetError(f"dataset {dataset.name!r} cannot be loaded: {exc}") from exc
 
@@ -67,46 +70,6 @@ class BenchSummary:
     tracking_uri: str | None = None
     seconds: float = 0.0
     """Wall time of the cells (planning and the tables excluded)."""
-
-
-Plan = list[tuple[Cell, ModelEntry, BenchDataset]]
-
-
-def plan_cells(config: BenchConfig, *, seeded: Callable[[str], bool] | None = None) -> Plan:
-    """The matrix in a stable order: dataset, then model, then strategy, then seed; cross-tuning cells
-    (``toptune@A``, ``finetune@A``) come last, after the cells that produce what they carry across.
-
-    A deterministic cell appears once with seed None; a stochastic one once per seed of ``repeats``.
-    Label-budget cells (``linear/5``, ``bench.label_budgets``) come after the plain cells, once per subset
-    seed, with the plain cells their curves read (``all``, the pre-trained level) added if the config lacks them.
-    ``seeded(dataset)`` says whether its classification validation part is a seeded draw (default: from
-    the declared splits of public datasets; user catalogues count as seeded).
-    """
-    is_seeded = seeded or (lambda name: seeded_validation(name, None))
-
-    def seeds(strategy: str, model: ModelEntry, dataset: BenchDataset) -> tuple[int | None, ...]:
-        stochastic = is_stochastic(strategy, random_init=not model.pretrained,
-                                   seeded_validation=is_seeded(dataset.name))
-        return config.seeds if stochastic else (None,)
-
-    plain = [
-        (Cell(model.label, dataset.name, strategy.name, seed), model, dataset)
-        for dataset in config.datasets for model in config.models for strategy in config.strategies
-        if not strategies.get(strategy.name).expands and strategy.applies(model, dataset.name)
-        for seed in seeds(strategy.name, model, dataset)
-    ]
-    crossed = [
-        (Cell(model.label, dataset.name, strategy, seed), model, dataset)
-        for dataset in config.datasets for model in config.models
-        for strategy in config.crosstune_strategies(model, dataset.name) for seed in config.seeds
-    ]
-    by_name = {dataset.name: dataset for dataset in config.datasets}
-    read_by_curves = [
-        (Cell(model.label, name, kind, seed), model, by_name[name])
-        for kind, model, name in required_plain(config) for seed in seeds(kind, model, by_name[name])
-    ]
-    budgeted = [(cell, model, by_name[name]) for cell, model, name in budget_cells(config)]
-    return plain + read_by_curves + budgeted + crossed
 
 
 def run_bench(
@@ -144,14 +107,14 @@ def run_bench(
             if on_cell is not None:
                 on_cell(entry[0])
     summary.seconds = time.perf_counter() - started
-    write_skipped(run_path, context.skipped, out)
+    write_skipped(run_path, context.provision.skipped, out)
     out.print(f"[bold]{len(cells)} cells[/] in {duration(summary.seconds)}: {len(summary.computed)} computed, "
               f"{len(summary.reused)} reused, {len(summary.failed)} failed")
     summary.stale = sorted(r.cell.cell_id for r in store.planned_results(plan)[1])
     if summary.stale:
         out.print(f"[yellow]{stale_note(summary.stale)}[/]")
-    summary.table = store.write_tables([cell for cell, _, _ in cells if not is_budget_cell(cell)],
-                                       n_resamples=config.stats.bootstrap, seed=config.stats.seed)
+    summary.table = write_tables(store, [cell for cell, _, _ in cells if not is_budget_cell(cell)],
+                                 n_resamples=config.stats.bootstrap, seed=config.stats.seed)
     _write_label_budgets(run_path, config, [cell for cell, _, _ in cells], out)
     _write_family(run_path, config, plan, out)
     _write_provenance(run_path, config)
@@ -191,7 +154,7 @@ def _planned(config: BenchConfig, run_path: Path, store: ResultStore, recompute:
     """Load the datasets (one clear error if one cannot be), plan the cells, decide reuse, estimate costs."""
     context = RunContext(config, run_path, forced=lambda cell: _forced(cell, recompute))
     _load_datasets(context)
-    cells = plan_cells(config, seeded=context.seeded_validation)
+    cells = plan_cells(config, seeded=context.provision.seeded_validation)
     decisions = [_decide(context, store, planned, _forced(planned[0], recompute)) for planned in cells]
     return context, cells, decisions, _estimates(context, cells, decisions)
 
@@ -222,7 +185,7 @@ def _run_one(context: RunContext, store: ResultStore, tracker: Tracker, summary:
     result.key, result.inputs = decision.key, decision.inputs
     path = store.save(result, per_query)
     try:
-        tracker.log_cell(result, context.params(cell, model), path)
+        tracker.log_cell(result, context.identity.params(cell, model), path)
     except Exception as exc:  # noqa: BLE001 - results are on disk; tracking is best effort
         out.print(f"[yellow]MLflow logging failed for {cell.cell_id}: {exc}[/]")
     if result.status == "ok":
@@ -235,7 +198,7 @@ def _run_one(context: RunContext, store: ResultStore, tracker: Tracker, summary:
 
 def _estimates(context: RunContext, cells: Plan, decisions: list[Decision]) -> list[CellEstimate]:
     """Each cell's estimate (0 for a reused one); a cell that cannot be estimated counts as unknown."""
-    estimator = RunEstimator(context)
+    estimator = RunEstimator(context.config, context.provision)
     out = []
     for (cell, model, dataset), decision in zip(cells, decisions, strict=True):
         if decision.reason is None:
@@ -283,10 +246,6 @@ def _write_family(run_dir: Path, config: BenchConfig, plan: RunPlan, out: Consol
     """Every comparison the run reports (each cell against its column's best, the label-budget tests, the
     report's recommendation and guidance) tested as one Holm family over the planned cells; then
     ``significance.csv`` and ``label-budgets-tests.csv`` as views of it. The report asks nothing more."""
-    from shelfsight.bench.compare import FamilySettings, write_significance
-    from shelfsight.bench.label_budgets import write_tests
-    from shelfsight.report.paired import describe_family, run_family
-
     try:
         found = run_family(run_dir, FamilySettings.of(config.stats), plan)
         found.family.write(run_dir)

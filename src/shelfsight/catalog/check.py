@@ -4,9 +4,9 @@ Loading a dataset reads only its metadata; this reads every image. JPEGs are dec
 scale (libjpeg still consumes every byte, so a truncated file is caught) on a thread pool: PIL
 releases the GIL while it decodes.
 
-It also warns when a protocol's queries have duplicates in its gallery (leakage that inflates retrieval
-scores): byte-identical files always, near-duplicates too when given a model (its embeddings, at a given or
-calibrated cosine threshold; see ``shelfsight.duplicates``).
+Whether a protocol's queries have duplicates in its gallery (leakage that inflates retrieval scores) is measured
+above the catalogue, by ``shelfsight.duplicates.check.with_leakage`` on the catalogue this check loaded (byte-identical
+files always, near-duplicates too with a model's embeddings); the report says what it found.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rich.console import Console
 
@@ -25,9 +25,6 @@ from shelfsight.catalog.images import decode_image
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import ImageDecodeError, ShelfsightError
 from shelfsight.progress import progress_bar
-
-if TYPE_CHECKING:
-    from shelfsight.duplicates import ProtocolLeakage
 
 DRAFT_SIZE = 64
 """Decode JPEGs at this size or a little more: enough to prove the file whole, several times faster."""
@@ -64,6 +61,18 @@ class ProtocolSize:
     leave_one_out: bool
 
 
+class LeakageFinding(Protocol):
+    """One protocol's queries with a duplicate in its gallery (``duplicates.ProtocolLeakage``): declared here, found
+    above the catalogue."""
+
+    @property
+    def count(self) -> int: ...
+
+    def warning(self) -> str:
+        """The line ``datasets check`` prints when ``count`` is not zero."""
+        ...
+
+
 @dataclass(frozen=True)
 class CheckReport:
     """What ``check_dataset`` found; ``ok`` is False when anything would distort a benchmark."""
@@ -79,12 +88,15 @@ class CheckReport:
     counts_verified: bool = True
     decoded: bool = True
     ignored: tuple[tuple[str, str], ...] = field(default=(), compare=False)
-    leakage: tuple[ProtocolLeakage, ...] = ()
-    """Per protocol: queries with an exact (or, with a model, near) duplicate in the gallery."""
+    leakage: tuple[LeakageFinding, ...] = ()
+    """Per protocol: queries with an exact (or, with a model, near) duplicate in the gallery; empty until
+    ``duplicates.check.with_leakage`` measures it."""
     doubtful: tuple[tuple[str, int], ...] = ()
     """Labels that look like placeholders ("Not sure", "Skip") with their photo counts: flagged, not dropped."""
     notes: tuple[str, ...] = ()
     """How a manifest's columns were read: the group column, the columns kept as metadata."""
+    catalog: Catalog | None = field(default=None, compare=False, repr=False)
+    """What was loaded (every split), for the checks made above the catalogue; None when nothing loaded."""
 
     @property
     def count_mismatches(self) -> tuple[SplitCount, ...]:
@@ -114,7 +126,7 @@ class CheckReport:
                       for s in self.count_mismatches]
         if not self.decoded:
             notes.append("images were not decoded (--no-decode): only their presence was checked")
-        notes += [_leak(found) for found in self.leakage if found.count]
+        notes += [found.warning() for found in self.leakage if found.count]
         if self.doubtful:
             notes.append(doubtful_note(self.doubtful))
         return notes
@@ -139,15 +151,6 @@ def doubtful_note(found: Sequence[tuple[str, int]]) -> str:
             f"t[~t['label'].isin([{names}])]) or move their folders away")
 
 
-def _leak(found: ProtocolLeakage, show: int = 3) -> str:
-    kind = ("exact duplicates" if found.threshold is None
-            else f"exact or near duplicates (cosine >= {found.threshold:.4f})")
-    shown = "; ".join(f"{p.a} ~ {p.b} ({p.similarity:.3f})" for p in found.examples[:show])
-    return (f"protocol {found.protocol!r}: {found.count:,} of {found.queries:,} queries have {kind} in the gallery "
-            f"({found.exact:,} byte-identical), e.g. {shown}; their retrieval is memory, not the embedding "
-            "(the bench can leave them out: dedupe: exclude)")
-
-
 def _mismatch(split: SplitCount) -> str:
     return f"split {split.split!r} has {split.images:,} images, the official release {split.expected:,}"
 
@@ -155,12 +158,10 @@ def _mismatch(split: SplitCount) -> str:
 def check_dataset(
     source: str, *, data_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
     decode: bool = True, workers: int | None = None, expected: Mapping[str, int] | None = None,
-    progress: bool = False, model: str | None = None, threshold: float | None = None,
-    image_root: str | os.PathLike[str] | None = None, group: str | None = None,
+    progress: bool = False, image_root: str | os.PathLike[str] | None = None, group: str | None = None,
 ) -> CheckReport:
-    """Check a registered dataset (or any source ``load_catalog`` reads) split by split, then every file, then
-    each protocol's leakage (when decoding: exact duplicates; with ``model``, near ones at ``threshold``, by
-    default the model's calibrated threshold for precision 0.99).
+    """Check a registered dataset (or any source ``load_catalog`` reads) split by split, then every file (the
+    leakage between a protocol's queries and gallery is ``duplicates.check.with_leakage``'s, on this report).
 
     ``expected`` overrides the official counts (a deliberately partial copy); ``image_root`` and ``group`` are
     a manifest's (see :func:`shelfsight.catalog.load_catalog`)."""
@@ -189,9 +190,8 @@ def check_dataset(
         unreadable=tuple((path, reason) for path, reason in failures if reason != "file not found"),
         counts_verified=entry.counts_verified if entry and expected is None else True, decoded=decode,
         ignored=tuple(pair for part in parts for pair in part.ignored),
-        leakage=_leakage(source, catalog, model, threshold, progress) if catalog and decode and not errors else (),
         doubtful=doubtful_labels(catalog) if catalog else (),
-        notes=column_notes(source, catalog, group) if catalog else (),
+        notes=column_notes(source, catalog, group) if catalog else (), catalog=catalog,
     )
 
 
@@ -209,25 +209,6 @@ def column_notes(source: str | os.PathLike[str], catalog: Catalog, group: str | 
     if columns.metadata:
         notes.append(f"kept as metadata (ignored by the bench, returned by the service): {', '.join(columns.metadata)}")
     return tuple(notes)
-
-
-def _leakage(source: str, catalog: Catalog, model: str | None, threshold: float | None,
-             progress: bool) -> tuple[ProtocolLeakage, ...]:
-    """Each protocol's queries with a duplicate in its gallery (exact; near too with a model)."""
-    from shelfsight.catalog import protocols_for
-    from shelfsight.duplicates import content_hashes, protocol_leakage
-
-    embeddings, cosine = None, None
-    if model is not None:
-        from shelfsight.backbones import load_backbone
-        from shelfsight.duplicates.run import resolve_threshold
-        from shelfsight.embeddings import embed_catalog
-
-        cosine = resolve_threshold(model, threshold, None).value
-        embeddings = embed_catalog(catalog, load_backbone(model), progress=progress)
-    hashes = content_hashes(catalog)
-    return tuple(protocol_leakage(p, catalog, embeddings, cosine, hashes=hashes)
-                 for p in protocols_for(source, catalog))
 
 
 def _split_order(declared: Sequence[str], items: Sequence[CatalogItem]) -> list[str]:

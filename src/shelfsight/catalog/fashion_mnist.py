@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from PIL import Image
 
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import CatalogError, DatasetNotFoundError
+from shelfsight.files import replace_folder
 from shelfsight.paths import describe_data_dir
 from shelfsight.protocols import ClassificationSplits, RetrievalProtocol
 
@@ -121,18 +119,13 @@ def _materialise(images_file: Path, labels_file: Path, png_root: Path, split: st
     labels = read_idx(labels_file)
     if len(images) != len(labels):
         raise CatalogError(f"{images_file} has {len(images)} images but {labels_file} has {len(labels)} labels.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=target.parent))
-    try:
+
+    def write_pngs(staging: Path) -> None:
         for index, pixels in enumerate(images):
             Image.fromarray(pixels).save(staging / f"{index:05d}.png", compress_level=1)
         (staging / ".complete").write_text(f"{len(images)}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+
+    replace_folder(target, write_pngs)
     return target
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +31,7 @@ from rich.progress import Progress
 
 from shelfsight.catalog.types import Catalog, CatalogItem
 from shelfsight.errors import CatalogError, DatasetNotFoundError
+from shelfsight.files import replace_folder
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -174,11 +173,10 @@ def _materialise(part: Dataset, column: str, root: Path, split: str) -> list[Pat
     from datasets import Image
 
     raw = part.select_columns([column]).cast_column(column, Image(decode=False))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=target.parent))
-    names: list[str] = []
-    console = Console(stderr=True)
-    try:
+
+    def write_images(staging: Path) -> list[str]:
+        names: list[str] = []
+        console = Console(stderr=True)
         with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task(f"writing {split} images", total=len(raw))
             for batch in raw.iter(batch_size=512):
@@ -186,13 +184,9 @@ def _materialise(part: Dataset, column: str, root: Path, split: str) -> list[Pat
                     names.append(_write_image(cell, staging, len(names)))
                 progress.advance(task, len(batch[column]))
         (staging / ".complete").write_text("\n".join(names) + "\n", encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return [target / name for name in names]
+        return names
+
+    return [target / name for name in replace_folder(target, write_images)]
 
 
 def _write_image(cell: dict[str, Any] | None, folder: Path, row: int) -> str:

@@ -19,7 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from shelfsight.errors import ImageDecodeError
 
 DEFAULT_MAX_PIXELS = 64_000_000
-"""Larger images are refused before decoding (decompression bombs): 64 megapixels ~ 8000x8000."""
+"""Larger images are refused before decoding (decompression bombs): 64 megapixels ~ 8000x8000. Extraction's cap,
+for a catalogue its owner chose; the service's budget for uploads is lower (``serve/decode.py`` says why)."""
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}

@@ -95,10 +95,11 @@ def datasets_check_command(
     """Verify a download: images per split against the official counts, missing or unreadable files, and queries
     with a duplicate in their gallery."""
     from shelfsight.catalog.check import check_dataset
+    from shelfsight.duplicates.check import with_leakage
 
-    report = check_dataset(name, data_dir=data_dir or ctx.obj, cache_dir=cache_dir, decode=not no_decode,
-                           workers=workers, progress=console.is_terminal, model=model, threshold=threshold,
-                           image_root=image_root, group=group)
+    checked = check_dataset(name, data_dir=data_dir or ctx.obj, cache_dir=cache_dir, decode=not no_decode,
+                            workers=workers, progress=console.is_terminal, image_root=image_root, group=group)
+    report = with_leakage(checked, model=model, threshold=threshold, progress=console.is_terminal)
     table = Table(title=f"{name} ({report.root or 'not found'})")
     for column in ("split", "images", "official", "labels", "products", ""):
         table.add_column(column, justify="left" if column == "split" else "right")

@@ -57,8 +57,8 @@ def bulk_index_command(
     served = _served(index_dir, model, dim, uri, collection, index_type, params, catalog)
     with _open_index(uri, db, token, collection, dim, index_type, params, overwrite, served) as index:
         attributes = served.attributes_for if served is not None and index.has_attributes else None
-        report = bulk_index(index, files, catalog=catalog, batch_rows=batch_rows, read_ahead=read_ahead,
-                            progress=not quiet, attributes_for=attributes)
+        report = bulk_index(index, files, read=read_shard, catalog=catalog, batch_rows=batch_rows,
+                            read_ahead=read_ahead, progress=not quiet, attributes_for=attributes)
         total = len(index)
     console.print(f"{report.inserted} rows inserted ({report.already_present} already present, "
                   f"{report.not_in_catalog} not in the catalogue) from {report.shards} shard(s) in "

@@ -91,7 +91,7 @@ def _run(method: CompressionMethod, side: Side, config: CompressConfig, projecti
                  "items": float(len(gallery)),
                  "fixed_bytes_projection": float(projection.parameter_bytes)}
         details = {"index": _describe(index, len(gallery)), "backend": method.backend}
-        answer, seconds = _timed(lambda: _search(index, projection, side.queries, config.k, side.exclude))
+        answer, seconds = _timed(lambda: _search(index, projection, side.queries, config.depth, side.exclude))
         costs["qps_batched"] = len(side.queries) / seconds if seconds > 0 else float("nan")
         costs["qps_batch1"] = _batch1_rate(index, projection, side, config)
     finally:
@@ -109,7 +109,7 @@ def _batch1_rate(index: VectorIndex, projection: Projection, side: Side, config:
     n = min(config.batch1_queries, len(side.queries))
     started = time.perf_counter()
     for row in range(n):
-        _search(index, projection, side.queries[row:row + 1], config.k,
+        _search(index, projection, side.queries[row:row + 1], config.depth,
                 None if side.exclude is None else side.exclude[row:row + 1])
     seconds = time.perf_counter() - started
     return n / seconds if seconds > 0 and n else float("nan")

@@ -118,16 +118,17 @@ class CompressConfig:
     gallery size)."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
-    k: int = 10
-    """Neighbours searched and scored (mMP@5, R@1..R@k, recall@k against exact float search)."""
+    depth: int = 10
+    """Neighbours searched and scored (mMP@5, R@1..R@depth, recall@depth against exact float search); not the
+    bench's ``retrieval.k``, the depth its other cells fetch."""
     batch1_queries: int = 100
     """Queries searched one at a time for the batch-1 throughput (the first ones of each protocol)."""
     nlist: int = 0
     nprobe: int = 16
     hnsw_m: int = 16
     ef: int = 64
-    milvus_uri: str | None = None
-    """A Milvus server for the ``milvus:`` methods; default Milvus Lite in the cell's work folder."""
+    uri: str | None = None
+    """A Milvus server for the ``milvus:`` methods (as ``index.uri``); default Milvus Lite in the cell's work folder."""
     threads: int = 1
     """FAISS and BLAS threads while building and searching: 1 gives per-core figures that hold on a shared CPU
     (where OpenMP threads wait on each other); 0 leaves the libraries' defaults (every core)."""
@@ -138,7 +139,7 @@ class CompressConfig:
         names = [parse_method(m).name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"compress.methods names a method twice: {names}")
-        for name in ("k", "batch1_queries", "nprobe", "hnsw_m", "ef"):
+        for name in ("depth", "batch1_queries", "nprobe", "hnsw_m", "ef"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"compress.{name} must be at least 1, got {getattr(self, name)}")
         if self.threads < 0:

@@ -41,6 +41,15 @@ class ProtocolLeakage:
     def count(self) -> int:
         return len(self.leaking)
 
+    def warning(self, show: int = 3) -> str:
+        """The line ``datasets check`` prints: how many queries leak, of which kind, a few example pairs."""
+        kind = ("exact duplicates" if self.threshold is None
+                else f"exact or near duplicates (cosine >= {self.threshold:.4f})")
+        shown = "; ".join(f"{p.a} ~ {p.b} ({p.similarity:.3f})" for p in self.examples[:show])
+        return (f"protocol {self.protocol!r}: {self.count:,} of {self.queries:,} queries have {kind} in the gallery "
+                f"({self.exact:,} byte-identical), e.g. {shown}; their retrieval is memory, not the embedding "
+                "(the bench can leave them out: dedupe: exclude)")
+
     @classmethod
     def from_dict(cls, stored: dict[str, Any]) -> ProtocolLeakage:
         """Read back what :meth:`as_dict` wrote (the bench caches a run's duplicate decision so)."""

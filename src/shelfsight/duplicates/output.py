@@ -10,6 +10,7 @@ import csv
 from html import escape
 from pathlib import Path
 
+from shelfsight.catalog.thumbnails import Thumbnails
 from shelfsight.duplicates.clusters import DuplicateReport
 from shelfsight.files import atomic_write
 
@@ -63,9 +64,6 @@ def write_clusters_csv(report: DuplicateReport, path: Path) -> None:
 
 def render_html(report: DuplicateReport, shown: int = SHOWN_CLUSTERS) -> str:
     """The page: a summary line, then each cluster as a row of captioned thumbnails."""
-    from shelfsight.report.images import Thumbnails  # the report's thumbnails; importing shelfsight.report at
-    # module level would load the bench, which imports this package (bench.leakage)
-
     thumbs = Thumbnails(size=THUMBNAIL)
     threshold = "exact copies only" if report.threshold is None else f"cosine &ge; {report.threshold:.4f}"
     rows = []

@@ -47,7 +47,8 @@ from shelfsight.embeddings.extract import (
 )
 from shelfsight.embeddings.plan import ExtractionPlan, plan_extraction
 from shelfsight.embeddings.ray_start import RayStartError, start_ray
-from shelfsight.embeddings.runtimes import Runtime, RuntimeChoice
+from shelfsight.embeddings.runtime_choice import build_runtime
+from shelfsight.embeddings.runtimes import RuntimeChoice
 from shelfsight.embeddings.shards import write_shard
 from shelfsight.errors import ShelfsightError
 from shelfsight.progress import progress_bar
@@ -125,7 +126,9 @@ class _Embed:
         import torch
 
         torch.set_num_threads(threads)  # the actor's CPU share, not every core of the node
-        self.runtime = _build_runtime(recipe.load(), runtime, device, precision, threads, cache_dir)
+        # the runtime the driver chose and checked, rebuilt here (the export is shared through the cache)
+        self.runtime = build_runtime(runtime, recipe.load(), device=torch.device(device), precision=precision,
+                                     threads=threads, cache_dir=cache_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -141,20 +144,6 @@ class _Embed:
         if vectors is None:
             vectors = np.zeros((len(good), dim or 1), dtype=np.float32)
         return {"position": batch["position"], "vector": vectors, "reason": batch["reason"], "kind": batch["kind"]}
-
-
-def _build_runtime(backbone: Backbone, name: str, device: str, precision: str, threads: int,
-                   cache_dir: str) -> Runtime:
-    """The runtime the driver chose and checked, rebuilt in an actor (the export is shared through the cache)."""
-    import torch
-
-    from shelfsight.embeddings.export import ensure_onnx, export_path
-    from shelfsight.embeddings.runtimes import OnnxRuntime, OpenVinoRuntime, TorchRuntime
-
-    if name == "torch":
-        return TorchRuntime(backbone, torch.device(device), precision)
-    path, _ = ensure_onnx(backbone, export_path(backbone, cache_dir))
-    return OnnxRuntime(path, threads=threads) if name == "onnx" else OpenVinoRuntime(path, threads=threads)
 
 
 def embed_catalog_ray(

@@ -43,7 +43,7 @@ def select_runtime(choice: RuntimeChoice, backbone: Backbone, *, device: torch.d
     ``RuntimeUnavailableError`` with the reason; ``auto`` falls back to PyTorch with it."""
     if choice not in ("auto", "torch", "onnx", "openvino"):
         raise RuntimeUnavailableError(f"unknown runtime {choice!r}: use auto, torch, onnx or openvino")
-    reference = TorchRuntime(backbone, device, precision)
+    reference = build_runtime("torch", backbone, device=device, precision=precision, threads=threads)
     if choice == "torch":
         return reference, RuntimeReport(choice, "torch", "asked for", identity=reference.identity())
     blocker = _blocker(choice, device, precision)
@@ -53,7 +53,8 @@ def select_runtime(choice: RuntimeChoice, backbone: Backbone, *, device: torch.d
         raise RuntimeUnavailableError(f"runtime {choice}: {blocker}")
     name = "onnx" if choice == "auto" else choice
     try:
-        candidate = _build(name, backbone, threads, cache_dir)
+        candidate = build_runtime(name, backbone, device=device, precision=precision, threads=threads,
+                                  cache_dir=cache_dir)
     except (ExportError, RuntimeUnavailableError, ImportError, OSError) as error:
         if choice == "auto":
             return reference, RuntimeReport(choice, "torch", f"{name} unavailable: {error}",
@@ -80,7 +81,13 @@ def _blocker(choice: str, device: torch.device, precision: str) -> str:
     return ""
 
 
-def _build(name: str, backbone: Backbone, threads: int, cache_dir: str | os.PathLike[str] | None) -> Runtime:
+def build_runtime(name: str, backbone: Backbone, *, device: torch.device, precision: str, threads: int,
+                  cache_dir: str | os.PathLike[str] | None = None) -> Runtime:
+    """The runtime called ``name`` (torch, onnx, openvino) for ``backbone``, unchecked: the one place runtimes are
+    built, by :func:`select_runtime` before its check and by the Ray actors that rebuild the driver's checked
+    choice (the export is shared through ``cache_dir``)."""
+    if name == "torch":
+        return TorchRuntime(backbone, device, precision)
     path, _ = ensure_onnx(backbone, export_path(backbone, cache_dir))
     if name == "onnx":
         return OnnxRuntime(path, threads=threads)

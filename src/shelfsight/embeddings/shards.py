@@ -7,7 +7,7 @@ by ranges; one shard per cache chunk keeps shards whole and retries idempotent.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,6 @@ def read_shard(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
     dim = column.type.list_size if isinstance(column.type, pa.FixedSizeListType) else len(column[0])
     vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
     return [str(v) for v in table.column("id").to_pylist()], vectors
-
-
-def iter_shards(paths: Sequence[str | os.PathLike[str]]) -> Iterator[tuple[Path, list[str], np.ndarray]]:
-    for path in paths:
-        ids, vectors = read_shard(path)
-        yield Path(path), ids, vectors
 
 
 def export_shards(ids: Sequence[str], vectors: np.ndarray, folder: str | os.PathLike[str],

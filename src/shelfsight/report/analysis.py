@@ -10,13 +10,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from shelfsight.bench import strategies as registry
-from shelfsight.report.data import datasets, main_metric, main_protocol
+from shelfsight.bench.table import cost_frame, datasets, main_metric, main_protocol
 
 BASELINE = registry.baseline().name
 ADAPTATIONS = tuple(s.name for s in registry.REGISTRY.values() if s.adaptation)
 """Adaptations of the paper whose gain over the pre-trained embedding is shown per family."""
-NO_TRAINING = tuple(s.name for s in registry.REGISTRY.values() if s.tier == registry.NO_TRAINING)
-"""Strategies that fit nothing: their tuning time is zero, not unknown."""
 
 
 @dataclass(frozen=True)
@@ -62,26 +60,6 @@ def pareto_front(cost: Sequence[float], quality: Sequence[float], *, lower_cost_
     return front
 
 
-def cost_frame(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """(model, strategy) -> cost means on one dataset, with the gaps that have a known value filled:
-    no-training strategies tuned for 0 s, and a backbone's extraction rate (missing when the
-    embeddings came from the cache) taken from another cell of the same model."""
-    rows = table[(table["dataset"] == dataset) & (table["protocol"] == "cost")]
-    if rows.empty:
-        return pd.DataFrame()
-    frame = rows.pivot_table(index=["model", "strategy"], columns="metric", values="mean")
-    if "params_m" not in frame and "params" in frame:
-        frame["params_m"] = frame["params"] / 1e6
-    if "tune_seconds" not in frame:
-        frame["tune_seconds"] = math.nan
-    untrained = frame.index.get_level_values("strategy").isin(NO_TRAINING)
-    frame.loc[untrained, "tune_seconds"] = frame.loc[untrained, "tune_seconds"].fillna(0.0)
-    if "extract_images_per_s" in frame:
-        per_model = frame.groupby(level="model")["extract_images_per_s"].transform("max")
-        frame["extract_images_per_s"] = frame["extract_images_per_s"].fillna(per_model)
-    return frame
-
-
 def quality_and_cost(table: pd.DataFrame, dataset: str, protocol: str, metric: str) -> pd.DataFrame:
     """One row per (model, strategy): family, quality mean/std/n and every cost column."""
     rows = table[(table["dataset"] == dataset) & (table["protocol"] == protocol) & (table["metric"] == metric)]
@@ -113,11 +91,11 @@ def adaptation_gains(table: pd.DataFrame) -> pd.DataFrame:
                 gain = float(adapted["quality"] - base["quality"])
                 records.append({
                     "dataset": dataset, "protocol": protocol, "metric": metric, "model": model,
-                    "family": base["family"], "adaptation": adaptation, "pretrained": float(base["quality"]),
+                    "family": base["family"], "adaptation": adaptation, BASELINE: float(base["quality"]),
                     "adapted": float(adapted["quality"]), "gain": gain,
                     "relative_gain": gain / float(base["quality"]) if base["quality"] else math.nan,
                 })
-    columns = ["dataset", "protocol", "metric", "model", "family", "adaptation", "pretrained", "adapted", "gain",
+    columns = ["dataset", "protocol", "metric", "model", "family", "adaptation", BASELINE, "adapted", "gain",
                "relative_gain"]
     return pd.DataFrame(records, columns=columns)
 

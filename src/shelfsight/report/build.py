@@ -13,21 +13,17 @@ import numpy as np
 import pandas as pd
 
 from shelfsight.bench import strategies as registry
+from shelfsight.bench.choices import AUTO_TAGGING, VISUAL_SEARCH, task_metric
 from shelfsight.bench.compare import FamilySettings
 from shelfsight.bench.leaderboard import TIED, leaderboard_frames, metric_columns
+from shelfsight.bench.recommend import TIERS, Recommendations, recommend
+from shelfsight.bench.significance import PairedTests
+from shelfsight.bench.table import datasets, main_metric, main_protocol, retrieval_protocols
 from shelfsight.report import figures
 from shelfsight.report.analysis import ADAPTATIONS, adaptation_gains, cross_tuning, family_gains, quality_and_cost
-from shelfsight.report.data import RunData, datasets, main_metric, main_protocol, retrieval_protocols
+from shelfsight.report.data import RunData
 from shelfsight.report.images import Thumbnails
-from shelfsight.report.paired import PairedTests, family_for_report
-from shelfsight.report.recommend import (
-    AUTO_TAGGING,
-    TIERS,
-    VISUAL_SEARCH,
-    Recommendations,
-    recommend,
-    task_metric,
-)
+from shelfsight.report.paired import family_for_report
 from shelfsight.report.sections import Plot, Section, build_sections
 
 CATEGORY_SPREAD = 0.01
@@ -205,8 +201,8 @@ def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report
     gains_png = figures.gains_chart(gains, {a: colours[a] for a in ADAPTATIONS})
     gains_plot = Plot("gains", "Gain over the pre-trained embedding", gains_png) if gains_png else None
     if gains_plot is None:
-        absent["gains"] = ("no backbone has both a pretrained cell and a toptune or finetune cell with retrieval "
-                           "results on the same dataset")
+        absent["gains"] = (f"no backbone has both a {registry.baseline().name} cell and a {registry.toptune.NAME} "
+                           f"or {registry.finetune.NAME} cell with retrieval results on the same dataset")
     cost_plots = _cost_plots(table, colours)
     if not cost_plots:
         absent["cost"] = "no cost rows in the results table"
@@ -215,8 +211,9 @@ def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report
                                         "main retrieval metric"))
                    for (model, tuned), matrix in cross_tuning(table).items()]
     if not cross_plots:
-        absent["cross-tuning"] = ("no cross-tuning cells in this run: strategies named toptune@<dataset> or "
-                                  "finetune@<dataset> evaluate a head or backbone tuned on another dataset")
+        absent["cross-tuning"] = ("no cross-tuning cells in this run: strategies named "
+                                  f"{registry.toptune.NAME}@<dataset> or {registry.finetune.NAME}@<dataset> "
+                                  "evaluate a head or backbone tuned on another dataset")
     say("retrieval grids")
     thumbnails = Thumbnails()
     grids = [grid for d in datasets(table) if (grid := _grid(run, d, thumbnails)) is not None]
@@ -226,8 +223,9 @@ def build(run: RunData, progress: Callable[[str], None] | None = None) -> Report
     say("confusion matrices")
     confusions = [c for d in datasets(table) if (c := _confusion(run, recs, d)) is not None]
     if not confusions:
-        absent["confusion"] = ("no classification cell with a confusion matrix (strategies linear, knn, toptune, "
-                               "finetune record one)")
+        absent["confusion"] = ("no classification cell with a confusion matrix (strategies "
+                               f"{registry.linear.NAME}, {registry.knn.NAME}, {registry.toptune.NAME}, "
+                               f"{registry.finetune.NAME} record one)")
     recall = _index_recall(table)
     if recall.empty:
         absent["index-recall"] = "no index_recall rows: no retrieval cell finished"

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
 from shelfsight.bench import strategies as registry
+from shelfsight.bench.table import main_metric, retrieval_protocols
 from shelfsight.report.analysis import COST_AXES, pareto_front
-from shelfsight.report.data import main_metric, retrieval_protocols
 
 DPI = 100
 MIN_LABEL_PX = 10
@@ -167,7 +167,7 @@ def gains_chart(gains: pd.DataFrame, adaptation_colours: dict[str, str]) -> byte
         axes.set_xticks(range(len(families)), families, fontsize=9)
         first = part.iloc[0]
         axes.set_title(f"{dataset} · {first['protocol']} · {first['metric']}", fontsize=10)
-        axes.set_ylabel(f"gain in {first['metric']} over pretrained", fontsize=8)
+        axes.set_ylabel(f"gain in {first['metric']} over {registry.baseline().name}", fontsize=8)
         axes.grid(axis="y", alpha=0.3)
         axes.legend(fontsize=8)
     return png(figure)

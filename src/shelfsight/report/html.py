@@ -7,14 +7,13 @@ import math
 
 import jinja2
 
+from shelfsight.bench.choices import AUTO_TAGGING, VISUAL_SEARCH
 from shelfsight.bench.leaderboard import COUNTS
+from shelfsight.bench.recommend import TIERS
 from shelfsight.report.build import CATEGORY_RULE, Report, slug
 from shelfsight.report.guidance import serving_commands
 from shelfsight.report.images import png_uri
 from shelfsight.report.recommend import (
-    AUTO_TAGGING,
-    TIERS,
-    VISUAL_SEARCH,
     answer,
     consensus,
     describe,

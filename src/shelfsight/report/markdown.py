@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from shelfsight.bench.choices import AUTO_TAGGING, VISUAL_SEARCH
+from shelfsight.bench.recommend import TIERS
 from shelfsight.report.build import CATEGORY_RULE, Board, Report
 from shelfsight.report.guidance import serving_commands
 from shelfsight.report.html import number
 from shelfsight.report.recommend import (
-    AUTO_TAGGING,
-    TIERS,
-    VISUAL_SEARCH,
     answer,
     consensus,
     describe,

@@ -5,6 +5,9 @@ than the disk (the usual case for a remote Milvus), the queue fills and reading 
 ``read_ahead`` shards whatever the catalogue size. Inserts go in batches of ``batch_rows``. Labels and
 splits come from the catalogue by id, so shards carry only what extraction produced (ids, vectors).
 Ids already in the index are skipped, so a bulk load that was interrupted can simply be run again.
+
+Search sits below the catalogue and the embeddings: the caller hands over the shard reader
+(``embeddings.shards.read_shard``) and the catalogue's items, read here only for their id, label and split.
 """
 
 from __future__ import annotations
@@ -12,17 +15,29 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from shelfsight.catalog.types import Catalog
-from shelfsight.embeddings.shards import read_shard
 from shelfsight.progress import progress_bar
 from shelfsight.search.base import VectorIndex
+
+ShardReader = Callable[[str | Path], tuple[list[str], np.ndarray]]
+"""One shard's (ids, float32 vectors of shape (N, D)): ``embeddings.shards.read_shard``."""
+
+
+class LabelledItem(Protocol):
+    """What a bulk load reads of a catalogue item (``catalog.CatalogItem`` has it)."""
+
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def split(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -41,12 +56,14 @@ class BulkReport:
 
 
 def bulk_index(
-    index: VectorIndex, shards: Sequence[str | Path], *, catalog: Catalog | None = None,
+    index: VectorIndex, shards: Sequence[str | Path], *, read: ShardReader,
+    catalog: Iterable[LabelledItem] | None = None,
     keep_ids: set[str] | None = None, batch_rows: int = 5000, read_ahead: int = 2,
     existing: Container[str] | None = None, progress: bool = False,
     attributes_for: Callable[[Sequence[str]], list[dict[str, Any]]] | None = None,
 ) -> BulkReport:
-    """Insert every row of ``shards`` (``keep_ids`` narrows them, e.g. to a protocol's gallery).
+    """Insert every row of ``shards``, each read by ``read`` (``keep_ids`` narrows them, e.g. to a protocol's
+    gallery).
 
     ``catalog`` supplies labels and splits by id (rows whose id it lacks are counted and left out);
     ``existing`` lists ids already in the index (default: ask the index when it can tell);
@@ -59,7 +76,7 @@ def bulk_index(
     present = existing if existing is not None else _PresentIn(index)
     loaded: queue.Queue[tuple[list[str], np.ndarray] | None] = queue.Queue(maxsize=read_ahead)
     failure: list[BaseException] = []
-    reader = threading.Thread(target=_read_shards, args=(shards, loaded, failure), daemon=True)
+    reader = threading.Thread(target=_read_shards, args=(shards, read, loaded, failure), daemon=True)
     started = time.perf_counter()
     reader.start()
     inserted = skipped_present = skipped_unknown = 0
@@ -105,26 +122,26 @@ def _route(entry: tuple[list[str], np.ndarray], index: VectorIndex, keep_ids: se
     return inserted, skipped_present, skipped_unknown
 
 
-def _read_shards(shards: Sequence[str | Path], out: queue.Queue[tuple[list[str], np.ndarray] | None],
-                 failure: list[BaseException]) -> None:
+def _read_shards(shards: Sequence[str | Path], read: ShardReader,
+                 out: queue.Queue[tuple[list[str], np.ndarray] | None], failure: list[BaseException]) -> None:
     """Producer: one shard at a time into the bounded queue, then ``None`` as the end mark."""
     try:
         for path in shards:
-            out.put(read_shard(path))  # blocks while the writer is behind: backpressure
+            out.put(read(path))  # blocks while the writer is behind: backpressure
     except BaseException as exc:  # noqa: BLE001 - handed to the writer thread, which raises it
         failure.append(exc)
     finally:
         out.put(None)
 
 
-def _flush(index: VectorIndex, ids: list[str], vectors: list[np.ndarray], items: Mapping[str, object] | None,
+def _flush(index: VectorIndex, ids: list[str], vectors: list[np.ndarray], items: Mapping[str, LabelledItem] | None,
            attributes_for: Callable[[Sequence[str]], list[dict[str, Any]]] | None = None) -> int:
     if not ids:
         return 0
     labels = splits = None
     if items is not None:
-        labels = [str(items[i].label) for i in ids]  # type: ignore[attr-defined]
-        splits = [str(items[i].split) for i in ids]  # type: ignore[attr-defined]
+        labels = [str(items[i].label) for i in ids]
+        splits = [str(items[i].split) for i in ids]
     vectors_ = np.stack(vectors).astype(np.float32)
     if attributes_for is not None:
         index.add(list(ids), vectors_, labels=labels, splits=splits, attributes=attributes_for(ids))  # type: ignore[call-arg]

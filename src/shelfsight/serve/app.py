@@ -49,7 +49,8 @@ from shelfsight.serve.opening import DEFAULT_MAX_UPLOAD_BYTES, ServiceOptions
 from shelfsight.serve.routes import add_catalogue_routes, add_search_routes, add_service_routes
 from shelfsight.serve.security import LOOPBACK_HOSTS, AccessGuard, ReadAccess
 from shelfsight.serve.service import VisualSearchService
-from shelfsight.serve.text import add_text_routes
+from shelfsight.serve.tagging import add_tag_route
+from shelfsight.serve.text import TextSide, add_text_routes
 
 ENVELOPE_BYTES = 64 * 1024
 """Allowance for the multipart envelope and small form fields on top of the image size limit."""
@@ -144,7 +145,9 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
     add_search_routes(app, settings.max_k, STATUS)
     add_catalogue_routes(app, settings.max_k)
     add_service_routes(app)
-    add_text_routes(app, settings.max_k)  # GET /text, POST /search/text, POST /tag?zero_shot= (text-image models)
+    text_side = TextSide()  # the index's text tower, loaded on first use
+    add_tag_route(app, text_side)  # POST /tag: the head's tags, or zero-shot ones with ?zero_shot=
+    add_text_routes(app, settings.max_k, text_side)  # GET /text, POST /search/text (text-image models)
     return app
 
 

@@ -3,8 +3,9 @@
 The model needs 224 px; a 63-megapixel PNG of 245 KB would otherwise cost about 1 GB to decode and
 convert. Three bounds, so that the memory of a decode is stated, not a property of the upload:
 
-- **Budget**: an image whose *decoded* size is over ``max_pixels`` (default 16 MP, the bench allows 64)
-  is refused from its header, before any pixel is decoded (422). JPEGs are measured after the draft
+- **Budget**: an image whose *decoded* size is over ``max_pixels`` (default ``DEFAULT_DECODE_PIXELS``, 16 MP;
+  extraction's cap is 64 MP, and the constant says why they differ) is refused from its header, before any
+  pixel is decoded (422). JPEGs are measured after the draft
   (the decoder scales by 1/2..1/8 while decoding), so a large JPEG photo is served at a fraction of
   its size; PNG and the other formats decode at full size, so the budget is what bounds them.
 - **Early reduction**: right after decoding, an image whose shorter side is at least twice the model's
@@ -30,7 +31,14 @@ from shelfsight.errors import ImageDecodeError
 from shelfsight.serve.errors import UnreadableImageError, UnsupportedImageError
 
 DEFAULT_DECODE_PIXELS = 16_000_000
-"""The serving budget of decoded pixels per image (a 12-MP phone photo fits; the bench's cap is 64 MP)."""
+"""The serving budget of decoded pixels per image (``--max-decode-megapixels``); a 12-MP phone photo fits.
+
+Lower than extraction's ``catalog.images.DEFAULT_MAX_PIXELS`` (64 MP), which still applies here, to the size in
+the header, on purpose: extraction decodes a catalogue its owner chose, one photo per worker process, and skipping
+a large but genuine photo would lose an item, so its cap only stops decompression bombs; the service decodes
+uploads from anyone, ``DEFAULT_DECODE_CONCURRENCY`` at once, inside a long-running server whose decoding memory
+has a stated bound (concurrency x budget x 8 bytes: 256 MB here, 1 GB at 64 MP). The budget counts pixels after
+the JPEG draft, so large JPEG photos are still served; it bounds PNG and the other formats."""
 DEFAULT_DECODE_CONCURRENCY = 2
 REDUCING_GAP = 2
 """Reduce early only while the shorter side stays at least this many times the resize size (as Pillow's

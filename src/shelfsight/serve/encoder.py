@@ -8,8 +8,9 @@ Two interchangeable paths behind one call, ``encoder(pixels) -> (B, D)`` L2-norm
   inside the graph, ``uint8`` in) and run by ONNX Runtime, several times faster on CPU for a single
   image (see ``benchmarks/serve_load.py``).
 
-:func:`choose_encoder` checks that the two agree on a probe batch and keeps the faster, so ``auto``
-never serves an export whose numbers drifted.
+:func:`choose_encoder` checks that the two agree on a probe batch, by extraction's rule
+(:func:`shelfsight.embeddings.runtimes.agreement_of`: one rule for both, so an export that filled the cache
+can serve and the reverse), and keeps the faster, so ``auto`` never serves an export whose numbers drifted.
 """
 
 from __future__ import annotations
@@ -23,19 +24,15 @@ from typing import Literal, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 
-from shelfsight.backbones import Backbone, Preprocess, build_pixel_transform
-from shelfsight.catalog.images import decode_image
+from shelfsight.backbones import Backbone, Preprocess
 from shelfsight.embeddings.export import EmbeddingModel, ExportError
 from shelfsight.embeddings.export import ensure_onnx as shared_ensure_onnx
 from shelfsight.embeddings.export import export_onnx as shared_export_onnx
-from shelfsight.embeddings.runtimes import OnnxRuntime, prepare_for_inference
+from shelfsight.embeddings.runtimes import OnnxRuntime, agreement_of, prepare_for_inference
 from shelfsight.serve.errors import ServeError
 
 EncoderChoice = Literal["auto", "torch", "onnx"]
-AGREEMENT_TOLERANCE = 1e-4
-"""Largest absolute difference allowed between the ONNX Runtime and PyTorch embeddings (unit vectors)."""
 
 
 class Encoder(Protocol):
@@ -64,19 +61,6 @@ class OnnxEncoder(OnnxRuntime):
     """ONNX Runtime on the CPU over the exported :class:`EmbeddingModel` (``pixels`` uint8 in, ``embedding`` out):
     extraction's runtime, whose idle threads sleep instead of spinning, as a service shares its cores with the
     Milvus Lite process and other requests (one image: 11.5 ms without spinning, 23.6 ms with, on 2 busy cores)."""
-
-
-class Pixels:
-    """A photo file -> ``uint8`` (3, H, W) array, decoded as extraction decodes it (JPEG draft included)."""
-
-    def __init__(self, preprocess: Preprocess, *, draft: bool = True) -> None:
-        self.transform = build_pixel_transform(preprocess)
-        self.draft_size = preprocess.resize_size if draft else None
-
-    def __call__(self, path: str | os.PathLike[str]) -> np.ndarray:
-        """Raises ``ImageDecodeError`` for anything that is not a readable image."""
-        image: Image.Image = decode_image(path, draft_size=self.draft_size)
-        return self.transform(image).numpy()  # type: ignore[no-any-return]
 
 
 # ── ONNX export: shared with extraction (``shelfsight.embeddings.export``) ──────────────────────────
@@ -134,11 +118,13 @@ def choose_encoder(torch_encoder: TorchEncoder, onnx_encoder: OnnxEncoder | None
     """The encoder to serve: the one asked for, or under ``auto`` the faster of two that agree."""
     if choice == "torch" or onnx_encoder is None:
         return torch_encoder, EncoderReport("torch", note="asked for" if choice == "torch" else "no ONNX export")
-    difference = float(np.abs(onnx_encoder(probe) - torch_encoder(probe)).max())
-    if difference > AGREEMENT_TOLERANCE:
+    agreement = agreement_of(onnx_encoder(probe), torch_encoder(probe))  # extraction's rule (runtimes.MAX_ABS_DIFF)
+    difference = agreement.max_abs_diff
+    if not agreement.ok:
         if choice == "onnx":
-            raise ServeError(f"the ONNX export at {onnx_encoder.path} disagrees with PyTorch by {difference:.2e} "
-                             f"(> {AGREEMENT_TOLERANCE:g}); delete it to re-export, or serve with --encoder torch")
+            raise ServeError(f"the ONNX export at {onnx_encoder.path} disagrees with PyTorch "
+                             f"{agreement.describe('probe image(s)')}; delete it to re-export, or serve with "
+                             "--encoder torch")
         return torch_encoder, EncoderReport("torch", max_abs_diff=difference,
                                             note=f"ONNX export disagrees by {difference:.2e}; using PyTorch")
     if choice == "onnx":

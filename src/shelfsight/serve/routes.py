@@ -27,7 +27,6 @@ from shelfsight.serve.schemas import (
     SearchResponse,
     SimilarResponse,
     TagModel,
-    TagResponse,
 )
 from shelfsight.serve.service import SearchOutcome, Tag, VisualSearchService
 from shelfsight.serve.validation import check_label, check_text, parse_metadata, path_id, query_label
@@ -56,7 +55,7 @@ def _item_id(request: Request, item_id: str) -> str:
 
 
 def add_search_routes(app: FastAPI, max_k: int, status_of: dict[type[ServeError], int]) -> None:
-    """``POST /search``, ``POST /search/batch`` and ``POST /tag``."""
+    """``POST /search`` and ``POST /search/batch`` (``POST /tag``: :mod:`shelfsight.serve.tagging`)."""
     K = Annotated[int, Form(ge=1, le=max_k, description="How many results.")]
 
     @app.post("/search", response_model=SearchResponse, tags=["search"])
@@ -85,16 +84,6 @@ def add_search_routes(app: FastAPI, max_k: int, status_of: dict[type[ServeError]
         entries = [_entry(outcome, status_of) for outcome in outcomes]
         return BatchSearchResponse(entries=entries, encoder=svc.encoder.name,
                                    took_ms=(time.perf_counter() - started) * 1000.0)
-
-    @app.post("/tag", response_model=TagResponse, tags=["search"])
-    def tag(request: Request, image: ImageFile,
-            top: Annotated[int, Form(ge=1, le=1000, description="How many classes.")] = 5) -> TagResponse:
-        """Class probabilities from the head (top-tuned, linear probe or class means), most probable first."""
-        svc = current(request)
-        svc.require_tagging()  # before reading the upload
-        with svc.receive(image.file) as path:
-            tags = svc.tag(path, top=top)
-        return TagResponse(tags=[TagModel(**vars(t)) for t in tags], encoder=svc.encoder.name)
 
 
 def _entry(outcome: SearchOutcome | ServeError, status_of: dict[type[ServeError], int]) -> BatchEntry:

@@ -47,7 +47,13 @@ from shelfsight.serve.errors import (
     UploadTooLargeError,
 )
 from shelfsight.serve.indexer import ServedHead
-from shelfsight.serve.manifest import UPLOADS_ROOT, IndexLayout, ServiceManifest, read_manifest
+from shelfsight.serve.manifest import (
+    UPLOADS_ROOT,
+    IndexLayout,
+    ServiceManifest,
+    preprocess_overrides,
+    read_manifest,
+)
 from shelfsight.serve.opening import (
     ServiceOptions,
     check_not_locked,
@@ -129,8 +135,7 @@ class VisualSearchService:
             manifest = manifest.model_copy(update={"milvus": manifest.milvus.model_copy(update={"uri": uri})})
         check_not_locked(layout, manifest)  # before the model loads: a second process fails at once, saying why
         backbone = load_backbone(manifest.model, pretrained=manifest.pretrained, weights=manifest.weights,
-                                 preprocess={k: tuple(v) if isinstance(v, list) else v
-                                             for k, v in manifest.preprocess.items()})
+                                 preprocess=preprocess_overrides(manifest))
         check_weights(layout, manifest, backbone)
         head = open_head(manifest)
         chosen, report = open_encoder(layout, backbone, encoder)

@@ -2,10 +2,11 @@
 
 ``GET /text`` says whether this index can take text (the page shows its text box only then);
 ``POST /search/text`` (form fields ``text``, ``k``, ``category``) finds the photos nearest the text's vector;
-``POST /tag?zero_shot=LABEL,LABEL`` tags an uploaded photo with the labels given in the query, each label's
-vector the prompt ensemble of ``backbones.prompts`` (probabilities: softmax of the model's own logit scale
-times the cosine, over the labels given). Without a text tower, or on an index of top-tuned vectors (a space
-no text tower was trained for), these answer 404 with the reason; empty or over-long text is a 422.
+``POST /tag?zero_shot=LABEL,LABEL`` (:mod:`shelfsight.serve.tagging`) tags an uploaded photo with the labels
+given in the query, each label's vector the prompt ensemble of ``backbones.prompts`` (probabilities: softmax
+of the model's own logit scale times the cosine, over the labels given). Without a text tower, or on an index
+of top-tuned vectors (a space no text tower was trained for), these answer 404 with the reason; empty or over-long
+text is a 422.
 
 The text tower is loaded on first use, from the index's manifest, with the same weights check as the image
 side: a second copy of the model in memory, the price of leaving the image service untouched.
@@ -14,22 +15,19 @@ side: a second copy of the model in memory, the price of leaving the image servi
 import threading
 import time
 from typing import Annotated
-from urllib.parse import parse_qs
 
 import numpy as np
 from fastapi import FastAPI, Form, Request
 from pydantic import BaseModel
-from starlette.routing import Match
-from starlette.types import Scope
 
 from shelfsight.backbones import TextEncoder, get_spec, load_backbone
 from shelfsight.backbones.prompts import DEFAULT_TEMPLATES, class_prompts, class_vectors
 from shelfsight.serve.errors import InvalidItemError, TaggingUnavailableError
-from shelfsight.serve.forms import StrictFormRoute
+from shelfsight.serve.manifest import preprocess_overrides
 from shelfsight.serve.opening import check_weights
 from shelfsight.serve.pipeline import Lookup
-from shelfsight.serve.routes import ImageFile, current
-from shelfsight.serve.schemas import HitModel, SearchResponse, TagModel, TagResponse
+from shelfsight.serve.routes import current
+from shelfsight.serve.schemas import HitModel, SearchResponse
 from shelfsight.serve.service import VisualSearchService
 from shelfsight.serve.validation import check_label, check_text
 
@@ -104,8 +102,7 @@ def _open_text(svc: VisualSearchService) -> tuple[TextEncoder | None, str | None
     if get_spec(manifest.model).has_text_tower is False:
         return None, f"{manifest.model} has no text tower (it embeds images only): use a text-image model"
     backbone = load_backbone(manifest.model, pretrained=manifest.pretrained, weights=manifest.weights,
-                             preprocess={k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in manifest.preprocess.items()})
+                             preprocess=preprocess_overrides(manifest))
     check_weights(svc.layout, manifest, backbone)
     if backbone.text_encoder is None:
         return None, f"{manifest.model} has no text tower (it embeds images only): use a text-image model"
@@ -140,18 +137,8 @@ def tag_probabilities(vector: np.ndarray, labels: np.ndarray, scale: float) -> n
     return exp / exp.sum()  # type: ignore[no-any-return]
 
 
-class ZeroShotTagRoute(StrictFormRoute):
-    """``POST /tag`` only when the query names ``zero_shot``; otherwise the head's ``/tag`` answers."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        return (match, child) if match is not Match.FULL or ZERO_SHOT in query else (Match.NONE, {})
-
-
-def add_text_routes(app: FastAPI, max_k: int) -> None:
-    """``GET /text``, ``POST /search/text`` and the zero-shot ``POST /tag`` (placed ahead of the head's)."""
-    side = TextSide()
+def add_text_routes(app: FastAPI, max_k: int, side: TextSide) -> None:
+    """``GET /text`` and ``POST /search/text`` over ``side``, the index's text tower (zero-shot tags: ``tagging``)."""
     K = Annotated[int, Form(ge=1, le=max_k, description="How many results.")]
 
     @app.get("/text", response_model=TextStatus, tags=["search"])
@@ -172,21 +159,3 @@ def add_text_routes(app: FastAPI, max_k: int) -> None:
         [hits] = svc.search_stage([Lookup(vector, k, wanted or None)])
         return SearchResponse(results=[HitModel(**vars(hit)) for hit in hits], tags=None, encoder=TEXT_ENCODER,
                               took_ms=(time.perf_counter() - started) * 1000.0)
-
-    def tag_zero_shot(request: Request, image: ImageFile,
-                      top: Annotated[int, Form(ge=1, le=MAX_LABELS, description="How many labels.")] = 5,
-                      ) -> TagResponse:
-        """The photo's most likely labels among those given in ``zero_shot`` (no head, no training)."""
-        labels = zero_shot_labels(request.query_params.getlist(ZERO_SHOT))
-        svc = current(request)
-        vectors = side.label_vectors(svc, labels)  # before reading the upload: refused early without a tower
-        with svc.receive(image.file) as path:
-            raw = svc.embed_photo(path).raw
-        probabilities = tag_probabilities(raw, vectors, side.encoder(svc).logit_scale)
-        order = np.argsort(-probabilities, kind="stable")[:top]
-        return TagResponse(tags=[TagModel(label=labels[i], probability=float(probabilities[i])) for i in order],
-                           encoder=svc.encoder.name)
-
-    app.router.add_api_route("/tag", tag_zero_shot, methods=["POST"], response_model=TagResponse, tags=["search"],
-                             route_class_override=ZeroShotTagRoute, include_in_schema=False)
-    app.router.routes.insert(0, app.router.routes.pop())  # ahead of the head's /tag, which it otherwise shadows

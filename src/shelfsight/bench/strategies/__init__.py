@@ -26,11 +26,16 @@ from shelfsight.bench.strategies.base import (
     TIER_NAMES,
     TUNING_RECORD,
     CellRequest,
+    ConfigSection,
+    CostParts,
+    CostQuery,
     Prepared,
+    Sections,
     Strategy,
     StrategyInputs,
     StrategyOutput,
     TunedModel,
+    TuningServices,
     budget_strategy,
     parse_strategy,
     split_budget,
@@ -41,10 +46,11 @@ from shelfsight.catalog import Catalog, classification_for, declared_entry
 
 __all__ = [
     "CLASSIFICATION", "FULL_TRAINING", "HEAD_ONLY", "NO_TRAINING", "REGISTRY", "TIER_NAMES", "TUNING_RECORD",
-    "CellRequest", "ClassificationData", "Prepared", "Strategy", "StrategyInputs", "StrategyOutput", "TunedModel",
-    "baseline", "budget_strategy", "budgeted_names", "carried", "carried_names", "classification_data", "expanding",
-    "get", "is_stochastic", "names", "parse_strategy", "rank", "retrieval_scores", "run_strategy",
-    "seeded_validation", "split_budget", "strategy_of", "tier_of", "train_toptune",
+    "CellRequest", "ClassificationData", "ConfigSection", "CostParts", "CostQuery", "Prepared", "Sections", "Strategy",
+    "StrategyInputs", "StrategyOutput", "TunedModel", "TuningServices", "baseline", "budget_strategy",
+    "budgeted_names", "carried", "carried_names", "classification_data", "config_sections", "expanding", "get",
+    "is_stochastic", "names", "parse_strategy", "rank", "retrieval_scores", "seeded_validation", "split_budget",
+    "strategy_of", "tier_of", "train_toptune",
 ]
 
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (
@@ -90,6 +96,11 @@ def budgeted_names() -> tuple[str, ...]:
     return tuple(s.name for s in REGISTRY.values() if s.budgeted)
 
 
+def config_sections() -> tuple[ConfigSection, ...]:
+    """The config sections the strategies own, in registry order: the bench config's strategy sections."""
+    return tuple(s.section for s in REGISTRY.values() if s.section is not None)
+
+
 def expanding() -> Strategy:
     return next(s for s in REGISTRY.values() if s.expands)
 
@@ -108,10 +119,6 @@ def rank(cell_strategy: str) -> tuple[int, str]:
     """Sort key: plain strategies in registry order, then cross-tuned ones (``toptune@A``) by name."""
     order = list(REGISTRY)
     return (order.index(cell_strategy) if cell_strategy in REGISTRY else len(order), cell_strategy)
-
-
-def run_strategy(cell_strategy: str, inputs: StrategyInputs) -> StrategyOutput:
-    return strategy_of(cell_strategy).run(inputs)
 
 
 def is_stochastic(cell_strategy: str, *, random_init: bool, seeded_validation: bool) -> bool:

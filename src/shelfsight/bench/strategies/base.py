@@ -2,17 +2,20 @@
 
 A ``Strategy`` says its name, its cost tier (no training / head only / full training), whether its
 result depends on the seed, what it reads (the classification splits), what it produces (a tuned
-model another dataset can borrow: cross-tuning), the config section it takes, how the runner prepares
-a cell (a tuned model to evaluate) and how it scores one. Each lives in its own module of this package
-and the registry (``strategies.REGISTRY``) lists them.
+model another dataset can borrow: cross-tuning), the config section it owns and the ones it reads, its cost
+estimate, where label budgets apply, how the runner prepares a cell (a tuned model to evaluate) and how it
+scores one. Each lives in its own module of this package and the registry (``strategies.REGISTRY``) lists them.
+
+Nothing here knows the bench's config or runner: a strategy sees its config sections (validated objects, by
+section name), a ``CellRequest`` whose ``services`` make the tuned models, and ``StrategyInputs``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pandas as pd
 
@@ -27,8 +30,6 @@ if TYPE_CHECKING:
 
     from shelfsight.adapt import MLPHead
     from shelfsight.backbones import Backbone
-    from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry
-    from shelfsight.bench.context import RunContext
 
 NO_TRAINING, HEAD_ONLY, FULL_TRAINING = 0, 1, 2
 TIER_NAMES = {NO_TRAINING: "no training", HEAD_ONLY: "head only", FULL_TRAINING: "full training"}
@@ -37,6 +38,22 @@ TUNING_RECORD = "tuning.json"
 """Costs and details of a top-tuned head, next to it, so cross-tuning can quote them."""
 
 Scores = dict[str, dict[str, float]]
+Sections = Mapping[str, Any]
+"""Config sections by name (``toptune``, ``compress``...): the validated objects a strategy's settings and runs read."""
+CostParts = list[tuple[float, str]]
+"""Seconds and what they are spent on (``"fine-tune 3 epoch(s)..."``), as the run's plan shows them."""
+
+
+@dataclass(frozen=True)
+class ConfigSection:
+    """A strategy's top-level section of the bench config (``toptune:``): its name and the class that validates it
+    (a dataclass or pydantic model whose defaults are the section's). A ``seed`` field is the cell's, never given."""
+
+    name: str
+    model: type[Any]
+    renamed: tuple[tuple[str, str], ...] = ()
+    """(old, new) dotted paths from the config's top level of settings renamed: the old one is refused, naming the
+    new (``("knn_k", "knn.k")``)."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +69,8 @@ class StrategyInputs:
     ks: tuple[int, ...]
     seed: int
     workdir: Path
-    options: dict[str, Any]
+    sections: Sections
+    """The config sections the running strategy reads (``Strategy.sections``)."""
     progress: bool = False
     tuned: TunedModel | None = None
     """For ``finetune`` and cross-tuning cells: the tuned model the runner prepared."""
@@ -111,16 +129,47 @@ class Prepared:
     protocol_tuned: dict[str, tuple[TunedModel, Embeddings]] = field(default_factory=dict)
 
 
+class TuningServices(Protocol):
+    """What a strategy's ``prepare`` and ``carry`` ask of the run (``bench.tuned.TunedModels``): models by their
+    label, datasets by their name; each tuned model made once per run and read back from its work folder."""
+
+    def backbone(self, model: str, seed: int) -> Backbone: ...
+
+    def catalog(self, dataset: str) -> Catalog: ...
+
+    def claim_work(self, cell: Cell, seed: int) -> Path:
+        """The cell's work folder, cleared first when it holds work made from other inputs."""
+        ...
+
+    def toptuned(self, model: str, source: str, seed: int, progress: bool) -> TunedModel: ...
+
+    def finetuned(self, model: str, source: str, seed: int, progress: bool,
+                  budget: int | None = None) -> tuple[TunedModel, Backbone]: ...
+
+    def protocol_finetuned(self, model: str, dataset: str, tuned: TunedModel, seed: int, progress: bool,
+                           budget: int | None = None) -> dict[str, tuple[TunedModel, Embeddings]]: ...
+
+
 @dataclass(frozen=True)
 class CellRequest:
     """One cell as a strategy's ``prepare`` sees it."""
 
-    context: RunContext
+    services: TuningServices
     cell: Cell
-    model: ModelEntry
-    dataset: BenchDataset
     seed: int
     progress: bool
+    workdir: Path
+    sections: Sections
+    """The config sections the strategy reads."""
+
+    @property
+    def model(self) -> str:
+        """The model's label."""
+        return self.cell.model
+
+    @property
+    def dataset(self) -> str:
+        return self.cell.dataset
 
     @property
     def source(self) -> str | None:
@@ -128,8 +177,40 @@ class CellRequest:
         return parse_strategy(self.cell.strategy)[1]
 
 
-def no_settings(config: BenchConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CostQuery:
+    """What a strategy's cost estimate reads (``bench.estimate`` fills it; the generic parts, extraction and
+    scoring, are estimated there)."""
+
+    catalog: Catalog
+    trained_on: Catalog
+    """The catalogue its model learns from: the cell's, or the source's for a cross-tuning cell."""
+    sections: Sections
+    rate: float
+    """Images/s the backbone extracts at 224 px (measured by an earlier run, else derived from its GFLOPs)."""
+    budget: int | None
+    carried: bool
+    """A cross-tuning cell (``toptune@A``): its model is tuned by another cell."""
+    first: bool
+    """The first cell of the plan to need this tuned model (later ones read it back)."""
+
+
+def no_settings(sections: Sections) -> dict[str, Any]:
     return {}
+
+
+def no_cost(query: CostQuery) -> CostParts:
+    return []
+
+
+def train_count(catalog: Catalog) -> int:
+    """Training photos (60 % of the catalogue when it has no training split)."""
+    train = sum(1 for item in catalog.items if item.split == "train")
+    return train or int(len(catalog) * 0.6)
+
+
+def class_count(catalog: Catalog) -> int:
+    return len({item.label for item in catalog.items if item.split == "train"}) or 1
 
 
 @dataclass(frozen=True)
@@ -141,8 +222,16 @@ class Strategy:
     stochastic: bool
     description: str
     run: Callable[[StrategyInputs], StrategyOutput]
-    settings: Callable[[BenchConfig], dict[str, Any]] = no_settings
-    """The config values that decide its numbers (part of every cell's key)."""
+    section: ConfigSection | None = None
+    """The config section it owns (``toptune:``), validated by the config and handed to it."""
+    reads: tuple[str, ...] = ()
+    """Other strategies' sections it reads too (``compress-toptune``: ``compress`` and ``toptune``)."""
+    settings: Callable[[Sections], dict[str, Any]] = no_settings
+    """The config values that decide its numbers (part of every cell's key), from its sections."""
+    estimate: Callable[[CostQuery], CostParts] = no_cost
+    """Its own work's cost (training, fitting, compressing); extraction and scoring are estimated for all."""
+    frozen_embedding: bool = True
+    """Embeds with the frozen backbone (``finetune``: with its tuned one, which its estimate includes)."""
     prepare: Callable[[CellRequest], Prepared] | None = None
     """Builds what a cell evaluates (default: the frozen backbone)."""
     carry: Callable[[CellRequest], Prepared] | None = None
@@ -157,6 +246,17 @@ class Strategy:
     """Expands into ``NAME@SOURCE`` cells of the carried strategies (cross-tuning)."""
     budgeted: bool = False
     """Learns from the training labels, so a label-efficiency curve can limit them (``KIND/N`` cells)."""
+    budget_default: bool = True
+    """For a budgeted strategy: limited by default when the config runs it (``finetune``: costly, named to have it)."""
+    zero_label_reference: bool = False
+    """Learns from no label: the zero-label level of the label-efficiency curves (pretrained, zeroshot)."""
+    budget_compared_with: str | None = None
+    """The strategy its label-budget cells are tested against at each budget (``toptune``: ``linear``)."""
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The config sections it reads: its own, then those it borrows."""
+        return ((self.section.name,) if self.section is not None else ()) + self.reads
 
     @property
     def tier_name(self) -> str:

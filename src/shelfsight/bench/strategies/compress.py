@@ -12,31 +12,59 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shelfsight.bench.strategies.base import NO_TRAINING, Strategy, StrategyInputs, StrategyOutput
-from shelfsight.bench.strategies.compress_scoring import compress_config, compress_protocols
+from shelfsight.bench.strategies import pretrained
+from shelfsight.bench.strategies.base import (
+    NO_TRAINING,
+    ConfigSection,
+    CostParts,
+    CostQuery,
+    Sections,
+    Strategy,
+    StrategyInputs,
+    StrategyOutput,
+)
+from shelfsight.bench.strategies.compress_scoring import compress_protocols
 from shelfsight.catalog import protocols_for
-
-if TYPE_CHECKING:
-    from shelfsight.bench.config import BenchConfig
+from shelfsight.compress import CompressConfig
 
 NAME = "compress"
+IDENTITY_NAMES = {"depth": "k", "uri": "milvus_uri"}
+"""Settings renamed since cells were first keyed, under their first names in the key so stored cells stay valid."""
+SECTION = ConfigSection(NAME, CompressConfig, renamed=tuple((f"{NAME}.{old}", f"{NAME}.{new}")
+                                                            for new, old in IDENTITY_NAMES.items()))
+"""Methods and measurement of the ``compress`` strategies (``compress.CompressConfig``)."""
+COMPRESS_SECONDS = 1e-3
+"""Seconds per catalogue item per compression method (fit, build, search, measure; all protocols)."""
 
 
 def run(inputs: StrategyInputs) -> StrategyOutput:
-    config = compress_config(inputs, NAME)
+    config = section(inputs.sections)
     protocols = [(protocol, inputs.embeddings) for protocol in protocols_for(inputs.dataset, inputs.catalog)]
     scores, details, per_query = compress_protocols(inputs, protocols, config)
-    details["compressed"] = "pretrained"
+    details["compressed"] = pretrained.NAME
     return StrategyOutput(scores, {}, details, per_query)
 
 
-def settings(config: BenchConfig) -> dict[str, Any]:
+def section(sections: Sections) -> CompressConfig:
+    value = sections[SECTION.name]
+    assert isinstance(value, CompressConfig)
+    return value
+
+
+def settings(sections: Sections) -> dict[str, Any]:
     """The ``compress:`` section: methods, depth, throughput sample, index parameters."""
-    return {"compress": json.loads(json.dumps(dataclasses.asdict(config.compress)))}
+    values = json.loads(json.dumps(dataclasses.asdict(section(sections))))
+    return {SECTION.name: {IDENTITY_NAMES.get(name, name): value for name, value in values.items()}}
 
 
-STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, settings=settings,
+def estimate(query: CostQuery) -> CostParts:
+    methods = len(section(query.sections).methods)
+    return [(methods * len(query.catalog) * COMPRESS_SECONDS, f"{methods} compression methods")]
+
+
+STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, section=SECTION, settings=settings,
+                    estimate=estimate,
                     description="the frozen embedding compressed (PCA, int8, PQ, binary, Milvus SQ indexes): "
                                 "quality kept against bytes per item and speed")

@@ -4,7 +4,7 @@ Per protocol the gallery and queries come from the embeddings the strategy chose
 each method is fitted on items disjoint from the queries it is scored on (``compress.fit_plan``: the gallery,
 else the protocol's training items, else a 2-fold cross-fit, so on leave-one-out protocols no query is ever
 scored by a compression that learnt from it), searched with every query, and scored with the bench's metrics
-at the ``compress.k`` depth. Results go where the rest of shelfsight reads them:
+at the ``compress.depth`` depth. Results go where the rest of shelfsight reads them:
 
 - ``scores[protocol]["METHOD/METRIC"]``: mMP@k and R@k of each method (with per-query columns of the same
   names, so the results table gives them bootstrap intervals), ``METHOD/recall@k`` against exact float
@@ -58,13 +58,6 @@ COST_COLUMNS = ("bytes_per_item", "rerank_bytes_per_item", "index_bytes", "memor
 """Every method's cost columns, in the table's order (NaN where unknown, e.g. Milvus Lite's memory)."""
 
 
-def compress_config(inputs: StrategyInputs, name: str) -> CompressConfig:
-    """The ``compress:`` section as the strategy's settings carried it (lists back to tuples)."""
-    options: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
-               for key, value in inputs.options.get(name, {}).get("compress", {}).items()}
-    return CompressConfig(**options)
-
-
 def methods_of(config: CompressConfig) -> list[CompressionMethod]:
     """The configured methods, the ``float`` reference first (added when missing: ratios are taken to it)."""
     methods = config.parsed()
@@ -76,7 +69,7 @@ def compress_protocols(inputs: StrategyInputs, protocols: list[tuple[RetrievalPr
                        config: CompressConfig) -> tuple[Scores, dict[str, Any], pd.DataFrame]:
     """Scores, the ``compression`` details and the per-query table of every method on every protocol."""
     methods = methods_of(config)
-    place = MilvusPlace(uri=config.milvus_uri) if config.milvus_uri else MilvusPlace(inputs.workdir / "milvus.db")
+    place = MilvusPlace(uri=config.uri) if config.uri else MilvusPlace(inputs.workdir / "milvus.db")
     projections, runs = Projections(), _RunCache()
     scores: Scores = {}
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -86,8 +79,8 @@ def compress_protocols(inputs: StrategyInputs, protocols: list[tuple[RetrievalPr
         data = split_for(protocol, inputs.catalog, embeddings)
         plan = protocol_fit_plan(protocol, inputs.catalog, data, embeddings)
         whole, folds = _sides(data, protocol, embeddings, plan)
-        reference = _exact(data, protocol, config.k)
-        ks = tuple(k for k in inputs.ks if k <= config.k)
+        reference = _exact(data, protocol, config.depth)
+        ks = tuple(k for k in inputs.ks if k <= config.depth)
         prefix = f"{inputs.collection_prefix}_{protocol.name}"
         scored = [_score_method(method, _merged([runs.get(method, side, config, projections, place,
                                                           f"{prefix}_{method.name}")

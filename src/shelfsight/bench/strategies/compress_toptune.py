@@ -9,17 +9,22 @@ classes the head saw is left out, with the reason in the details.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shelfsight.bench.leakage import leaks
 from shelfsight.bench.strategies import compress, toptune
-from shelfsight.bench.strategies.base import HEAD_ONLY, CellRequest, Prepared, Strategy, StrategyInputs, StrategyOutput
-from shelfsight.bench.strategies.compress_scoring import compress_config, compress_protocols
+from shelfsight.bench.strategies.base import (
+    HEAD_ONLY,
+    CellRequest,
+    Prepared,
+    Sections,
+    Strategy,
+    StrategyInputs,
+    StrategyOutput,
+)
+from shelfsight.bench.strategies.compress_scoring import compress_protocols
 from shelfsight.bench.strategies.scoring import require_tuned
 from shelfsight.catalog import protocols_for
-
-if TYPE_CHECKING:
-    from shelfsight.bench.config import BenchConfig
 
 NAME = "compress-toptune"
 
@@ -37,23 +42,24 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
             left_out[protocol.name] = "the head was trained on this class-disjoint protocol's classes"
         else:
             protocols.append((protocol, embeddings))
-    scores, details, per_query = compress_protocols(inputs, protocols, compress_config(inputs, NAME))
-    details.update({"compressed": "toptune", "head": str(tuned.path), "left_out": left_out,
+    scores, details, per_query = compress_protocols(inputs, protocols, compress.section(inputs.sections))
+    details.update({"compressed": toptune.NAME, "head": str(tuned.path), "left_out": left_out,
                     "best_params": tuned.details.get("best_params")})
     return StrategyOutput(scores, {"embed_dim": float(embeddings.dim)}, details, per_query)
 
 
 def prepare(request: CellRequest) -> Prepared:
     """The head of this model's ``toptune`` cell on this dataset and seed."""
-    context = request.context
-    tuned = context.toptuned(request.model, request.dataset.name, request.seed, request.progress)
-    return Prepared(context.backbone(request.model, request.seed), tuned)
+    services = request.services
+    tuned = services.toptuned(request.model, request.dataset, request.seed, request.progress)
+    return Prepared(services.backbone(request.model, request.seed), tuned)
 
 
-def settings(config: BenchConfig) -> dict[str, Any]:
+def settings(sections: Sections) -> dict[str, Any]:
     """The ``compress:`` section and the top-tuning budget that makes the head."""
-    return {**compress.settings(config), "toptune": toptune.settings(config)}
+    return {**compress.settings(sections), toptune.SECTION.name: toptune.settings(sections)}
 
 
-STRATEGY = Strategy(NAME, tier=HEAD_ONLY, stochastic=True, run=run, settings=settings, prepare=prepare,
+STRATEGY = Strategy(NAME, tier=HEAD_ONLY, stochastic=True, run=run, reads=(compress.SECTION.name, toptune.SECTION.name),
+                    settings=settings, estimate=compress.estimate, prepare=prepare,
                     description="the top-tuned embedding compressed by the compress methods")

@@ -47,11 +47,9 @@ def evaluate(inputs: StrategyInputs, kind: str, source: str) -> StrategyOutput:
         raise ValueError(f"cell {kind}@{source} was handed a model tuned on {tuned.dataset}")
     embeddings = inputs.embeddings
     costs = dict(tuned.costs)
-    if tuned.kind == "toptune":
-        if tuned.head is None:
-            raise ValueError(f"{tuned.path}: a top-tuned model without its head")
+    if tuned.head is not None:  # a head carried across embeds the frozen embeddings (a tuned backbone made them)
         embeddings = replace(embeddings, vectors=embed_with_head(tuned.head, embeddings.vectors),
-                             key=f"{embeddings.key}:toptune@{source}:{inputs.collection_prefix}")
+                             key=f"{embeddings.key}:{tuned.kind}@{source}:{inputs.collection_prefix}")
         costs.update({"embed_dim": float(embeddings.dim), "index_bytes": float(embeddings.vectors.nbytes)})
     learned = tuned.learned_from if source == inputs.dataset else ()
     scores, details, frames = retrieval_scores(

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from shelfsight.bench.strategies.base import CLASSIFICATION, NO_TRAINING, Strategy, StrategyInputs, StrategyOutput
+from shelfsight.bench.strategies.base import (
+    CLASSIFICATION,
+    NO_TRAINING,
+    ConfigSection,
+    Sections,
+    Strategy,
+    StrategyInputs,
+    StrategyOutput,
+)
 from shelfsight.bench.strategies.scoring import classification_data, classification_scores
 
-if TYPE_CHECKING:
-    from shelfsight.bench.config import BenchConfig
-
 NAME = "knn"
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    """The ``knn:`` section of a bench config."""
+
+    k: int = 5
+    """Neighbours in the vote (fewer on a small label budget: ``neighbours``)."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"knn.k must be at least 1, got {self.k}")
+
+
+SECTION = ConfigSection(NAME, KnnConfig, renamed=(("knn_k", f"{NAME}.k"),))
 
 
 def run(inputs: StrategyInputs) -> StrategyOutput:
@@ -19,7 +40,7 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
 
     data = classification_data(inputs)
     started = time.perf_counter()
-    k = neighbours(int(inputs.options.get(NAME, {}).get("k", 5)), inputs.label_budget)
+    k = neighbours(section(inputs.sections).k, inputs.label_budget)
     model = knn_classifier(data.x_train, data.y_train, k=k)
     fit_seconds = time.perf_counter() - started
     details: dict[str, Any] = {"train": len(data.y_train), "test": len(data.y_test), "classes": len(data.classes),
@@ -41,9 +62,16 @@ BUDGET_VOTE = "odd, at most the label budget"
 """How ``neighbours`` sizes the vote on a label budget (in the settings, so a change recomputes kNN cells)."""
 
 
-def settings(config: BenchConfig) -> dict[str, Any]:
-    return {"k": config.knn_k, "budget_vote": BUDGET_VOTE}
+def section(sections: Sections) -> KnnConfig:
+    value = sections[SECTION.name]
+    assert isinstance(value, KnnConfig)
+    return value
 
 
-STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, settings=settings, classifies=True,
+def settings(sections: Sections) -> dict[str, Any]:
+    return {"k": section(sections).k, "budget_vote": BUDGET_VOTE}
+
+
+STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, section=SECTION, settings=settings,
+                    classifies=True,
                     budgeted=True, description="k-nearest-neighbour vote of the frozen training embeddings")

@@ -5,19 +5,27 @@ serves (``adapt.heads.LinearHead``)."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shelfsight.adapt.heads import logistic_head, save_linear_head
-from shelfsight.bench.strategies.base import CLASSIFICATION, HEAD_ONLY, Strategy, StrategyInputs, StrategyOutput
+from shelfsight.bench.strategies.base import (
+    CLASSIFICATION,
+    HEAD_ONLY,
+    CostParts,
+    CostQuery,
+    Sections,
+    Strategy,
+    StrategyInputs,
+    StrategyOutput,
+)
 from shelfsight.bench.strategies.scoring import ClassificationData, classification_data, classification_scores
-
-if TYPE_CHECKING:
-    from shelfsight.bench.config import BenchConfig
 
 NAME = "linear"
 HEAD_FOLDER = "head"
 """Under the cell's work folder, as a top-tuned cell's head."""
 C_GRID = (1.0, 10.0, 100.0)
+FIT_SECONDS = 2e-3
+"""Seconds per catalogue item to fit the probe for every C of the grid (the plan's estimate)."""
 
 
 def run(inputs: StrategyInputs) -> StrategyOutput:
@@ -47,9 +55,14 @@ def fit(data: ClassificationData, seed: int) -> tuple[Any, float]:
     return fitted[best_c], best_c
 
 
-def settings(config: BenchConfig) -> dict[str, Any]:
+def settings(sections: Sections) -> dict[str, Any]:
     return {"C_grid": list(C_GRID)}
 
 
-STRATEGY = Strategy(NAME, tier=HEAD_ONLY, stochastic=False, run=run, settings=settings, classifies=True,
+def estimate(query: CostQuery) -> CostParts:
+    return [(len(query.catalog) * FIT_SECONDS, "logistic regression")]
+
+
+STRATEGY = Strategy(NAME, tier=HEAD_ONLY, stochastic=False, run=run, settings=settings, estimate=estimate,
+                    classifies=True,
                     budgeted=True, description="logistic-regression probe on the frozen embedding")

@@ -8,16 +8,20 @@ folder (``RUN/work/CELL_ID/head``), which ``shelfsight index --head`` serves."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from shelfsight.adapt.heads import ncm_head, save_linear_head
-from shelfsight.bench.strategies.base import CLASSIFICATION, NO_TRAINING, Strategy, StrategyInputs, StrategyOutput
+from shelfsight.bench.strategies.base import (
+    CLASSIFICATION,
+    NO_TRAINING,
+    Sections,
+    Strategy,
+    StrategyInputs,
+    StrategyOutput,
+)
 from shelfsight.bench.strategies.scoring import classification_data, classification_scores, training_counts
-
-if TYPE_CHECKING:
-    from shelfsight.bench.config import BenchConfig
 
 NAME = "ncm"
 HEAD_FOLDER = "head"
@@ -55,7 +59,7 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
     return StrategyOutput({CLASSIFICATION: scores}, {"tune_seconds": fit_seconds}, details, per_item)
 
 
-def settings(config: BenchConfig) -> dict[str, Any]:
+def settings(sections: Sections) -> dict[str, Any]:
     return {"learns_from": LEARNS_FROM}
 
 

@@ -13,5 +13,5 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
     return StrategyOutput(scores, {}, details, per_query_table(frames))
 
 
-STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, baseline=True,
+STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, baseline=True, zero_label_reference=True,
                     description="the frozen embedding, for retrieval")

@@ -10,17 +10,25 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from shelfsight.adapt.toptune import TopTuneConfig, planned_trials
 from shelfsight.bench.leakage import leaks, training_splits
 from shelfsight.bench.strategies.base import (
     CLASSIFICATION,
     HEAD_ONLY,
     TUNING_RECORD,
     CellRequest,
+    ConfigSection,
+    CostParts,
+    CostQuery,
     Prepared,
+    Sections,
     Strategy,
     StrategyInputs,
     StrategyOutput,
+    class_count,
+    train_count,
 )
+from shelfsight.bench.strategies.linear import NAME as LINEAR
 from shelfsight.bench.strategies.scoring import (
     ClassificationData,
     classification_data,
@@ -34,16 +42,22 @@ from shelfsight.protocols import RetrievalProtocol
 
 if TYPE_CHECKING:
     from shelfsight.adapt import TopTuneResult
-    from shelfsight.bench.config import BenchConfig
 
 NAME = "toptune"
+SECTION = ConfigSection(NAME, TopTuneConfig)
+"""Top-tuning budget and search space (``adapt.TopTuneConfig``: the paper's 20 trials x 30 epochs x 2 repeats,
+up to 1000 final epochs); the seed is the cell's."""
+HEAD_SECONDS = 5e-5
+"""Seconds per training photo per epoch of a top-tuning head (one thread, 1,280-d, two layers of 512)."""
+FINAL_EPOCHS = 80
+"""Epochs the final head usually trains before early stopping stops it."""
 
 
 def train_toptune(inputs: StrategyInputs, protocol: RetrievalProtocol | None = None
                   ) -> tuple[ClassificationData, TopTuneResult, dict[str, float]]:
     """Search and train the head on the cell's embeddings and save it with its costs in ``workdir`` (for a
     class-disjoint ``protocol``: on its training items, in ``workdir/<protocol>``)."""
-    from shelfsight.adapt import TopTuneConfig, save_head, toptune
+    from shelfsight.adapt import save_head, toptune
     from shelfsight.bench.leakage import training_catalog
 
     if protocol is None:
@@ -51,9 +65,7 @@ def train_toptune(inputs: StrategyInputs, protocol: RetrievalProtocol | None = N
     else:
         data = classification_data(inputs, training_splits(protocol), training_catalog(protocol, inputs.catalog))
         workdir, study = inputs.workdir / protocol.name, f"{inputs.collection_prefix}_{protocol.name}"
-    options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
-                               for k, v in inputs.options.get(NAME, {}).items()}
-    config = TopTuneConfig(**{**options, "seed": inputs.seed})
+    config = replace(section(inputs.sections), seed=inputs.seed)
     workdir.mkdir(parents=True, exist_ok=True)
     result = toptune(data.x_train, data.y_train, data.x_val, data.y_val, config=config,
                      storage=workdir / "study.db", study_name=study, progress=inputs.progress)
@@ -100,29 +112,46 @@ def run(inputs: StrategyInputs) -> StrategyOutput:
                           per_query_table([per_item, *frames]))
 
 
+def section(sections: Sections) -> TopTuneConfig:
+    value = sections[SECTION.name]
+    assert isinstance(value, TopTuneConfig)
+    return value
+
+
 def prepare(request: CellRequest) -> Prepared:
     """The cell's work folder holds its study and head: cleared first when made from other inputs."""
-    context = request.context
-    context.claim(context.run_dir / "work" / request.cell.cell_id,
-                  context.tuning_inputs(request.model, request.dataset.name, request.cell.strategy, request.seed),
-                  request.cell)
-    return Prepared(context.backbone(request.model, request.seed))
+    request.services.claim_work(request.cell, request.seed)
+    return Prepared(request.services.backbone(request.model, request.seed))
 
 
 def carry(request: CellRequest) -> Prepared:
     """The head tuned on ``request.source``, applied to this dataset's frozen embeddings."""
     assert request.source is not None
-    context = request.context
-    tuned = context.toptuned(request.model, request.source, request.seed, request.progress)
-    return Prepared(context.backbone(request.model, request.seed), tuned)
+    services = request.services
+    tuned = services.toptuned(request.model, request.source, request.seed, request.progress)
+    return Prepared(services.backbone(request.model, request.seed), tuned)
 
 
-def settings(config: BenchConfig) -> dict[str, Any]:
+def settings(sections: Sections) -> dict[str, Any]:
     """The search budget and space; the seed is the cell's."""
-    values = json.loads(json.dumps(dataclasses.asdict(config.toptune)))
+    values = json.loads(json.dumps(dataclasses.asdict(section(sections))))
     return {name: value for name, value in values.items() if name != "seed"}
 
 
-STRATEGY = Strategy(NAME, tier=HEAD_ONLY, stochastic=True, run=run, settings=settings, prepare=prepare, carry=carry,
-                    classifies=True, budgeted=True, adaptation=True,
+def estimate(query: CostQuery) -> CostParts:
+    """Trials x epochs x training photos of the search, and the final head's epochs (a carried head is read back)."""
+    if query.carried:
+        return []
+    config = section(query.sections)
+    train = train_count(query.catalog)
+    if query.budget is not None:
+        train = min(train, query.budget * class_count(query.catalog))
+    trials = planned_trials(config, train)
+    epochs = trials * config.trial_epochs * config.trial_repeats + FINAL_EPOCHS
+    return [(epochs * train * HEAD_SECONDS, f"{trials} trials x {config.trial_epochs} epochs + final head")]
+
+
+STRATEGY = Strategy(NAME, tier=HEAD_ONLY, stochastic=True, run=run, section=SECTION, settings=settings,
+                    estimate=estimate, prepare=prepare, carry=carry, classifies=True, budgeted=True, adaptation=True,
+                    budget_compared_with=LINEAR,
                     description="an MLP head searched with Optuna on the frozen embedding (the paper's top-tuning)")

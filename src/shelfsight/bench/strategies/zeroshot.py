@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,9 @@ from shelfsight.bench.strategies.base import (
     CLASSIFICATION,
     NO_TRAINING,
     CellRequest,
+    ConfigSection,
     Prepared,
+    Sections,
     Strategy,
     StrategyInputs,
     StrategyOutput,
@@ -46,9 +48,6 @@ from shelfsight.bench.strategies.scoring import (
 from shelfsight.catalog import Catalog, grocery
 from shelfsight.metrics import full_ranking_average_precision, retrieval_report
 from shelfsight.search import ExactIndex, SearchResult, recall_against_exact
-
-if TYPE_CHECKING:
-    from shelfsight.bench.config import BenchConfig
 
 NAME = "zeroshot"
 TEXT_PROTOCOL = "text-to-image"
@@ -79,9 +78,18 @@ class ClassText:
     description: str | None = None
 
 
-def settings(config: BenchConfig) -> dict[str, Any]:
+SECTION = ConfigSection(NAME, ZeroShotConfig)
+
+
+def section(sections: Sections) -> ZeroShotConfig:
+    value = sections[SECTION.name]
+    assert isinstance(value, ZeroShotConfig)
+    return value
+
+
+def settings(sections: Sections) -> dict[str, Any]:
     """What decides the numbers: the templates, whether descriptions are used, the class-text files' content."""
-    zeroshot = config.zeroshot
+    zeroshot = section(sections)
     files = {dataset: _file_digest(Path(path)) for dataset, path in sorted(zeroshot.class_texts.items())}
     return {"templates": list(zeroshot.templates), "descriptions": zeroshot.descriptions, "class_texts": files}
 
@@ -120,17 +128,16 @@ def read_class_texts(path: Path) -> dict[str, ClassText]:
 
 def prepare(request: CellRequest) -> Prepared:
     """Encode every class's prompts with the cell's backbone's text tower (refused without one)."""
-    context = request.context
-    backbone = context.backbone(request.model, request.seed)
-    text = require_text_encoder(backbone.text_encoder, request.model.label, "the zeroshot strategy")
-    config = context.config.zeroshot
-    texts = class_texts(request.dataset.name, context.catalog(request.dataset), config)
+    backbone = request.services.backbone(request.model, request.seed)
+    text = require_text_encoder(backbone.text_encoder, request.model, "the zeroshot strategy")
+    config = section(request.sections)
+    texts = class_texts(request.dataset, request.services.catalog(request.dataset), config)
     labels = sorted(texts)
     prompts = [class_prompts(texts[label].name, config.templates, texts[label].description) for label in labels]
     started = time.perf_counter()
     vectors = class_vectors(text, prompts)
     seconds = time.perf_counter() - started
-    workdir = context.run_dir / "work" / request.cell.cell_id
+    workdir = request.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / PROMPTS_FILE).write_text(json.dumps(dict(zip(labels, prompts, strict=True)), indent=1),
                                         encoding="utf-8")
@@ -138,7 +145,7 @@ def prepare(request: CellRequest) -> Prepared:
              "text_params_m": max(text.num_parameters - backbone.num_parameters, 0) / 1e6}
     details = {"weights": backbone.weights_id, "templates": list(config.templates), "prompts_file": PROMPTS_FILE,
                "classes_with_description": sum(texts[label].description is not None for label in labels)}
-    tuned = TunedModel(kind=NAME, dataset=request.dataset.name, path=workdir, costs=costs, details=details,
+    tuned = TunedModel(kind=NAME, dataset=request.dataset, path=workdir, costs=costs, details=details,
                        class_weights=torch.from_numpy(vectors), classes=tuple(labels))
     return Prepared(backbone, tuned=tuned)
 
@@ -214,6 +221,6 @@ def _search(inputs: StrategyInputs, ids: list[str], gallery: np.ndarray, keys: n
             index.close()
 
 
-STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, settings=settings, prepare=prepare,
-                    classifies=True,
+STRATEGY = Strategy(NAME, tier=NO_TRAINING, stochastic=False, run=run, section=SECTION, settings=settings,
+                    prepare=prepare, classifies=True, zero_label_reference=True,
                     description="zero-shot tagging and text-to-image search with the text tower (prompt ensembling)")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from shelfsight.bench import strategies as registry
 from shelfsight.bench.strategies import compress, compress_toptune
 from shelfsight.report.analysis import pareto_front
 from shelfsight.report.data import RunData
@@ -27,7 +28,7 @@ from shelfsight.report.images import png_uri
 if TYPE_CHECKING:
     from shelfsight.report.sections import Section
 
-STRATEGIES = {compress.NAME: "pretrained", compress_toptune.NAME: "top-tuned"}
+STRATEGIES = {compress.NAME: registry.baseline().name, compress_toptune.NAME: "top-tuned"}
 """The strategies whose cells this section reads, and the embedding each compresses."""
 FLOAT = "float"
 METRICS = ("mMP@5", "R@1")

@@ -16,7 +16,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shelfsight.report.data import RunData, main_protocol
+from shelfsight.bench.table import main_protocol
+from shelfsight.report.data import RunData
 from shelfsight.report.images import Thumbnails
 
 if TYPE_CHECKING:

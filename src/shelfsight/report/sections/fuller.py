@@ -81,7 +81,7 @@ def config_additions(run: RunData, missing: list[str]) -> dict[str, Any]:
     if "compression" in missing:
         extra = [registry.compress.NAME] + ([registry.compress_toptune.NAME] if registry.toptune.NAME in names else [])
         additions["strategies"] = [_compact(entry) for entry in run.config.get("strategies") or []] + extra
-        additions["compress"] = {"methods": list(METHODS)}
+        additions[registry.compress.NAME] = {"methods": list(METHODS)}
     budgets = label_budgets(run)
     if "label-budgets" in missing and len(budgets) >= 2:  # one budget and ``all`` draw no curve
         additions["label_budgets"] = {"budgets": [*budgets, "all"], "subsets": SUBSETS}

@@ -11,12 +11,13 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from shelfsight.bench import strategies as registry
 from shelfsight.report.data import RunData
 
 if TYPE_CHECKING:
     from shelfsight.report.sections import Section
 
-BASELINE = "pretrained"
+BASELINE = registry.baseline().name
 """The cells read: the frozen embedding's, one per model, whose neighbours show what a shoot shares."""
 
 

@@ -49,11 +49,11 @@ def build(run: RunData) -> Section | None:
         return None
     rows = [(c.cell.model, c.cell.dataset, *verdict(c)) for c in sorted(cells, key=lambda c: c.cell.cell_id)]
     if not rows:
-        rows = [("-", "-", NOT_MEASURED, NOT_MEASURED, f"{NOT_MEASURED}: no zeroshot cell has run")]
+        rows = [("-", "-", NOT_MEASURED, NOT_MEASURED, f"{NOT_MEASURED}: no {NAME} cell has run")]
     header = ("model", "dataset", "accuracy", "text-to-image mMP@5", "note")
     html = [f"<p>{escape(LEAD)}</p>", "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"]
     html += ["<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>" for row in rows]
     html.append("</table>")
     markdown = [LEAD, "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     markdown += ["| " + " | ".join(str(v).replace("|", "/") for v in row) + " |" for row in rows]
-    return Section("zeroshot", "Zero-shot tagging and text search", "\n".join(html), "\n".join(markdown))
+    return Section(NAME, "Zero-shot tagging and text search", "\n".join(html), "\n".join(markdown))

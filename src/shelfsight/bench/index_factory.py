@@ -1,0 +1,37 @@
+"""The vector index each cell's protocols are scored in, as the config's ``index:`` section says, and the
+collection names that keep cells apart in one Milvus database."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from shelfsight.bench.config import IndexConfig
+from shelfsight.bench.evaluate import IndexFactory
+from shelfsight.bench.results import Cell
+from shelfsight.search import VectorIndex, open_index
+
+MILVUS_LITE_FILE = "milvus.db"
+"""Milvus Lite's database, in the run folder."""
+
+
+def index_factory(index: IndexConfig, run_dir: Path) -> IndexFactory:
+    """``make(collection, dim)``: a fresh index of the configured backend (Milvus Lite in the run folder)."""
+
+    def make(collection: str, dim: int) -> VectorIndex:
+        if index.backend == "exact":
+            return open_index("exact")
+        if index.backend == "faiss":
+            return open_index("faiss", dim=dim)
+        common = {"collection": collection, "dim": dim, "index_type": index.type, "overwrite": True,
+                  **index.params}
+        if index.backend == "milvus-lite":
+            return open_index("milvus-lite", path=run_dir / MILVUS_LITE_FILE, **common)
+        return open_index("milvus", uri=index.uri, token=index.token or "", **common)
+
+    return make
+
+
+def collection_name(cell: Cell) -> str:
+    """Milvus collection names: letters, digits and underscores, starting with a letter."""
+    return "c_" + re.sub(r"[^A-Za-z0-9_]", "_", cell.cell_id)[:180]
