@@ -16,6 +16,7 @@ from shelfsight.bench.strategies import (
     ncm,
     pretrained,
     toptune,
+    whiten,
     zeroshot,
 )
 from shelfsight.bench.strategies.base import (
@@ -54,7 +55,9 @@ __all__ = [
 ]
 
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (
-    pretrained.STRATEGY, zeroshot.STRATEGY, knn.STRATEGY, ncm.STRATEGY, linear.STRATEGY, toptune.STRATEGY,
+    pretrained.STRATEGY,
+    whiten.STRATEGY,  # no training either: after the frozen embedding it adapts
+    zeroshot.STRATEGY, knn.STRATEGY, ncm.STRATEGY, linear.STRATEGY, toptune.STRATEGY,
     finetune.STRATEGY, crosstune.STRATEGY,
     compress.STRATEGY, compress_toptune.STRATEGY,
 )}

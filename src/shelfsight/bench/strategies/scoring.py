@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from shelfsight.adapt.splits import at_most_per_class, labelled_splits
-from shelfsight.bench.evaluate import evaluate_protocol
+from shelfsight.bench.evaluate import ProtocolScores, evaluate_protocol
 from shelfsight.bench.leakage import require_unseen
 from shelfsight.bench.strategies.base import CLASSIFICATION, Scores, StrategyInputs, TunedModel
 from shelfsight.catalog import Catalog, protocols_for
@@ -46,15 +46,22 @@ def retrieval_scores(inputs: StrategyInputs, tuned: dict[str, tuple[Embeddings, 
     frames: Frames = []
     for protocol in scored_protocols(inputs):
         embeddings, learned_from = tuned.get(protocol.name, (default or inputs.embeddings, ()))
-        require_unseen(protocol, inputs.catalog, inputs.dataset, learned_from,
-                       f"the model of cell {inputs.collection_prefix}")
-        result = evaluate_protocol(
-            protocol, inputs.catalog, embeddings, make_index=inputs.make_index, k=inputs.k, ks=inputs.ks,
-            collection=f"{inputs.collection_prefix}_{protocol.name}", keep_collection=inputs.keep_collections,
-            dedupe=inputs.dedupe, same_group=inputs.same_group)
+        result = score_protocol(inputs, protocol, embeddings, learned_from)
         scores[protocol.name], details[protocol.name] = result.metrics, result.details
         frames.append(result.per_query.assign(protocol=protocol.name))
     return scores, details, frames
+
+
+def score_protocol(inputs: StrategyInputs, protocol: RetrievalProtocol, embeddings: Embeddings,
+                   learned_from: tuple[str, ...], suffix: str = "") -> ProtocolScores:
+    """One protocol scored in ``embeddings``, after checking that what made them (``learned_from``: the ids it
+    learnt from) saw none of a class-disjoint protocol's evaluated items; ``suffix`` keeps collections apart."""
+    require_unseen(protocol, inputs.catalog, inputs.dataset, learned_from,
+                   f"the model of cell {inputs.collection_prefix}")
+    return evaluate_protocol(
+        protocol, inputs.catalog, embeddings, make_index=inputs.make_index, k=inputs.k, ks=inputs.ks,
+        collection=f"{inputs.collection_prefix}_{protocol.name}{suffix}", keep_collection=inputs.keep_collections,
+        dedupe=inputs.dedupe, same_group=inputs.same_group)
 
 
 def scored_protocols(inputs: StrategyInputs) -> list[RetrievalProtocol]:
