@@ -50,6 +50,7 @@ from shelfsight.embeddings import Embeddings, embed_catalog
 from shelfsight.embeddings.digests import MISSING, DigestMemo
 from shelfsight.protocols import RetrievalProtocol
 from shelfsight.search import VectorIndex, open_index
+from shelfsight.search.milvus_config import index_options
 
 WORK_KEY = ".inputs-key"
 """In a work folder (a top-tuning study, a fine-tuned backbone): the key of the inputs it was made from."""
@@ -345,7 +346,7 @@ class RunContext:
             if index.backend == "faiss":
                 return open_index("faiss", dim=dim)
             common = {"collection": collection, "dim": dim, "index_type": index.type, "overwrite": True,
-                      **index.params}
+                      "build_timeout": index.build_timeout, **index_options(index.type, index.params, dim)}
             if index.backend == "milvus-lite":
                 return open_index("milvus-lite", path=self.run_dir / "milvus.db", **common)
             return open_index("milvus", uri=index.uri, token=index.token or "", **common)
