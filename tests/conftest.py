@@ -239,6 +239,9 @@ def copy_tree(tmp_path: Path):  # type: ignore[no-untyped-def]
     return copy
 
 
+# ── a real Milvus 2.3.5 standalone server for the session (tests/milvus_server.py) ─────────────
+from milvus_server import milvus_standalone  # noqa: E402, F401 - a fixture, registered by import
+
 # ── a real `milvus-lite server` process, for tests that need a network server ───────────────
 
 

@@ -17,6 +17,13 @@ from shelfsight.search import ExactIndex, MilvusIndex
 from shelfsight.search.bulk import bulk_index
 
 
+@pytest.fixture(params=["milvus-lite server", "milvus 2.3.5"])
+def any_server(request: pytest.FixtureRequest) -> str:
+    """The URI of a `milvus-lite server` process, then of a real Milvus 2.3.5 standalone server."""
+    return str(request.getfixturevalue("milvus_server" if request.param.startswith("milvus-lite")
+                                       else "milvus_standalone"))
+
+
 def _unit(n: int, dim: int, seed: int) -> np.ndarray:
     vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -66,9 +73,9 @@ def test_an_interrupted_bulk_load_is_finished_by_running_it_again(tmp_path: Path
         assert len(index) == 120
 
 
-@pytest.mark.slow  # a server process and a real embedding run: ~35 s
+@pytest.mark.slow  # a server process and a real embedding run: ~35 s per server
 def test_retrieval_on_a_milvus_server_with_bulk_indexed_shards_equals_milvus_lite(
-        milvus_server: str, grocery_root: Path, tmp_path: Path) -> None:
+        any_server: str, grocery_root: Path, tmp_path: Path) -> None:
     """Grocery fine protocol: gallery bulk-loaded from shards into a `milvus-lite server` process over the
     network, queries searched there; the metrics equal the bench's Milvus Lite evaluation."""
     full = load_catalog("grocery-store", data_dir=grocery_root, splits=("train", "val", "test"))
@@ -83,7 +90,7 @@ def test_retrieval_on_a_milvus_server_with_bulk_indexed_shards_equals_milvus_lit
         return MilvusIndex.lite(tmp_path / "lite.db", collection, dim, overwrite=True)
 
     expected = evaluate_protocol(protocol, catalog, embeddings, make_index=lite, collection="fine", k=20).metrics
-    with MilvusIndex.server(milvus_server, "", "grocery_fine", embeddings.dim, overwrite=True) as server:
+    with MilvusIndex.server(any_server, "", "grocery_fine", embeddings.dim, overwrite=True) as server:
         report = bulk_index(server, shards, read=read_shard, catalog=catalog, keep_ids=set(data.gallery_ids),
                             batch_rows=100)
         assert report.inserted == len(data.gallery_ids) == len(server)
@@ -118,8 +125,8 @@ def test_bulk_index_command_loads_shards_and_finishes_an_interrupted_load(tmp_pa
     assert neither.exit_code != 0 and "exactly one of --uri" in neither.output
 
 
-@pytest.mark.slow  # a Milvus server, an embedding run, `shelfsight serve` and a browser: ~60 s
-def test_bulk_indexed_shards_are_served_from_a_milvus_server(milvus_server: str, grocery_root: Path,
+@pytest.mark.slow  # a Milvus server, an embedding run, `shelfsight serve` and a browser: ~60 s per server
+def test_bulk_indexed_shards_are_served_from_a_milvus_server(any_server: str, grocery_root: Path,
                                                              tmp_path: Path) -> None:
     """Shards -> `milvus-lite server` (bulk-index --index-dir --model) -> `shelfsight serve --uri` -> a search from
     the web page: catalogue photos find themselves, thumbnails load, similar items and additions work."""
@@ -136,13 +143,13 @@ def test_bulk_indexed_shards_are_served_from_a_milvus_server(milvus_server: str,
                                num_workers=0, progress=False)
     export_shards(embeddings.ids, embeddings.vectors, tmp_path / "shards", rows_per_shard=16)
     loaded = CliRunner().invoke(app, [
-        "bulk-index", "--shards", str(tmp_path / "shards"), "--uri", milvus_server, "--collection", "served",
+        "bulk-index", "--shards", str(tmp_path / "shards"), "--uri", any_server, "--collection", "served",
         "--dataset", "grocery-store", "--data-dir", str(grocery_root), "--model", "efficientnet_lite0",
         "--index-dir", str(tmp_path / "index"), "--index-type", "HNSW", "--quiet"])
     assert loaded.exit_code == 0, loaded.output
     assert f"{len(catalog)} rows inserted" in loaded.output and "shelfsight serve --index-dir" in loaded.output
     probe = catalog.items[3]
-    with serve_process(tmp_path / "index", "--uri", milvus_server, "--api-key", "k") as (url, _):
+    with serve_process(tmp_path / "index", "--uri", any_server, "--api-key", "k") as (url, _):
         with httpx.Client(base_url=url, timeout=60) as http:
             assert http.get("/health").json()["items"] == len(catalog)
             best = http.post("/search", files=upload(probe.image_path), data={"k": "3"}).json()["results"][0]

@@ -99,13 +99,15 @@ class BenchDataset(_Strict):
 
 
 class IndexConfig(_Strict):
-    """Where retrieval runs. ``params``: nlist, nprobe (IVF_FLAT); m, ef_construction, ef (HNSW)."""
+    """Where retrieval runs. ``params``: nlist, nprobe (IVF_FLAT); m, ef_construction, ef (HNSW); nlist (default
+    about sqrt of the gallery), nprobe, m (sub-vectors, a divisor of the dimension), nbits (IVF_PQ, servers only)."""
 
     backend: Literal["milvus-lite", "milvus", "exact", "faiss"] = "milvus-lite"
-    type: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
+    type: Literal["FLAT", "IVF_FLAT", "HNSW", "IVF_PQ"] = "FLAT"
     params: dict[str, int] = Field(default_factory=dict)
     uri: str | None = None
     token: str | None = None
+    build_timeout: float = Field(default=300.0, gt=0, description="Seconds to wait for a server's index build.")
     keep_collections: bool = Field(
         default=False, description="Keep each cell's Milvus collections after scoring (default: dropped).")
 
@@ -113,10 +115,12 @@ class IndexConfig(_Strict):
     def _server_needs_uri(self) -> IndexConfig:
         if self.backend == "milvus" and not self.uri:
             raise ValueError("backend 'milvus' needs uri (e.g. http://127.0.0.1:19530); use milvus-lite for a file")
-        unknown = set(self.params) - {"nlist", "nprobe", "m", "ef_construction", "ef"}
+        if self.type == "IVF_PQ" and self.backend == "milvus-lite":
+            raise ValueError("index type IVF_PQ needs backend 'milvus' (a server): Milvus Lite 3.2.2 cannot build it")
+        unknown = set(self.params) - {"nlist", "nprobe", "m", "ef_construction", "ef", "nbits"}
         if unknown:
             raise ValueError(f"unknown index parameter {sorted(unknown)[0]!r}; "
-                             "use nlist, nprobe, m, ef_construction, ef")
+                             "use nlist, nprobe, m, ef_construction, ef, nbits")
         return self
 
 

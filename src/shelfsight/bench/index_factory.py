@@ -10,6 +10,7 @@ from shelfsight.bench.config import IndexConfig
 from shelfsight.bench.evaluate import IndexFactory
 from shelfsight.bench.results import Cell
 from shelfsight.search import VectorIndex, open_index
+from shelfsight.search.milvus_config import index_options
 
 MILVUS_LITE_FILE = "milvus.db"
 """Milvus Lite's database, in the run folder."""
@@ -24,7 +25,7 @@ def index_factory(index: IndexConfig, run_dir: Path) -> IndexFactory:
         if index.backend == "faiss":
             return open_index("faiss", dim=dim)
         common = {"collection": collection, "dim": dim, "index_type": index.type, "overwrite": True,
-                  **index.params}
+                  "build_timeout": index.build_timeout, **index_options(index.type, index.params, dim)}
         if index.backend == "milvus-lite":
             return open_index("milvus-lite", path=run_dir / MILVUS_LITE_FILE, **common)
         return open_index("milvus", uri=index.uri, token=index.token or "", **common)

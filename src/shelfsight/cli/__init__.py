@@ -1,9 +1,9 @@
 """The ``shelfsight`` command: parse, call the public API, print. No logic of its own.
 
 One module per group of commands: ``registry`` (models, datasets), ``embed``, ``finetune``, ``bench``
-(bench, compare, leaderboard, report, demo), ``serve`` (index, serve), ``scale`` (bulk-index) and
-``duplicates``. This module assembles them, in the order ``shelfsight --help`` lists them, and turns a
-ShelfsightError into a message.
+(bench, compare, leaderboard, report, demo), ``serve`` (index, serve), ``scale`` (bulk-index),
+``duplicates`` and ``milvus_server`` (milvus start, stop). This module assembles them, in the order
+``shelfsight --help`` lists them, and turns a ShelfsightError into a message.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from shelfsight.cli import bench, duplicates, embed, finetune, registry, scale, serve
+from shelfsight.cli import bench, duplicates, embed, finetune, milvus_server, registry, scale, serve
 from shelfsight.cli.common import console
 from shelfsight.errors import ShelfsightError
 
@@ -32,6 +32,7 @@ app.command("index")(serve.index_command)
 app.command("serve")(serve.serve_command)
 app.command("bulk-index")(scale.bulk_index_command)
 app.command("duplicates")(duplicates.duplicates_command)
+app.add_typer(milvus_server.milvus_app, name="milvus")
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ if not console.is_terminal:  # logs and pipes: wide enough for the leaderboard's
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Datasets root (default: $SHELFSIGHT_DATA_DIR).")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Cache root (default: $SHELFSIGHT_CACHE_DIR).")]
+BuildTimeout = Annotated[float, typer.Option(
+    "--build-timeout", min=1, help="Seconds to wait for a Milvus server to build the index (progress is shown).")]
 ImageRoot = Annotated[Path | None, typer.Option("--image-root", help="Base folder for a manifest's relative paths "
                                                                  "(default: the manifest's folder).")]
 Group = Annotated[str | None, typer.Option(

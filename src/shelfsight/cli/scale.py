@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from shelfsight.cli.common import DataDir, console
+from shelfsight.cli.common import BuildTimeout, DataDir, console
 
 
 def bulk_index_command(
@@ -31,6 +31,7 @@ def bulk_index_command(
              "attributes field; without --uri the store is the folder's milvus.db.")] = None,
     model: Annotated[str | None, typer.Option(help="The backbone the shards came from (with --index-dir).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    build_timeout: BuildTimeout = 300.0,
 ) -> None:
     """Stream embedding shards into a Milvus collection in bounded batches; rerun to finish an interrupted load.
 
@@ -55,7 +56,8 @@ def bulk_index_command(
     catalog = load_catalog(dataset, data_dir=data_dir) if dataset else None
     params = {"nlist": nlist, "m": m, "ef_construction": ef_construction}
     served = _served(index_dir, model, dim, uri, collection, index_type, params, catalog)
-    with _open_index(uri, db, token, collection, dim, index_type, params, overwrite, served) as index:
+    requests = {"build_timeout": build_timeout, "build_progress": not quiet}
+    with _open_index(uri, db, token, collection, dim, index_type, params, overwrite, served, requests) as index:
         attributes = served.attributes_for if served is not None and index.has_attributes else None
         report = bulk_index(index, files, read=read_shard, catalog=catalog, batch_rows=batch_rows,
                             read_ahead=read_ahead, progress=not quiet, attributes_for=attributes)
@@ -85,12 +87,12 @@ def _served(index_dir: Path | None, model: str | None, dim: int, uri: str | None
 
 
 def _open_index(uri: str | None, db: Path | None, token: str, collection: str, dim: int, index_type: str,
-                params: dict[str, int], overwrite: bool, served: Any) -> Any:
+                params: dict[str, int], overwrite: bool, served: Any, requests: dict[str, Any]) -> Any:
     """The collection to load: on the server, in the --db file, or in the index folder's Milvus Lite store."""
     from shelfsight.search import MilvusIndex
 
     options = {"index_type": index_type.upper(), **params, "overwrite": overwrite, "reuse": not overwrite,
-               "attributes": served is not None}
+               "attributes": served is not None, **requests}
     if uri:
         return MilvusIndex.server(uri, token, collection, dim, **options)
     return MilvusIndex.lite(db if db is not None else served.layout.milvus_lite, collection, dim, **options)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shelfsight.cli.common import CacheDir, DataDir, Group, console
+from shelfsight.cli.common import BuildTimeout, CacheDir, DataDir, Group, console
 from shelfsight.errors import ShelfsightError
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ def index_command(
     compress: Annotated[str | None, typer.Option(
         help="Store vectors compressed: pcaD (PCA fitted on this catalogue), sq8 (Milvus int8 codes), pcaD-sq8, "
              "or none (default: the folder's own).")] = None,
+    build_timeout: BuildTimeout = 300.0,
 ) -> None:
     """Build or extend the Milvus collection that `shelfsight serve` searches (items already there are kept)."""
     from shelfsight.backbones import get_spec
@@ -67,7 +68,7 @@ def index_command(
                          weights=weights, uri=uri, token=token, collection=collection, index_type=index_type,
                          overwrite=overwrite, export_onnx=onnx, cache_dir=cache_dir, batch_size=batch_size,
                          num_workers=workers, progress=not quiet, sync=sync,
-                         runtime=runtime, compress=compress)  # type: ignore[arg-type]
+                         runtime=runtime, compress=compress, build_timeout=build_timeout)  # type: ignore[arg-type]
     console.print(f"{report.added} added ({report.embedded} photo(s) embedded, the rest from the cache), "
                   f"{report.removed} removed, {report.already_indexed} already indexed, {len(report.skipped)} skipped "
                   f"(unreadable), {report.total} items in {report.folder} ({report.vectors} vectors, {report.dim}-d, "

@@ -32,7 +32,15 @@ import numpy as np
 
 from shelfsight.search.base import SearchResult, check_finite
 from shelfsight.search.faiss_compat import uses_numpy_faiss
-from shelfsight.search.milvus_collection import check_existing, count, drop_index, ensure_ready, index_info, scan_rows
+from shelfsight.search.milvus_collection import (
+    check_existing,
+    count,
+    drop_index,
+    ensure_ready,
+    index_info,
+    loaded,
+    scan_rows,
+)
 from shelfsight.search.milvus_config import (
     MAX_TOPK,
     MilvusIndexConfig,
@@ -237,8 +245,12 @@ class MilvusIndex:
 
     @uses_numpy_faiss
     def get(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """``label``, ``split``, ``position`` (and ``attributes``) of the ids present; absent ids are left out."""
-        ids = [str(i) for i in ids]
+        """``label``, ``split``, ``position`` (and ``attributes``) of the ids present; absent ids are left out.
+        Only mirrored ids are queried: a new collection answers with no query (a server refuses an unloaded one)."""
+        ids = [str(i) for i in ids if str(i) in self._ids]
+        if not ids:
+            return {}
+        self._ensure_loaded()
         fields = ["id", "label", "split", "position"] + ([ATTRIBUTES_FIELD] if self.has_attributes else [])
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), _GET_BATCH):
@@ -321,14 +333,17 @@ class MilvusIndex:
         """Flush new rows, build the index if missing, wait for it and load: search sees every row, indexed."""
         if self._ready:
             return
-        ensure_ready(self._client(), self.collection, self.config, flush=self._dirty,
-                     timeout=self.requests.timeout, where=self.where)
+        self.config = ensure_ready(self._client(), self.collection, self.config, flush=self._dirty, where=self.where,
+                                   requests=self.requests)
         self._ready, self._dirty = True, False
+
+    def _ensure_loaded(self) -> None:
+        """A server queries only a loaded collection (Lite any): build and load one that never was."""
+        if not self._ready and not self.is_lite and not loaded(self._client(), self.collection):
+            self._ensure_ready()
 
     def _index_info(self) -> dict[str, Any] | None:
         return index_info(self._client(), self.collection)
-
-    # ── helpers ───────────────────────────────────────────────────────────────────────────────
 
     def _client(self) -> MilvusClient:
         if self.client is None:

@@ -18,9 +18,11 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from shelfsight.progress import progress_bar
 from shelfsight.search.milvus_config import (
     MilvusIndexConfig,
     MilvusIndexError,
+    MilvusRequestConfig,
     UnsupportedIndexError,
     recorded_params,
 )
@@ -88,18 +90,24 @@ def scan_rows(client: MilvusClient, collection: str) -> Iterator[tuple[str, int]
         start, width = start + width, SCAN_WINDOW
 
 
-def ensure_ready(client: MilvusClient, collection: str, config: MilvusIndexConfig, *, flush: bool,
-                 timeout: float, where: str) -> None:
-    """Flush new rows (``flush``), build the index if missing, wait for it and load: search sees every row."""
+def ensure_ready(client: MilvusClient, collection: str, config: MilvusIndexConfig, *, flush: bool, where: str,
+                 requests: MilvusRequestConfig) -> MilvusIndexConfig:
+    """Flush new rows (``flush``), build the index if missing, wait for it and load: search sees every row.
+    Returns ``config`` with an automatic nlist sized to the rows it is built on. Requests take ``requests.timeout``;
+    the build and load are waited for ``requests.build_timeout`` (with a progress bar if ``build_progress``)."""
+    timeout = requests.build_timeout
     if flush:
         client.flush(collection)
     if index_info(client, collection) is None:
-        create_index(client, collection, config, timeout=timeout, where=where)
-    wait_for_index(client, collection, timeout=timeout, where=where)
+        if config.nlist is None:
+            config = config.sized(int(client.get_collection_stats(collection)["row_count"]))
+        create_index(client, collection, config, timeout=requests.timeout, where=where)
+    wait_for_index(client, collection, timeout=timeout, where=where, progress=requests.build_progress)
     if not loaded(client, collection):
         client.load_collection(collection, timeout=timeout)
         if not loaded(client, collection):
             raise MilvusIndexError(f"collection {collection!r} in {where} did not load")
+    return config
 
 
 def create_index(client: MilvusClient, collection: str, config: MilvusIndexConfig, *, timeout: float,
@@ -125,21 +133,37 @@ def create_index(client: MilvusClient, collection: str, config: MilvusIndexConfi
             f"{collection!r}: its results would not be the index asked for")
 
 
-def wait_for_index(client: MilvusClient, collection: str, *, timeout: float, where: str) -> None:
-    """Poll until the server reports the index built with no pending rows."""
+def wait_for_index(client: MilvusClient, collection: str, *, timeout: float, where: str,
+                   progress: bool = False) -> None:
+    """Poll until the server reports the index built with no pending rows (a server builds in the background:
+    ``progress`` shows its indexed rows of the total while it does)."""
     deadline = time.monotonic() + timeout
-    while True:
-        info = index_info(client, collection) or {}
-        state = str(info.get("state", "Finished"))
-        if state == "Failed":
-            raise MilvusIndexError(f"{where} failed to build the index of {collection!r}: {info}")
-        if state == "Finished" and int(info.get("pending_index_rows", 0) or 0) == 0:
-            return
-        if time.monotonic() > deadline:
-            raise MilvusIndexError(
-                f"the index of {collection!r} in {where} was not built within {timeout:.0f} s "
-                f"(state {state}); raise timeout= or retry later")
-        time.sleep(0.2)
+    info = _unfinished(client, collection, where)
+    if info is None:
+        return
+    total, done = int(info.get("total_rows", 0) or 0), int(info.get("indexed_rows", 0) or 0)
+    with progress_bar(progress and total > 0, total, f"index build ({collection})", completed=done,
+                      unit="rows") as advance:
+        while info is not None:
+            if time.monotonic() > deadline:
+                raise MilvusIndexError(
+                    f"the index of {collection!r} in {where} was not built within {timeout:.0f} s (state "
+                    f"{info.get('state')}, {info.get('indexed_rows')}/{info.get('total_rows')} rows indexed); raise "
+                    "build_timeout (index.build_timeout in a bench config, --build-timeout) or retry later")
+            time.sleep(0.2)
+            info = _unfinished(client, collection, where)
+            now = int((info or {}).get("indexed_rows", total) or 0)
+            advance(max(0, min(now, total) - done))
+            done = max(done, min(now, total))
+
+
+def _unfinished(client: MilvusClient, collection: str, where: str) -> dict[str, Any] | None:
+    """``describe_index`` while the build is unfinished, None once built; a failed build raises."""
+    info = index_info(client, collection) or {}
+    state = str(info.get("state", "Finished"))
+    if state == "Failed":
+        raise MilvusIndexError(f"{where} failed to build the index of {collection!r}: {info}")
+    return None if state == "Finished" and int(info.get("pending_index_rows", 0) or 0) == 0 else info
 
 
 def drop_index(client: MilvusClient, collection: str) -> None:

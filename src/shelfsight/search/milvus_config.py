@@ -8,8 +8,9 @@ before any server is touched.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 from shelfsight.errors import ShelfsightError
@@ -42,12 +43,13 @@ class UnsupportedIndexError(MilvusIndexError):
 class MilvusIndexConfig:
     """Index type, metric and their build/search parameters (ignored where a type has no such knob).
 
-    ``index_type`` and ``metric`` are upper-cased; every parameter must be a positive integer.
+    ``index_type`` and ``metric`` are upper-cased; every parameter must be a positive integer, except
+    ``nlist=None``: about the square root of the rows, fixed when the index is built (:meth:`sized`).
     """
 
     index_type: str = "FLAT"
     metric: str = "IP"
-    nlist: int = 128
+    nlist: int | None = 128
     nprobe: int = 16
     m: int = 16
     ef_construction: int = 200
@@ -65,17 +67,23 @@ class MilvusIndexConfig:
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; choose one of {list(METRICS)}")
         for name in ("nlist", "nprobe", "m", "ef_construction", "ef", "search_list", "pq_m", "nbits"):
-            if int(getattr(self, name)) < 1:
+            if (name != "nlist" or self.nlist is not None) and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 
     def build_params(self) -> dict[str, int]:
+        """What the server builds with; an automatic ``nlist`` not yet sized is left out (any is accepted)."""
+        nlist = {"nlist": self.nlist} if self.nlist is not None else {}
         if self.index_type in ("IVF_FLAT", "IVF_SQ8"):
-            return {"nlist": self.nlist}
+            return nlist
         if self.index_type == "IVF_PQ":
-            return {"nlist": self.nlist, "m": self.pq_m, "nbits": self.nbits}
+            return {**nlist, "m": self.pq_m, "nbits": self.nbits}
         if self.index_type in ("HNSW", "HNSW_SQ"):
             return {"M": self.m, "efConstruction": self.ef_construction}
         return {}
+
+    def sized(self, rows: int) -> MilvusIndexConfig:
+        """This config with an automatic ``nlist`` fixed for ``rows`` rows (about sqrt(rows), at least 1)."""
+        return self if self.nlist is not None else replace(self, nlist=max(1, round(math.sqrt(max(rows, 1)))))
 
     def search_params(self, limit: int) -> dict[str, Any]:
         """Per-request parameters; HNSW's ef and DiskANN's search list must be at least the limit."""
@@ -92,18 +100,25 @@ class MilvusIndexConfig:
 @dataclass(frozen=True)
 class MilvusRequestConfig:
     """How requests are cut and waited for: rows per insert, queries per search, the extra hits fetched to
-    break ties by position (``tie_margin``), and the seconds to wait for an index build or a load."""
+    break ties by position (``tie_margin``), the seconds one request may take (``timeout``) and the seconds to
+    wait for an index build and load (``build_timeout``: a server builds in the background, for minutes on a
+    large collection), with a progress bar of indexed rows when ``build_progress``."""
 
     insert_batch: int = 5000
     query_batch: int = 1024
     tie_margin: int = 8
     timeout: float = 300.0
+    build_timeout: float = 300.0
+    build_progress: bool = False
 
     def __post_init__(self) -> None:
         if self.insert_batch < 1 or not 1 <= self.query_batch <= MAX_NQ or self.tie_margin < 0:
             raise ValueError(f"need insert_batch >= 1, 1 <= query_batch <= {MAX_NQ}, tie_margin >= 0; got "
                              f"insert_batch={self.insert_batch}, query_batch={self.query_batch}, "
                              f"tie_margin={self.tie_margin}")
+        if not (self.timeout > 0 and self.build_timeout > 0):
+            raise ValueError(f"timeout and build_timeout must be positive seconds, got {self.timeout}, "
+                             f"{self.build_timeout}")
 
 
 _Config = TypeVar("_Config", MilvusIndexConfig, MilvusRequestConfig)
@@ -163,3 +178,17 @@ def recorded_params(info: Mapping[str, Any], wanted: Mapping[str, int]) -> dict[
         if value is not None:
             recorded[key] = int(value)
     return recorded
+
+
+def index_options(index_type: str, params: Mapping[str, int], dim: int) -> dict[str, Any]:
+    """A bench config's index parameters as MilvusIndex options. For IVF_PQ ``m`` is the sub-vector count (a
+    divisor of the dimension: the largest of 32..1 unless given) and nlist about sqrt(rows) unless given."""
+    if index_type.upper() != "IVF_PQ":
+        return dict(params)
+    options: dict[str, Any] = {name: value for name, value in params.items() if name != "m"}
+    options["pq_m"] = params.get("m") or next(m for m in (32, 16, 8, 4, 2, 1) if dim % m == 0)
+    if dim % options["pq_m"]:
+        raise MilvusIndexError(f"IVF_PQ m={options['pq_m']} does not divide the embedding dimension {dim}: "
+                               "choose a divisor (index.params.m)")
+    options.setdefault("nlist", None)
+    return options

@@ -123,15 +123,17 @@ def head_digest(folder: str | os.PathLike[str]) -> str:
 
 
 def open_collection(layout: IndexLayout, manifest: ServiceManifest, *, token: str = "",
-                    overwrite: bool = False, require_attributes: bool = True) -> MilvusIndex:
+                    overwrite: bool = False, require_attributes: bool = True, build_timeout: float = 300.0,
+                    build_progress: bool = False) -> MilvusIndex:
     """The manifest's collection (created when absent, replaced with ``overwrite``), with the attributes field.
 
     ``require_attributes=False`` also opens a collection without it (a bare ``shelfsight bulk-index``
-    load), which the service then serves read-only.
+    load), which the service then serves read-only. ``build_timeout``: seconds to wait for a server's index build.
     """
     target = manifest.milvus
     options: dict[str, Any] = {"index_type": target.index_type, "metric": target.metric, "reuse": not overwrite,
-                               "overwrite": overwrite, "attributes": True, **target.params}
+                               "overwrite": overwrite, "attributes": True, "build_timeout": build_timeout,
+                               "build_progress": build_progress, **target.params}
     if target.uri is None:
         index = MilvusIndex.lite(layout.milvus_lite, target.collection, manifest.dim, **options)
     else:
@@ -150,6 +152,7 @@ def build_index(
     collection: str = "catalogue", index_type: str = "FLAT", overwrite: bool = False, export_onnx: bool = True,
     cache_dir: str | os.PathLike[str] | None = None, batch_size: int | None = None, num_workers: int | None = None,
     progress: bool = True, sync: bool = False, runtime: RuntimeChoice = "auto", compress: str | None = None,
+    build_timeout: float = 300.0,
 ) -> IndexReport:
     """Embed ``catalog`` (through the per-photo cache) and add its items to the index folder's collection.
 
@@ -160,7 +163,7 @@ def build_index(
     a different head may be given when the collection stores backbone vectors (it changes tagging only).
     ``compress`` (``pca256``, ``sq8``, ``pca256-sq8``; None: the folder's own, none for a new one) stores the
     vectors compressed; the projection is fitted on this catalogue at the first build and kept for every later
-    addition (``serve/compression.py``).
+    addition (``serve/compression.py``). ``build_timeout``: seconds to wait for a server's index build.
     """
     started = time.perf_counter()
     if vectors == "head" and head is None:
@@ -186,7 +189,8 @@ def build_index(
     if overwrite and layout.uploads.is_dir():
         shutil.rmtree(layout.uploads)  # the images of API-added items go with the collection they belonged to
     layout.uploads.mkdir(parents=True, exist_ok=True)
-    _fill(layout, manifest, catalog, embedded.ids, rows, report, token=token, overwrite=overwrite, sync=sync)
+    _fill(layout, manifest, catalog, embedded.ids, rows, report, token=token, overwrite=overwrite, sync=sync,
+          build=(build_timeout, progress))
     manifest.catalogues.append(CatalogueRecord(source=catalog.name, root=manifest.root_key(catalog.root.resolve()),
                                                items=len(catalog), added=report.added))
     write_manifest(layout, manifest)
@@ -249,9 +253,10 @@ def _compressed(layout: IndexLayout, compression: ServedCompression, rows: np.nd
 
 
 def _fill(layout: IndexLayout, manifest: ServiceManifest, catalog: Catalog, ids: list[str], rows: np.ndarray,
-          report: IndexReport, *, token: str, overwrite: bool, sync: bool) -> None:
+          report: IndexReport, *, token: str, overwrite: bool, sync: bool, build: tuple[float, bool]) -> None:
     """Open (or create) the collection, sync and add, and measure what its index occupies on disk."""
-    index = open_collection(layout, manifest, token=token, overwrite=overwrite)
+    index = open_collection(layout, manifest, token=token, overwrite=overwrite, build_timeout=build[0],
+                            build_progress=build[1])
     try:
         if sync:
             report.removed = _remove_unlisted(index, catalog, manifest)
