@@ -14,6 +14,7 @@ for file systems whose times cannot be trusted (some network and FUSE mounts).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sqlite3
@@ -58,12 +59,21 @@ class DigestMemo:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=60)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} (path TEXT PRIMARY KEY, size INTEGER, "
-                           "mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, sha256 TEXT)")
-        if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'digest'").fetchone():
-            connection.execute("DROP TABLE digest")
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            # SQLite's busy timeout does not cover two processes switching a new file to WAL at once: one gets
+            # "database is locked" at once, so the set-up is taken in turns.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            connection = sqlite3.connect(self.path, timeout=60)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} (path TEXT PRIMARY KEY, size INTEGER, "
+                                   "mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, sha256 TEXT)")
+                if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'digest'"
+                                      ).fetchone():
+                    connection.execute("DROP TABLE digest")
+            except BaseException:
+                connection.close()
+                raise
         return connection
 
     def digests(self, files: Sequence[str | os.PathLike[str]]) -> list[str | None]:

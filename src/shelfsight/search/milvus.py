@@ -247,6 +247,7 @@ class MilvusIndex:
     def get(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``label``, ``split``, ``position`` (and ``attributes``) of the ids present; absent ids are left out.
         Only mirrored ids are queried: a new collection answers with no query (a server refuses an unloaded one)."""
+        client = self._client()  # a closed index says so, even for an id it never held
         ids = [str(i) for i in ids if str(i) in self._ids]
         if not ids:
             return {}
@@ -254,8 +255,8 @@ class MilvusIndex:
         fields = ["id", "label", "split", "position"] + ([ATTRIBUTES_FIELD] if self.has_attributes else [])
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), _GET_BATCH):
-            rows = self._client().query(self.collection, filter=id_filter(ids[start:start + _GET_BATCH]),
-                                        output_fields=fields, consistency_level="Strong")
+            rows = client.query(self.collection, filter=id_filter(ids[start:start + _GET_BATCH]),
+                                 output_fields=fields, consistency_level="Strong")
             for row in rows:
                 found[str(row["id"])] = {name: row[name] for name in fields if name != "id"}
         return found
