@@ -141,3 +141,26 @@ def test_embed_command_runs_on_ray(ray_cluster: None, grocery_root: Path, tmp_pa
     assert "hit" in again.output
     bad = CliRunner().invoke(app, [*args[:-1], "--engine", "spark"])
     assert bad.exit_code != 0 and "use local or ray" in bad.output
+
+
+def test_an_onnx_file_runs_on_ray_as_in_one_process(ray_cluster: None, grocery_subset: Catalog,
+                                                    tmp_path: Path) -> None:
+    """An `onnx:` backbone (lite0 exported by shelfsight, its preprocessing in a sidecar) rebuilt in the actors
+    from its name: the vectors one process computes, bit for bit (the same ONNX Runtime graph)."""
+    import yaml
+
+    from shelfsight.backbones import load_backbone
+    from shelfsight.backbones.onnx_model import sidecar_path
+    from shelfsight.embeddings.export import export_onnx
+
+    source = RECIPE.load()
+    path = export_onnx(source, tmp_path / "lite0.onnx")
+    declared = {k: list(v) if isinstance(v, tuple) else v for k, v in source.preprocess.as_dict().items()}
+    sidecar_path(path).write_text(yaml.safe_dump(declared), encoding="utf-8")
+    subset = grocery_subset.head(24)
+    recipe = BackboneRecipe(f"onnx:{path}")
+    distributed = embed_catalog_ray(subset, recipe, options=RayOptions(actors=1), cache_dir=tmp_path / "cache",
+                                    progress=False)
+    single = embed_catalog(subset, load_backbone(f"onnx:{path}"), use_cache=False, num_workers=0, progress=False)
+    assert distributed.runtime == single.runtime == "onnx" and distributed.ids == single.ids
+    np.testing.assert_array_equal(distributed.vectors, single.vectors)

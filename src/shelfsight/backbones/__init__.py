@@ -20,17 +20,29 @@ from shelfsight.backbones.finetuned import (
     register_finetuned_dir,
 )
 from shelfsight.backbones.loaders import FeatureEncoder, efficientnet_lite_weights_file, load_model_and_source
+from shelfsight.backbones.onnx_model import OnnxFileEncoder, require_declaration, resolve_preprocess
 from shelfsight.backbones.provenance import WeightsSource, file_digest, hf_cached_file, timm_hub_location
 from shelfsight.backbones.registry import get_spec, list_specs, register, register_file
-from shelfsight.backbones.spec import BackboneSpec, Preprocess
+from shelfsight.backbones.spec import BackboneSpec, Family, Preprocess
 from shelfsight.backbones.text import NoTextTowerError, TextEncoder, require_text_encoder
+from shelfsight.backbones.vectors import NAME as VECTORS
+from shelfsight.backbones.vectors import (
+    NO_NETWORK,
+    KeyKind,
+    MissingPolicy,
+    NoNetwork,
+    VectorsSource,
+    vectors_source,
+    vectors_spec,
+)
 from shelfsight.errors import ModelUnavailableError
 
 __all__ = [
     "Backbone", "BackboneSpec", "NoTextTowerError", "Preprocess", "TextEncoder", "build_pixel_transform",
     "build_transform", "count_forward_parameters", "count_parameters", "finetuned_name", "get_spec", "gflops_per_image",
-    "list_specs", "load_backbone", "load_class_weights", "normalize_pixels", "register", "register_file",
-    "register_finetuned_dir", "require_text_encoder", "weights_status",
+    "VECTORS", "VectorsSource", "list_specs", "load_backbone", "load_class_weights", "load_vectors_backbone",
+    "normalize_pixels", "register", "register_file", "register_finetuned_dir", "require_text_encoder",
+    "resolve_preprocess", "weights_status",
 ]
 
 WeightsStatus = Literal["packaged", "cached", "download", "local"]
@@ -50,6 +62,8 @@ class Backbone:
     hub weights (``hf:REPO@COMMIT``, ``url:URL``, ``torchhub:OWNER/REPO@REF``; HEX is the digest of the file
     that was loaded), ``random-init:SEED``, or ``unverified:hub:LIBRARY:CHECKPOINT`` when the loaded file
     could not be located (then only the name is known)."""
+    vectors: VectorsSource | None = None
+    """For a vectors model (no network): the file its embeddings are read from."""
     _num_parameters: int | None = field(default=None, init=False, repr=False, compare=False)
     _text: TextEncoder | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -61,7 +75,9 @@ class Backbone:
         """Parameters of the network that computes the embedding: those the encoder's forward pass reaches
         (an unused classifier, such as EfficientNet-Lite's ImageNet ``_fc``, does not count). Measured once."""
         if self._num_parameters is None:
-            self._num_parameters = count_forward_parameters(self.encoder, self.preprocess.input_size)
+            declared = getattr(self.encoder, "parameter_count", None)  # an ONNX graph's weights: no torch leaves
+            self._num_parameters = (int(declared) if declared is not None
+                                    else count_forward_parameters(self.encoder, self.preprocess.input_size))
         return self._num_parameters
 
     @property
@@ -78,7 +94,9 @@ class Backbone:
         return self._text
 
     def cache_identity(self) -> dict[str, Any]:
-        """Everything about the model that decides the numbers in an embedding."""
+        """Everything about the model that decides the numbers in an embedding (a vectors model: its file's)."""
+        if self.vectors is not None:
+            return self.vectors.identity()
         return {**self.spec.identity(), "weights": self.weights_id, "preprocess": self.preprocess.as_dict()}
 
 
@@ -92,8 +110,16 @@ def load_backbone(
     same weights), the floor that any learned embedding must beat. ``weights`` points at a local
     checkpoint instead of the hub. ``preprocess`` overrides fields of the spec's preprocessing.
     """
+    if name == VECTORS:
+        raise ModelUnavailableError(NO_NETWORK.format(what="`vectors`", source="a file named in a bench config",
+                                                      action="embed photos (embed, index, serve)"))
     spec = get_spec(name)
-    resolved = spec.preprocess.replace(**preprocess) if preprocess else spec.preprocess
+    try:
+        resolved = resolve_preprocess(spec.preprocess, preprocess, f"{name}: preprocess")
+    except ValueError as exc:
+        raise ModelUnavailableError(str(exc)) from None
+    if spec.library == "onnx":
+        return _load_onnx(spec, resolved, preprocess, pretrained=pretrained, weights=weights)
     if spec.finetuned is not None:
         return _load_finetuned(spec, resolved, pretrained=pretrained, weights=weights)
     weights_path = Path(weights).expanduser().resolve() if weights is not None else None
@@ -102,6 +128,27 @@ def load_backbone(
         encoder, source = load_model_and_source(spec, pretrained=pretrained, weights=weights_path)
     return Backbone(spec=spec, encoder=encoder, preprocess=resolved,
                     weights_id=_weights_id(spec, pretrained, weights_path, seed, source))
+
+
+def _load_onnx(spec: BackboneSpec, preprocess: Preprocess, overrides: dict[str, Any] | None, *, pretrained: bool,
+               weights: str | os.PathLike[str] | None) -> Backbone:
+    """An ONNX file run by ONNX Runtime; its identity is the file's digest (and the preprocessing)."""
+    if weights is not None or not pretrained:
+        raise ModelUnavailableError(f"{spec.name}: an ONNX file carries its weights; it takes neither --weights "
+                                    "nor a random initialisation")
+    require_declaration(spec, overrides)
+    path = Path(spec.checkpoint)
+    encoder = OnnxFileEncoder(path, preprocess, spec.onnx_output)
+    return Backbone(spec=spec, encoder=encoder, preprocess=preprocess, weights_id=f"file:{file_digest(path)}")
+
+
+def load_vectors_backbone(source: str | os.PathLike[str], *, ids: str | os.PathLike[str] | None = None,
+                          key: KeyKind = "auto", missing: MissingPolicy = "error",
+                          family: Family = "supervised") -> Backbone:
+    """A vectors model: no network, its embeddings read from ``source`` (``embeddings.vectors_file``)."""
+    found = vectors_source(Path(source), ids=Path(ids) if ids is not None else None, key=key, missing=missing)
+    return Backbone(spec=vectors_spec(str(found.path), family), encoder=NoNetwork(str(found.path)),
+                    preprocess=Preprocess(), weights_id=f"file:{found.digest}", vectors=found)
 
 
 def _load_finetuned(spec: BackboneSpec, preprocess: Preprocess, *, pretrained: bool,
@@ -141,7 +188,10 @@ def build_pixel_transform(preprocess: Preprocess) -> transforms.Compose:
 
 
 def normalize_pixels(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """``uint8`` pixels (``(3, H, W)`` or ``(B, 3, H, W)``) to floats scaled to [0, 1] and normalised."""
+    """``uint8`` pixels (``(3, H, W)`` or ``(B, 3, H, W)``) to floats scaled to [0, 1] and normalised; BGR models
+    get their channels reversed first (``mean``/``std`` are in the model's order)."""
+    if preprocess.channel_order == "bgr":
+        pixels = pixels.flip(-3)
     shape = (3, 1, 1)
     mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=pixels.device).view(shape)
     std = torch.tensor(preprocess.std, dtype=torch.float32, device=pixels.device).view(shape)
@@ -210,7 +260,7 @@ def _graph_leaves(output: Any) -> set[int]:
 
 def weights_status(spec: BackboneSpec) -> WeightsStatus:
     """Whether the weights can be had offline: shipped in a package, in the local hub cache, or not."""
-    if spec.finetuned is not None:
+    if spec.finetuned is not None or spec.library in ("onnx", "vectors"):
         return "local"
     if spec.library == "efficientnet_lite":
         try:
@@ -272,7 +322,10 @@ def _weights_id(spec: BackboneSpec, pretrained: bool, weights: Path | None, seed
 
 def gflops_per_image(backbone: Backbone) -> float:
     """Forward GFLOPs for one image at the resolved input size (torch's FlopCounterMode, which counts
-    matrix products and convolutions at two FLOPs per multiply-add): the compute side of the cost."""
+    matrix products and convolutions at two FLOPs per multiply-add): the compute side of the cost. NaN where
+    torch runs none of it (an ONNX file, precomputed vectors): unknown, not free."""
+    if backbone.spec.library in ("onnx", "vectors"):
+        return float("nan")
     from torch.utils.flop_counter import FlopCounterMode
 
     size = backbone.preprocess.input_size

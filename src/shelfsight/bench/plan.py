@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from shelfsight.bench import strategies
 from shelfsight.bench.budgets import ALL
-from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry
+from shelfsight.bench.config import BenchConfig, BenchDataset, ConfigError, ModelEntry
 from shelfsight.bench.results import Cell
-from shelfsight.bench.strategies import budget_strategy, is_stochastic, seeded_validation
+from shelfsight.bench.strategies import budget_strategy, is_stochastic, parse_strategy, seeded_validation
 
 Plan = list[tuple[Cell, ModelEntry, BenchDataset]]
 
@@ -49,7 +49,27 @@ def plan_cells(config: BenchConfig, *, seeded: Callable[[str], bool] | None = No
         for kind, model, name in required_plain(config) for seed in seeds(kind, model, by_name[name])
     ]
     budgeted = [(cell, model, by_name[name]) for cell, model, name in budget_cells(config)]
-    return plain + read_by_curves + budgeted + crossed
+    plan = plain + read_by_curves + budgeted + crossed
+    refuse_networkless(plan)
+    return plan
+
+
+def refuse_networkless(plan: Plan) -> None:
+    """Precomputed vectors have no network: a cell that trains or runs one on them (fine-tuning, the fine-tuned
+    side of cross-tuning, their label-budget cells) is refused here, before any cell runs, naming the fix."""
+    refused: dict[str, list[str]] = {}
+    for cell, model, _ in plan:
+        if model.is_vectors and not strategies.get(parse_strategy(cell.strategy)[0]).frozen_embedding:
+            refused.setdefault(model.label, []).append(f"{cell.strategy} on {cell.dataset}")
+    if not refused:
+        return
+    label, cells = next(iter(refused.items()))
+    others = f" ({len(refused) - 1} more vectors model(s) likewise)" if len(refused) > 1 else ""
+    raise ConfigError(
+        f"model {label!r} is precomputed vectors: it has no network to train, so these cells cannot run: "
+        f"{', '.join(cells)}{others}. Keep those strategies to the other models (`models: [...]` on the strategy "
+        "entry; for cross-tuning, `tuned:` without the fine-tuned side), or benchmark the network that made the "
+        "vectors (a registered name, or its ONNX file as onnx:PATH).")
 
 
 def budget_strategies(config: BenchConfig, model: ModelEntry, dataset: str) -> tuple[str, ...]:

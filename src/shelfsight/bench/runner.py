@@ -155,6 +155,7 @@ def _planned(config: BenchConfig, run_path: Path, store: ResultStore, recompute:
     context = RunContext(config, run_path, forced=lambda cell: _forced(cell, recompute))
     _load_datasets(context)
     cells = plan_cells(config, seeded=context.provision.seeded_validation)
+    context.provision.check_vectors((model.label, dataset.name) for _, model, dataset in cells)
     decisions = [_decide(context, store, planned, _forced(planned[0], recompute)) for planned in cells]
     return context, cells, decisions, _estimates(context, cells, decisions)
 

@@ -78,6 +78,8 @@ class TunedModels:
         from shelfsight.adapt.finetune import finetune
         from shelfsight.adapt.splits import labelled_splits
 
+        if entry.is_vectors:  # the plan refuses these cells; a direct call gets the same reason
+            raise ValueError(f"model {entry.label!r} is precomputed vectors: there is no network to fine-tune")
         name = protocol.name if protocol is not None else ""
         cell = Cell(entry.label, source, FINETUNE if budget is None else budget_strategy(FINETUNE, budget), seed)
         folder = (work_folder(self.run_dir, cell) / (f"finetuned-{name}" if name else "finetuned")).resolve()

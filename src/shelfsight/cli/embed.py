@@ -33,7 +33,9 @@ def embed_command(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute without reading or writing the cache.")] = False,
     chunk_size: Annotated[int, typer.Option(min=1, help="Items per cache chunk (the resume granularity).")] = 1024,
     limit: Annotated[int | None, typer.Option(min=1, help="Embed only the first N items.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Also write ids and vectors to this .npz file.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="Also write ids, image paths and vectors to this file: .parquet (what a bench `vectors` model reads; "
+             "see docs/own-embeddings.md), .npz, or .npy with NAME.ids.txt.")] = None,
     download: Annotated[bool, typer.Option(help="Download a public dataset if absent (online only).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     engine: Annotated[str, typer.Option(help="local (this process and its workers) or ray (a Ray cluster).")] = "local",
@@ -70,8 +72,18 @@ def embed_command(
     report = (result.write_skip_report((result.cache_folder or Path.cwd()) / f"skipped-{result.key[:12]}.csv")
               if result.skipped else None)
     if output:
-        result.save(output)
+        _export(output, catalog, backbone_name, result)
     print_embedding_summary(catalog.name, backbone_name, len(catalog), result, report, output)
+
+
+def _export(output: Path, catalog: Catalog, model: str, result: Embeddings) -> None:
+    """The vectors in the format a bench ``vectors`` model reads, with what made them in the file's metadata."""
+    if output.suffix not in (".parquet", ".npz", ".npy"):
+        raise typer.BadParameter("write .parquet, .npz or .npy", param_hint="--output")
+    path_of = {item.item_id: str(item.image_path) for item in catalog.items}
+    result.save(output, paths=[path_of[i] for i in result.ids],
+                metadata={"model": model, "catalogue": catalog.name, "items": len(catalog),
+                          "skipped": len(result.skipped)})
 
 
 def _embed_on_ray(catalog: Catalog, model: str, *, random_init: bool, weights: Path | None, no_cache: bool,

@@ -22,6 +22,7 @@ from torch import nn
 from shelfsight import paths
 from shelfsight.backbones import Backbone, Preprocess, normalize_pixels
 from shelfsight.embeddings.cache import cache_key
+from shelfsight.embeddings.onnx_wrap import WRAP_VERSION, wrap_onnx
 from shelfsight.embeddings.versions import library_versions
 from shelfsight.errors import ShelfsightError
 from shelfsight.files import atomic_write
@@ -53,8 +54,9 @@ class EmbeddingModel(nn.Module):
 def onnx_key(backbone: Backbone) -> str:
     """What decides the exported graph: the backbone identity, its preprocessing, the exporter's and the model
     library's versions."""
+    wrapped = {"wrap": WRAP_VERSION} if backbone.spec.library == "onnx" else {}  # an onnx: file is wrapped, not traced
     return cache_key({"backbone": backbone.cache_identity(), "torch": torch.__version__, "opset": ONNX_OPSET,
-                      "libraries": library_versions(backbone)})
+                      "libraries": library_versions(backbone), **wrapped})
 
 
 def export_path(backbone: Backbone, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -64,7 +66,8 @@ def export_path(backbone: Backbone, cache_dir: str | os.PathLike[str] | None = N
 
 
 def export_onnx(backbone: Backbone, path: str | os.PathLike[str]) -> Path:
-    """Export the backbone (pixel and L2 normalisation included) with a dynamic batch axis; written atomically."""
+    """Export the backbone (pixel and L2 normalisation included) with a dynamic batch axis; written atomically.
+    An ``onnx:`` backbone's own file is wrapped with the same contract (``onnx_wrap``)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     size = backbone.preprocess.input_size
@@ -72,6 +75,9 @@ def export_onnx(backbone: Backbone, path: str | os.PathLike[str]) -> Path:
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
 
     def export(temporary: Path) -> None:
+        if backbone.spec.library == "onnx":  # already a graph: wrapped with its preprocessing, not traced
+            wrap_onnx(backbone, temporary)
+            return
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(temporary), input_names=["pixels"], output_names=["embedding"],

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from shelfsight.embeddings.cache import PERMANENT, TRANSIENT, Chunk, FailureKind
 from shelfsight.embeddings.plan import ExtractionPlan, assemble, plan_extraction
 from shelfsight.embeddings.runtime_choice import default_threads
 from shelfsight.embeddings.runtimes import RuntimeChoice
+from shelfsight.embeddings.vectors_file import read_for_catalog, write_vectors
 from shelfsight.errors import ImageDecodeError
 from shelfsight.progress import progress_bar
 
@@ -50,7 +51,10 @@ class Embeddings:
     extraction_rate: float | None = None
     """Images/s of the run that computed these vectors (kept in the cache, so known on warm reads too)."""
     runtime: str = ""
-    """The runtime that computed them (torch, onnx, openvino)."""
+    """The runtime that computed them (torch, onnx, openvino; ``vectors file`` for a vectors model)."""
+    notes: dict[str, Any] = field(default_factory=dict)
+    """For a vectors model: the file, its digest, rows, dimension, dtype, extra ids ignored, items skipped, and
+    that the vectors were L2-normalised on load (cells keep it in their details)."""
 
     @property
     def dim(self) -> int:
@@ -70,12 +74,14 @@ class Embeddings:
             writer.writerows([s.item_id, s.path, s.reason, s.kind] for s in self.skipped)
         return target
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """An ``.npz`` with ``ids`` and ``vectors``, for use outside shelfsight."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(target, ids=np.array(self.ids, dtype=str), vectors=self.vectors)
-        return target
+    def save(self, path: str | os.PathLike[str], paths: list[str] | None = None,
+             metadata: dict[str, Any] | None = None) -> Path:
+        """The vectors with their ids (and image ``paths``) as ``.parquet``, ``.npz`` or ``.npy`` (by suffix): the
+        format a bench ``vectors`` model reads (``embeddings.vectors_file``), so vectors made on one machine are
+        benchmarked on another."""
+        return write_vectors(path, self.ids, self.vectors, paths,
+                             {"embedding_key": self.key, "runtime": self.runtime, "precision": self.precision,
+                              "dim": self.dim, "l2_normalised": True, **(metadata or {})})
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -130,6 +136,8 @@ def embed_catalog(
     the cache key, since it changes pixels slightly). ``threads``: the runtime's threads (default: the
     cores the decoding workers leave).
     """
+    if backbone.vectors is not None:
+        return vectors_embeddings(catalog, backbone)
     torch_device = resolve_device(device)
     batch_size = batch_size or default_batch_size(torch_device)
     if batch_size < 1 or chunk_size < 1:
@@ -158,6 +166,16 @@ def embed_catalog(
                                         "rate_batch_size": batch_size})
     return embeddings_from_plan(catalog, plan, computed=computed, seconds=time.perf_counter() - started,
                                 device=str(torch_device), precision=resolved_precision, use_cache=use_cache)
+
+
+def vectors_embeddings(catalog: Catalog, backbone: Backbone) -> Embeddings:
+    """A vectors model's embeddings: its file read, checked and aligned with ``catalog`` (no network, no cache)."""
+    assert backbone.vectors is not None
+    started = time.perf_counter()
+    found = read_for_catalog(catalog, backbone.vectors)
+    return Embeddings(ids=found.ids, vectors=found.vectors, skipped=found.skipped, key=found.key,
+                      seconds=time.perf_counter() - started, device="-", precision=str(found.notes["dtype"]),
+                      runtime="vectors file", notes=found.notes)
 
 
 def _manifest(catalog: Catalog, backbone: Backbone, plan: ExtractionPlan, device: torch.device, precision: str,

@@ -169,6 +169,8 @@ def uncached_photos(catalog: Catalog, backbone: Backbone, *, requested: RuntimeC
     """How many photos (by content) an extraction would compute, and the manifest of the space it would
     fill (its measured ``images_per_second``, if a run has measured it). Builds no model: before a runtime
     was ever chosen for these settings, every photo counts as uncached."""
+    if backbone.vectors is not None:  # read from its file: nothing to compute
+        return 0, {}
     root = paths.cache_dir(cache_dir)
     base = base_identity(backbone, draft=draft, precision=precision, device=device)
     digests = DigestMemo(root).digests([item.image_path for item in catalog.items])

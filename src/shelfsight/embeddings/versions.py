@@ -12,8 +12,9 @@ DECODING_LIBRARIES = ("pillow", "torchvision", "torch")
 torch runs it): every runtime's vectors depend on them."""
 MODEL_LIBRARIES: dict[str, tuple[str, ...]] = {
     "timm": ("timm",), "open_clip": ("open_clip_torch",), "transformers": ("transformers",), "torchhub": (),
-    "efficientnet_lite": ("efficientnet-lite-pytorch",)}
-"""The distribution that defines each loader's network (torch.hub code is pinned by its ref and weights digest)."""
+    "efficientnet_lite": ("efficientnet-lite-pytorch",), "onnx": ("onnxruntime",), "vectors": ()}
+"""The distribution that defines each loader's network (torch.hub code is pinned by its ref and weights digest; an
+ONNX file is run by ONNX Runtime)."""
 
 
 def library_versions(backbone: Backbone) -> dict[str, str]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shelfsight.backbones import VECTORS
 from shelfsight.bench import strategies as registry
 from shelfsight.bench.choices import AUTO_TAGGING, VISUAL_SEARCH
 from shelfsight.bench.recommend import TIERS
@@ -91,6 +92,9 @@ def _served(run: RunData, dataset: str, choice: Choice, searching: bool) -> _Ser
         if entry.get("preprocess") else []
     notes += ["a randomly initialised model (pretrained: false): `index` loads the pre-trained weights"] \
         if entry.get("pretrained") is False else []
+    notes += [f"{choice.model} is precomputed vectors ({entry.get('source')}): it has no network to embed the "
+              f"catalogue or a query, so put the model that made them in place of `--model {VECTORS}` (a registered "
+              "name, or its ONNX file as onnx:PATH)"] if entry.get("name") == VECTORS else []
     cell = _cell(run, dataset, choice)
     details = cell.details if cell is not None else {}
     here = run.run_dir / "work" / cell.cell.cell_id / "head" if cell is not None else None

@@ -11,7 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shelfsight.report.data import RunData
-from shelfsight.report.sections import compression, duplicates, fuller, groups, label_budgets, skipped, zeroshot
+from shelfsight.report.sections import (
+    compression,
+    duplicates,
+    fuller,
+    groups,
+    label_budgets,
+    own_vectors,
+    skipped,
+    zeroshot,
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class Section:
 SectionBuilder = Callable[[RunData], "Section | None"]
 
 BUILDERS: list[SectionBuilder] = [
+    own_vectors.build,
     skipped.build,
     groups.build,
     label_budgets.build,
