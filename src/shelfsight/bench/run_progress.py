@@ -1,5 +1,5 @@
-"""What a run tells its user: the plan before the first cell, one overall line while it runs, the photos it
-had to leave out at the end.
+"""What a run tells its user: the plan before the first cell (and what it warns of: a gallery too large for the
+configured engine), one overall line while it runs, the photos it had to leave out at the end.
 
 The overall line sits above the per-cell bars (one shared Rich display, ``shelfsight.progress``): cells
 done of the total, elapsed time, and the time left, estimated from the plan and corrected by how long the
@@ -51,6 +51,8 @@ def print_plan(out: Console, cells: Sequence[tuple[object, object, object]], dec
     running = sum(1 for d in decisions if getattr(d, "reason", None) is not None)
     out.print(f"[bold]{len(cells)} cells[/]: {running} to compute, {len(cells) - running} reused; "
               f"estimated {duration(total)} (rates measured by earlier runs where there are any)")
+    for warning in dict.fromkeys(w for e in estimates for w in getattr(e, "warnings", ())):  # once each, in order
+        out.print(f"[yellow]{warning}[/]", highlight=False)
 
 
 class RunProgress:

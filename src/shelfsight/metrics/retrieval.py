@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = [
     "RetrievalReport", "average_precision", "average_precision_per_query", "count_relevant", "encode_groups",
-    "encode_labels", "full_ranking_average_precision", "map_at_r", "map_at_r_per_query", "mmp_at_k",
+    "encode_labels", "map_at_r", "map_at_r_per_query", "mmp_at_k",
     "mmp_at_k_per_query", "mrr", "mrr_per_query", "ndcg_at_k", "ndcg_at_k_per_query", "precision_at_k",
     "precision_at_k_per_query", "r_precision", "r_precision_per_query", "recall_at_k", "recall_at_k_per_query",
     "relevance", "retrieval_report",
@@ -243,59 +243,6 @@ def mrr(relevant: np.ndarray, n_relevant: np.ndarray, k: int | None = None) -> f
 def ndcg_at_k(relevant: np.ndarray, n_relevant: np.ndarray, k: int) -> float:
     """Mean binary NDCG@k."""
     return _mean(ndcg_at_k_per_query(relevant, n_relevant, k))
-
-
-# --- exact AP over the whole ranking ----------------------------------------------------------------------------
-
-def full_ranking_average_precision(query_vectors: np.ndarray, gallery_vectors: np.ndarray,
-                                   query_labels: np.ndarray | Sequence[object],
-                                   gallery_labels: np.ndarray | Sequence[object], *, exclude_self: bool,
-                                   block_size: int = 512, query_groups: np.ndarray | Sequence[object] | None = None,
-                                   gallery_groups: np.ndarray | Sequence[object] | None = None) -> np.ndarray:
-    """``(Q,)`` exact AP over the full gallery ranking (inner product, higher first), NaN where nothing is relevant.
-
-    For checking truncated-K metrics and for small sets: queries are ranked in blocks, so memory stays
-    at about ``block_size x N`` (scores, one sort order and a mask) and never reaches ``Q x N``. Ties
-    rank the lower gallery index first, as ``ExactIndex`` does. ``exclude_self`` is the same-set
-    protocol: query i is gallery item i and is dropped from its own ranking; with groups, so are the
-    gallery items of the query's own group.
-    """
-    query_codes, gallery_codes = encode_labels(query_labels, gallery_labels)
-    queries = np.asarray(query_vectors, dtype=np.float32)
-    gallery = np.asarray(gallery_vectors, dtype=np.float32)
-    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"expected (Q, d) and (N, d) vectors, got {queries.shape} and {gallery.shape}")
-    if len(queries) != len(query_codes) or len(gallery) != len(gallery_codes):
-        raise ValueError("need one label per vector")
-    groups = encode_groups(query_groups, gallery_groups, len(queries), len(gallery))
-    n_relevant = _count_from_codes(query_codes, gallery_codes, same_set=exclude_self, groups=groups)
-    result = np.empty(len(queries))
-    for start in range(0, len(queries), block_size):
-        stop = min(start + block_size, len(queries))
-        scores = queries[start:stop] @ gallery.T
-        relevant = gallery_codes[None, :] == query_codes[start:stop, None]
-        dropped = np.zeros(scores.shape, dtype=bool)
-        if exclude_self:
-            rows = np.arange(stop - start)
-            dropped[rows, rows + start] = True
-        if groups is not None:
-            block_groups = groups[0][start:stop, None]
-            dropped |= (groups[1][None, :] == block_groups) & (block_groups >= 0)
-        scores[dropped] = -np.inf  # ranked last and never relevant: it shifts no other rank
-        relevant[dropped] = False
-        result[start:stop] = _ranked_average_precision(scores, relevant, n_relevant[start:stop])
-    return result
-
-
-def _ranked_average_precision(scores: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
-    """AP of each row's full ranking, summing P@rank only at the relevant positions (no float B x N array)."""
-    order = np.argsort(-scores, axis=1, kind="stable")  # best first; stable: ties keep the lower index first
-    ranked = np.take_along_axis(relevant, order, axis=1)
-    rows, ranks0 = np.nonzero(ranked)  # row-major, so each row's hits come in rank order
-    row_start = np.concatenate([[0], np.cumsum(ranked.sum(axis=1))])[rows]
-    hits_so_far = np.arange(len(rows)) - row_start + 1
-    summed = np.bincount(rows, weights=hits_so_far / (ranks0 + 1), minlength=len(scores))
-    return _per_query(summed, n_relevant, n_relevant)
 
 
 # --- the report -------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ reaches the full ``Q x N`` matrix; that is what lets metrics run on catalogue-si
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -44,9 +44,14 @@ class ExactIndex:
         self._matrix = None
 
     def search(self, vectors: np.ndarray, k: int, *, label: str | None = None, split: str | None = None,
-               exclude_ids: Sequence[str | Collection[str] | None] | None = None) -> SearchResult:
+               exclude_ids: Sequence[str | Collection[str] | None] | None = None,
+               on_block: Callable[[int, np.ndarray], None] | None = None) -> SearchResult:
         """The protocol's search; ``exclude_ids[q]`` may also be a set of ids never returned for query q (its
-        own group's photos, itself included), so the top k are k items that may be returned."""
+        own group's photos, itself included), so the top k are k items that may be returned.
+
+        ``on_block(start, scores)`` sees each block of scores (queries ``start..``, every gallery item, the
+        excluded and filtered ones at ``-inf``) before its top k is taken: a caller that needs more of the
+        ranking than the top k (full-ranking AP) reads the same product instead of computing it again."""
         array = np.asarray(vectors, dtype=np.float32)
         check_finite(array)
         queries = torch.as_tensor(array, device=self.device)
@@ -61,6 +66,8 @@ class ExactIndex:
             block[:, ~allowed] = -torch.inf
             first, last = np.searchsorted(rows, [start, start + len(block)])
             block[torch.as_tensor(rows[first:last] - start), torch.as_tensor(positions[first:last])] = -torch.inf
+            if on_block is not None:
+                on_block(start, block.cpu().numpy())
             top_scores, top_indices = _top_k_stable(block, k_eff)
             indices[start:start + len(block), :k_eff] = top_indices
             scores[start:start + len(block), :k_eff] = top_scores
@@ -81,7 +88,9 @@ class ExactIndex:
 
     def _gallery(self) -> torch.Tensor:
         if self._matrix is None:
-            stacked = np.concatenate(self._chunks) if self._chunks else np.zeros((0, 0), dtype=np.float32)
+            # one chunk (a protocol's gallery) is used as it is: no second copy of the vectors
+            stacked = (self._chunks[0] if len(self._chunks) == 1 else np.concatenate(self._chunks)) \
+                if self._chunks else np.zeros((0, 0), dtype=np.float32)
             self._matrix = torch.as_tensor(stacked, device=self.device)
         return self._matrix
 
