@@ -11,7 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shelfsight.report.data import RunData
-from shelfsight.report.sections import compression, duplicates, fuller, groups, label_budgets, skipped, zeroshot
+from shelfsight.report.sections import (
+    compression,
+    duplicates,
+    fuller,
+    groups,
+    label_budgets,
+    openset,
+    skipped,
+    zeroshot,
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ BUILDERS: list[SectionBuilder] = [
     compression.build,
     duplicates.build,
     zeroshot.build,
+    openset.build,
 ]
 """Every extra section, in page order (after the core sections, before the configuration)."""
 
