@@ -6,6 +6,7 @@ item's rank, counted from score blocks (``ranking``).
 """
 
 from shelfsight.metrics.classification import ClassificationReport, classification_report
+from shelfsight.metrics.openset import auroc, fpr_at_tpr, precision_threshold
 from shelfsight.metrics.ranking import RelevantRanks, full_ranking_average_precision
 from shelfsight.metrics.retrieval import (
     RetrievalReport,
@@ -32,8 +33,9 @@ from shelfsight.metrics.retrieval import (
 )
 
 __all__ = [
-    "ClassificationReport", "RelevantRanks", "RetrievalReport", "average_precision", "average_precision_per_query",
-    "classification_report", "count_relevant", "encode_labels", "full_ranking_average_precision", "map_at_r",
+    "ClassificationReport", "RelevantRanks", "RetrievalReport", "auroc", "average_precision",
+    "average_precision_per_query", "classification_report", "count_relevant", "encode_labels", "fpr_at_tpr",
+    "full_ranking_average_precision", "map_at_r", "precision_threshold",
     "map_at_r_per_query", "mmp_at_k", "mmp_at_k_per_query", "mrr", "mrr_per_query", "ndcg_at_k",
     "ndcg_at_k_per_query", "precision_at_k", "precision_at_k_per_query", "r_precision", "r_precision_per_query",
     "recall_at_k", "recall_at_k_per_query", "relevance", "retrieval_report",

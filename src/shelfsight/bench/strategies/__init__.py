@@ -14,6 +14,7 @@ from shelfsight.bench.strategies import (
     knn,
     linear,
     ncm,
+    openset,
     pretrained,
     toptune,
     whiten,
@@ -60,6 +61,7 @@ REGISTRY: dict[str, Strategy] = {s.name: s for s in (
     zeroshot.STRATEGY, knn.STRATEGY, ncm.STRATEGY, linear.STRATEGY, toptune.STRATEGY,
     finetune.STRATEGY, crosstune.STRATEGY,
     compress.STRATEGY, compress_toptune.STRATEGY,
+    openset.STRATEGY,
 )}
 """In order of cost: the order of leaderboards, charts and the recommendation's budgets."""
 

@@ -17,6 +17,7 @@ from shelfsight.report.sections import (
     fuller,
     groups,
     label_budgets,
+    openset,
     own_vectors,
     skipped,
     zeroshot,
@@ -57,6 +58,7 @@ BUILDERS: list[SectionBuilder] = [
     compression.build,
     duplicates.build,
     zeroshot.build,
+    openset.build,
 ]
 """Every extra section, in page order (after the core sections, before the configuration)."""
 
