@@ -76,3 +76,60 @@ def test_serving_pixels_equal_extraction_pixels_for_small_photos_and_nearly_for_
     with pytest.raises(UnreadableImageError, match="too large to decode"):
         BoundedDecoder(preprocess, max_pixels=2_000_000)(large)
     assert BoundedDecoder(preprocess).memory_bound_bytes == 2 * 16_000_000 * 8
+
+
+# ── issue 31: the bound holds whatever the format ─────────────────────────────────────────────────────────────
+
+
+def test_reduction_in_strips_equals_pillows_reduce() -> None:
+    """Strip by strip (no full-size conversion copy) gives exactly what converting whole and reducing gives."""
+    from shelfsight.catalog.images import _reduce_in_strips
+
+    noise = np.random.default_rng(0).integers(0, 256, (1301, 997, 4), dtype=np.uint8)
+    rgba = Image.fromarray(noise, "RGBA")
+    palette = rgba.convert("RGB").convert("P")
+    palette.info["transparency"] = 3
+    for image, whole in ((rgba, rgba), (palette, palette.convert("RGBA")), (rgba.convert("LA"), rgba.convert("LA"))):
+        for factor in (3, 7):
+            expected, got = whole.reduce(factor), _reduce_in_strips(image, factor)
+            assert got.mode == expected.mode and np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def _decoder(max_pixels: int) -> BoundedDecoder:
+    return BoundedDecoder(Preprocess(), max_pixels=max_pixels, concurrency=1)
+
+
+def test_progressive_jpegs_are_refused_when_their_full_size_buffers_exceed_the_bound(tmp_path: Path) -> None:
+    """libjpeg keeps a progressive JPEG's coefficients at full size whatever the draft: 2000 x 2000 at 4:2:0 is
+    (250 x 250 + 2 x 125 x 125) blocks x 128 bytes = 12 MB, over the 8 MB a 1-MP budget allows; the same photo
+    as a baseline JPEG is drafted to 500 x 500 (1 MB) and decoded."""
+    photo = _photo(2000, 2000)
+    photo.save(tmp_path / "progressive.jpg", "JPEG", progressive=True, quality=85)
+    photo.save(tmp_path / "baseline.jpg", "JPEG", quality=85)
+    decoder = _decoder(1_000_000)
+    assert decoder.per_decode_bytes == 8_000_000
+    with pytest.raises(UnreadableImageError, match=r"progressive .*\(12 MB, over the 8 MB"):
+        decoder(tmp_path / "progressive.jpg")
+    assert decoder(tmp_path / "baseline.jpg").shape == (3, 224, 224)
+
+
+def test_animations_over_the_frame_limit_are_refused(tmp_path: Path) -> None:
+    from shelfsight.serve.decode import MAX_FRAMES
+    from test_serve_memory import animated_gif
+
+    decoder = _decoder(16_000_000)
+    assert decoder(animated_gif(tmp_path / "ok.gif", 32, MAX_FRAMES)).shape == (3, 224, 224)
+    with pytest.raises(UnreadableImageError, match=f"{MAX_FRAMES + 1:,} frames"):
+        decoder(animated_gif(tmp_path / "long.gif", 32, MAX_FRAMES + 1))
+
+
+def test_a_narrow_image_with_alpha_is_refused_when_its_whole_conversion_exceeds_the_bound(tmp_path: Path) -> None:
+    """300 x 3000 (0.9 MP, under a 1-MP budget) is too narrow to reduce early: with alpha it is converted whole,
+    3 x 3.6 MB = 10.8 MB over the 8 MB bound; without alpha (two copies, 7.2 MB) it is decoded."""
+    narrow = _photo(300, 3000)
+    narrow.convert("RGBA").save(tmp_path / "alpha.png")
+    narrow.save(tmp_path / "plain.png")
+    decoder = _decoder(1_000_000)
+    with pytest.raises(UnreadableImageError, match="converted at full size"):
+        decoder(tmp_path / "alpha.png")
+    assert decoder(tmp_path / "plain.png").shape == (3, 224, 224)

@@ -102,13 +102,39 @@ def _reduced_upright(image: Image.Image, factor: int) -> Image.Image:
         orientation = int(image.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the pixels
         orientation = 1
-    if image.mode == "P":  # Image.reduce takes neither palettes, bilevel nor 16-bit modes
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif image.mode == "1" or image.mode.startswith("I;16"):
-        image = image.convert("L" if image.mode == "1" else "I")
-    reduced = image.reduce(factor)
+    reduced = _reduce_in_strips(image, factor)
     method = _TRANSPOSE.get(orientation)
     return reduced.transpose(method) if method is not None else reduced
+
+
+_STRIP_ROWS = 64
+"""Rows of the result made at a time by :func:`_reduce_in_strips` (times the factor in the source)."""
+
+
+def _reduce_in_strips(image: Image.Image, factor: int) -> Image.Image:
+    """``Image.reduce(factor)``, a strip of rows at a time. Pillow's reduce takes neither palettes, bilevel nor
+    16-bit modes, and premultiplies alpha through a full-size copy: converted strip by strip, the peak is the
+    decoded image plus one strip (a server's memory bound), and the result is the same (both steps work within
+    blocks of ``factor`` rows, and each strip is a whole number of blocks)."""
+    width, height = image.size
+    step = factor * _STRIP_ROWS
+    result: Image.Image | None = None
+    for top in range(0, height, step):
+        strip = _reducible(image.crop((0, top, width, min(height, top + step)))).reduce(factor)
+        if result is None:
+            result = Image.new(strip.mode, (-(-width // factor), -(-height // factor)))
+        result.paste(strip, (0, top // factor))
+    assert result is not None
+    return result
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """The image in a mode ``Image.reduce`` takes."""
+    if image.mode == "P":
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode == "1" or image.mode.startswith("I;16"):
+        return image.convert("L" if image.mode == "1" else "I")
+    return image
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -41,8 +41,8 @@ def index_command(
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     group: Group = None,
-    sync: Annotated[bool, typer.Option("--sync", help="Also delete items of this catalogue that it no longer "
-                                                      "lists.")] = False,
+    sync: Annotated[bool, typer.Option("--sync", help="Also replace items whose label, metadata or "
+                                                      "photo changed, and delete those it no longer lists.")] = False,
     runtime: Annotated[str, typer.Option(help="Extraction runtime: auto, torch, onnx or openvino.")] = "auto",
     compress: Annotated[str | None, typer.Option(
         help="Store vectors compressed: pcaD (PCA fitted on this catalogue), sq8 (Milvus int8 codes), pcaD-sq8, "
@@ -74,8 +74,21 @@ def index_command(
                   f"(unreadable), {report.total} items in {report.folder} ({report.vectors} vectors, {report.dim}-d, "
                   f"{report.seconds:.1f} s)" + (f"; ONNX encoder {report.onnx}" if report.onnx else ""))
     console.print(_storage_line(report))
+    _print_warnings(report, source.root)
+
+
+def _print_warnings(report: IndexReport, root: Path) -> None:
+    """What ``--sync`` replaced, and the catalogue items that were not indexed as the catalogue says, and why."""
+    if report.refreshed:
+        console.print(f"{len(report.refreshed)} item(s) replaced because their label, metadata or photo changed")
+    for item_id, reason in [(i, r) for i, r in report.skipped if r.startswith("id refused")][:5]:
+        console.print(f"[yellow]skipped {item_id!r}[/]: {reason}")
+    if report.conflicts:
+        shown = ", ".join(f"{item_id!r} ({where})" for item_id, where in report.conflicts[:5])
+        console.print(f"[yellow]{len(report.conflicts)} catalogue item(s) not indexed: their id is already taken[/]: "
+                      f"{shown}; delete those items (DELETE /items/ID) or rename the photos, then run again")
     if report.outside_root:
-        console.print(f"[yellow]{report.outside_root} item(s) lie outside {source.root}: searchable, but their images "
+        console.print(f"[yellow]{report.outside_root} item(s) lie outside {root}: searchable, but their images "
                       "are served only with `shelfsight serve --allow-images-from FOLDER` (or index with --image-root "
                       "FOLDER holding every photo)")
 
@@ -110,21 +123,20 @@ def serve_command(
         help="Web origins allowed to call the API from a browser (repeatable; default: none).")] = None,
     max_batch: Annotated[int, typer.Option(min=1, max=256, help="Micro-batch size; 1 turns batching off.")] = 16,
     max_wait_ms: Annotated[float, typer.Option(min=0, max=1000, help="Longest wait to fill a batch.")] = 5.0,
+    batch_in_flight: Annotated[int, typer.Option(min=1, max=32, help="Photos of one /search/batch request queued "
+                                                                   "at once per stage (fairness).")] = 4,
     max_decode_megapixels: Annotated[float, typer.Option(min=0.1, help="Decoded pixels allowed per image.")] = 16.0,
     decode_concurrency: Annotated[int, typer.Option(min=1, help="Photos decoded at once.")] = 2,
     body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to receive a request body (408).")] = 60.0,
+    header_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to receive a request's headers (408).")
+                              ] = 10.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     allow_images_from: Annotated[list[Path] | None, typer.Option(
         help="Serve the images of items indexed from outside their catalogue's folder when they lie in this folder "
              "(repeatable; nothing else outside is served).")] = None,
 ) -> None:
     """Serve visual search, tagging and catalogue changes over an index folder, with a web page at /."""
-    if encoder not in ("auto", "torch", "onnx"):
-        raise typer.BadParameter("use auto, torch or onnx", param_hint="--encoder")
-    if read_access not in ("open", "token"):
-        raise typer.BadParameter("use open or token", param_hint="--read-access")
-    if read_access == "token" and not api_key:
-        raise typer.BadParameter("token reads need --api-key (or $SHELFSIGHT_API_KEY)", param_hint="--read-access")
+    _check_choices(encoder, read_access, api_key)
     # a port in use fails at once: on loopback (the default) before the serve package's imports (seconds); on
     # another interface after the check that it may be served there at all
     sock = _listen(host, port) if host in _LOOPBACK else None
@@ -136,9 +148,9 @@ def serve_command(
         index_dir=index_dir, encoder=encoder, max_upload_bytes=int(max_upload_mb * 1024 * 1024),  # type: ignore[arg-type]
         token=token, uri=uri, api_key=api_key, read_access=read_access, read_only=read_only,  # type: ignore[arg-type]
         allowed_hosts=allowed_host or list(LOOPBACK_HOSTS), cors_origins=cors_origin or [], max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
+        max_wait_ms=max_wait_ms, batch_in_flight=batch_in_flight,
         max_decode_pixels=int(max_decode_megapixels * 1_000_000), decode_concurrency=decode_concurrency,
-        body_timeout_s=body_timeout, allow_images_from=allow_images_from or [])
+        body_timeout_s=body_timeout, header_timeout_s=header_timeout, allow_images_from=allow_images_from or [])
     try:
         check_binding(host, api_key=api_key, read_only=read_only, allowed_hosts=settings.allowed_hosts)
     except ServeError as error:
@@ -149,6 +161,15 @@ def serve_command(
     port = sock.getsockname()[1]
     console.print(f"serving {index_dir} on http://{host}:{port}/ (writes {writes}; schema at /openapi.json)")
     run_server(settings, host=host, port=port, log_level=log_level, sock=sock)
+
+
+def _check_choices(encoder: str, read_access: str, api_key: str) -> None:
+    if encoder not in ("auto", "torch", "onnx"):
+        raise typer.BadParameter("use auto, torch or onnx", param_hint="--encoder")
+    if read_access not in ("open", "token"):
+        raise typer.BadParameter("use open or token", param_hint="--read-access")
+    if read_access == "token" and not api_key:
+        raise typer.BadParameter("token reads need --api-key (or $SHELFSIGHT_API_KEY)", param_hint="--read-access")
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -45,6 +45,7 @@ from shelfsight.serve.errors import (
 )
 from shelfsight.serve.forms import StrictFormRoute
 from shelfsight.serve.guards import BodyGuard, JsonErrors
+from shelfsight.serve.http import DEFAULT_HEADER_TIMEOUT
 from shelfsight.serve.opening import DEFAULT_MAX_UPLOAD_BYTES, ServiceOptions
 from shelfsight.serve.routes import add_catalogue_routes, add_search_routes, add_service_routes
 from shelfsight.serve.security import LOOPBACK_HOSTS, AccessGuard, ReadAccess
@@ -82,8 +83,13 @@ class ServeSettings(BaseModel):
     max_batch: int = Field(default=16, ge=1, le=256)
     """Photos per encoder call and lookups per Milvus search; 1 turns micro-batching off."""
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    batch_in_flight: int = Field(default=4, ge=1, le=32)
+    """Most photos of one ``/search/batch`` queued at once per stage: batches share encoder calls with singles."""
     body_timeout_s: float = Field(default=60.0, gt=0)
     """A request body not received within this many seconds is refused (408)."""
+    header_timeout_s: float = Field(default=DEFAULT_HEADER_TIMEOUT, gt=0)
+    """Request headers not complete within this many seconds of the connection (or of the previous answer) are
+    refused (408) and the connection closed (``serve.http``)."""
     api_key: str = Field(default="", repr=False)
     """Needed by writes (and reads with ``read_access="token"``) as ``Authorization: Bearer KEY``."""
     read_access: ReadAccess = "open"
@@ -103,7 +109,7 @@ class ServeSettings(BaseModel):
     def options(self) -> ServiceOptions:
         return ServiceOptions(max_upload_bytes=self.max_upload_bytes, max_decode_pixels=self.max_decode_pixels,
                               decode_concurrency=self.decode_concurrency, max_batch=self.max_batch,
-                              max_wait_ms=self.max_wait_ms)
+                              max_wait_ms=self.max_wait_ms, batch_in_flight=self.batch_in_flight)
 
     def access(self) -> dict[str, Any]:
         """How access is configured, for ``/health`` (never the key itself)."""
@@ -128,6 +134,7 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
                   "tags. Interactive docs are off (they would load from a CDN); this schema is complete.")
     app.router.route_class = StrictFormRoute
     app.state.access = settings.access()
+    app.state.header_timeout_s = settings.header_timeout_s
     app.add_middleware(BodyGuard, max_bytes=settings.max_upload_bytes + ENVELOPE_BYTES,
                        timeout_s=settings.body_timeout_s,
                        detail=f"upload larger than the limit of {settings.max_upload_bytes:,} bytes")
@@ -136,7 +143,7 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, www_redirect=False)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=host_patterns(settings.allowed_hosts), www_redirect=False)
     app.add_middleware(JsonErrors)
     for kind in STATUS:
         app.add_exception_handler(kind, _refused)
@@ -149,6 +156,13 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
     add_tag_route(app, text_side)  # POST /tag: the head's tags, or zero-shot ones with ?zero_shot=
     add_text_routes(app, settings.max_k, text_side)  # GET /text, POST /search/text (text-image models)
     return app
+
+
+def host_patterns(names: list[str]) -> list[str]:
+    """The allow-list as Starlette compares it: a Host header keeps the brackets of an IPv6 literal
+    (``Host: [::1]:8000``), so ``::1`` is also listed as ``[::1]``."""
+    bracketed = [f"[{name}]" for name in names if ":" in name and not name.startswith("[")]
+    return [*names, *bracketed]
 
 
 def _lifespan(settings: ServeSettings,
@@ -191,4 +205,4 @@ async def _internal(request: Request, error: Exception) -> JSONResponse:
     """Anything unforeseen: logged with its traceback, answered as JSON (never a plain-text 500)."""
     log.error("%s %s failed", request.method, request.url.path, exc_info=error)
     return JSONResponse({"detail": f"internal error ({type(error).__name__}); the service logged it"},
-                        status_code=500)
+                        status_code=500, headers={"Connection": "close"})  # uvicorn closes after an app error

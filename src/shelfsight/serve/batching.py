@@ -19,6 +19,7 @@ again one item at a time, so only the item that fails gets the exception.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 import time
@@ -73,11 +74,16 @@ class MicroBatcher(Generic[T, R]):
 
     def submit(self, item: T) -> R:
         """Queue ``item``, wait for its batch to run, return its result (or raise its exception)."""
+        return self.enqueue(item).result()
+
+    def enqueue(self, item: T) -> Future[R]:
+        """Queue ``item`` and return at once: its future holds the result once its batch has run. A request with
+        several items queues a few at a time (``search_many``), so they share batches with other requests'."""
         if self._closed:
             raise RuntimeError("the micro-batcher is closed")
         future: Future[R] = Future()
         self._queue.put((item, future))
-        return future.result()
+        return future
 
     def close(self) -> None:
         """Stop the worker after the items already queued."""
@@ -156,6 +162,15 @@ class DirectRunner(Generic[T, R]):
         self.stats.largest = 1
         return self.process([item])[0]
 
+    def enqueue(self, item: T) -> Future[R]:
+        """Process ``item`` now, in the caller's thread; a future that is already done."""
+        future: Future[R] = Future()
+        try:
+            future.set_result(self.submit(item))
+        except BaseException as error:  # noqa: BLE001 - handed over in the future, as the batcher does
+            future.set_exception(error)
+        return future
+
     def close(self) -> None:
         pass
 
@@ -166,3 +181,17 @@ def runner(process: Callable[[list[T]], Sequence[R]], *, max_batch: int, max_wai
     if max_batch <= 1:
         return DirectRunner(process)
     return MicroBatcher(process, max_batch=max_batch, max_wait_ms=max_wait_ms, name=name)
+
+
+BACKGROUND_NICE = 10
+"""How much lower a background thread runs (Linux threads have their own nice value): at +10 it gets about a tenth
+of a contended core, and all of an idle one."""
+
+
+def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
+    """Run the calling thread at a lower CPU priority (``ThreadPoolExecutor(initializer=...)``); no-op where the
+    system has no per-thread priority. A thread cannot raise its priority back, so only dedicated threads call it."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+

@@ -2,7 +2,8 @@
 
 :class:`StrictFormRoute` is a FastAPI route class (the documented way to customise the request a
 route sees) whose requests parse multipart bodies with :class:`StrictMultiPartParser`: a text field
-whose bytes are not UTF-8 is a 422 naming the field, before the handler runs.
+whose bytes are not UTF-8 is a 422 naming the field, before the handler runs. Starlette's own refusals of a form
+(a field over 1 MB, too many parts, a malformed body) are 413 or 422 (:func:`form_refusal`), not its bare 400.
 """
 
 from __future__ import annotations
@@ -53,7 +54,16 @@ class StrictFormRequest(Request):
         try:
             return await parser.parse()
         except MultiPartException as error:
-            raise HTTPException(400, error.message) from None
+            raise form_refusal(error.message) from None
+
+
+def form_refusal(message: str) -> HTTPException:
+    """Starlette's multipart refusals in the documented statuses: a field over its 1 MB part limit or too many
+    parts is 413 (too large, like the upload limit), any other malformed form 422; never a bare 400."""
+    if "maximum size" in message or message.startswith("Too many"):
+        return HTTPException(413, f"the form is too large: {message} Send ids, labels and metadata of a few KB, and "
+                                  "at most the photos the endpoint takes", headers={"Connection": "close"})
+    return HTTPException(422, f"the multipart form cannot be read: {message}")
 
 
 class StrictFormRoute(APIRoute):

@@ -8,7 +8,8 @@
   before the connection closes. Closing a socket with unread data resets the connection, and the
   client would lose the answer it was sent.
 - :class:`JsonErrors` turns an error answer that is not JSON (Starlette's host check, CORS refusals,
-  static files) into ``{"detail": ...}`` with the same status: the API has one error format.
+  static files) into ``{"detail": ...}`` with the same status: the API has one error format; and every 5xx
+  carries ``Connection: close`` (uvicorn closes the connection after an error, and the client must know).
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ class JsonErrors:
 
         async def rewrite(message: Message) -> None:
             nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 500:
+                message = _closing(message)  # after a 5xx the connection is closed: say so
             if message["type"] == "http.response.start" and message["status"] >= 400 and not _is_json(message):
                 held = message
                 return
@@ -160,6 +163,13 @@ class JsonErrors:
                 await _send_json(send, held, b"".join(parts))
 
         await self.app(scope, receive, rewrite)
+
+
+def _closing(start: Message) -> Message:
+    headers = list(start.get("headers") or [])
+    if not any(key.lower() == b"connection" for key, _ in headers):
+        headers.append(_CLOSE)
+    return {**start, "headers": headers}
 
 
 def _is_json(start: Message) -> bool:

@@ -21,7 +21,6 @@ import hashlib
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from shelfsight.adapt import (
     load_linear_head,
 )
 from shelfsight.backbones import Backbone, load_backbone
-from shelfsight.catalog.types import Catalog, CatalogItem
+from shelfsight.catalog.types import Catalog
 from shelfsight.embeddings import Embeddings, RuntimeChoice, embed_catalog
 from shelfsight.search.milvus import MilvusIndex
 from shelfsight.serve.compression import (
@@ -52,7 +51,7 @@ from shelfsight.serve.compression import (
     recorded_method,
 )
 from shelfsight.serve.encoder import ensure_onnx
-from shelfsight.serve.errors import InvalidItemError, ServeError
+from shelfsight.serve.errors import ServeError
 from shelfsight.serve.manifest import (
     CatalogueRecord,
     CompressionRecord,
@@ -64,41 +63,10 @@ from shelfsight.serve.manifest import (
     read_manifest,
     write_manifest,
 )
-from shelfsight.serve.validation import check_metadata
+from shelfsight.serve.rows import IndexReport, add_items, item_attributes
 
-ADD_BATCH = 1000
-
-
-@dataclass
-class IndexReport:
-    """What one ``build_index`` call did."""
-
-    folder: Path
-    items: int
-    added: int
-    already_indexed: int
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(item id, reason) of items that were not indexed: unreadable images, degenerate embeddings."""
-    removed: int = 0
-    """Items deleted by ``sync`` because the catalogue no longer lists them."""
-    embedded: int = 0
-    """Photos embedded by this call (the others came from the per-photo cache)."""
-    outside_root: int = 0
-    """Items indexed whose image lies outside the catalogue root: searchable, but their image is not served."""
-    total: int = 0
-    dim: int = 0
-    vectors: str = "backbone"
-    onnx: Path | None = None
-    seconds: float = 0.0
-    compression: str = "none"
-    """The ``--compress`` method the folder stores its vectors with (``none``, ``pca64``, ``sq8``, ``pca64-sq8``)."""
-    bytes_per_item: int = 0
-    """Bytes of one stored vector's code in the index: 4 x dim as float32, dim as int8."""
-    index_bytes_per_item: float | None = None
-    """Measured: the Milvus Lite index files over the items (None on a server)."""
-    disk_bytes_per_item: float | None = None
-    """Measured: the whole Milvus Lite collection on disk over the items (its rows keep float32 vectors too)."""
-
+__all__ = ["IndexReport", "ServedHead", "build_index", "head_digest", "item_attributes", "load_served_head",
+           "open_collection", "probe_dim"]
 
 ServedHead = MLPHead | LinearHead
 """A head the service tags with: a top-tuned MLP, or a linear probe / class means."""
@@ -260,7 +228,7 @@ def _fill(layout: IndexLayout, manifest: ServiceManifest, catalog: Catalog, ids:
     try:
         if sync:
             report.removed = _remove_unlisted(index, catalog, manifest)
-        _add_items(index, catalog, ids, rows, manifest, report)
+        add_items(index, catalog, ids, rows, manifest, report, sync=sync)
         report.total = len(index)
         disk = index.disk_bytes()
         if disk is not None and report.total:
@@ -324,45 +292,3 @@ def _manifest_for(layout: IndexLayout, backbone: Backbone, *, model: str, pretra
         preprocess=backbone.preprocess.as_dict(), backbone=identity, backbone_dim=backbone_dim, vectors=vectors,
         dim=dim, head=str(head) if head is not None else None, head_digest=digest, milvus=target,
         compression=compression)
-
-
-def _add_items(index: MilvusIndex, catalog: Catalog, ids: list[str], rows: np.ndarray, manifest: ServiceManifest,
-               report: IndexReport) -> None:
-    """Insert the items not yet in the collection, in batches, with their image location and metadata."""
-    by_id = {item.item_id: item for item in catalog}
-    root = catalog.root.resolve()
-    root_key = manifest.root_key(root)
-    norms = np.linalg.norm(rows, axis=1) if len(rows) else np.zeros(0)
-    for start in range(0, len(ids), ADD_BATCH):
-        chunk = ids[start:start + ADD_BATCH]
-        present = index.get(chunk)
-        keep = [i for i, item_id in enumerate(chunk, start) if item_id not in present and norms[i] > 0.5]
-        report.already_indexed += sum(1 for item_id in chunk if item_id in present)
-        report.skipped.extend((ids[i], "degenerate (all-zero) top-tuned embedding")
-                              for i in range(start, start + len(chunk)) if ids[i] not in present and norms[i] <= 0.5)
-        if not keep:
-            continue
-        items = [by_id[ids[i]] for i in keep]
-        attributes = [item_attributes(item, root, root_key) for item in items]
-        report.outside_root += sum(1 for a in attributes if a["path"] is None)
-        index.add([item.item_id for item in items], rows[keep], [item.label for item in items],
-                  [item.split for item in items], attributes)
-        report.added += len(keep)
-
-
-def item_attributes(item: CatalogItem, root: Path, root_key: str) -> dict[str, Any]:
-    try:
-        relative: str | None = item.image_path.resolve().relative_to(root).as_posix()
-    except ValueError:
-        relative = None
-    metadata = {key: value for key, value in (("coarse_label", item.coarse_label), ("product_id", item.product_id))
-                if value is not None} | dict(item.metadata)
-    try:
-        check_metadata(metadata)
-    except InvalidItemError as error:
-        raise ServeError(f"item {item.item_id!r}: its metadata (the manifest's other columns) cannot be stored: "
-                         f"{error}; shorten or drop that column") from None
-    attributes = {"root": root_key, "path": relative, "metadata": metadata}
-    if relative is None:  # outside the root: its image is served only from a folder the user allows
-        attributes["file"] = item.image_path.resolve().as_posix()
-    return attributes

@@ -40,6 +40,9 @@ class ServiceOptions:
     """Most photos per encoder call and lookups per Milvus search; 1 turns micro-batching off."""
     max_wait_ms: float = 5.0
     """Longest a batch waits for requests still decoding their photo."""
+    batch_in_flight: int = 4
+    """Most photos of one ``/search/batch`` request queued at once in each stage (encoder, Milvus): the rest wait
+    their turn, so single searches join the same encoder calls instead of waiting behind the whole batch."""
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

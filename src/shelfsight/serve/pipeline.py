@@ -134,8 +134,8 @@ class SearchStage:
         result = self.index.search(vectors, max(lookups[i].k for i in members), label=category,
                                    exclude_ids=excluded if any(e is not None for e in excluded) else None)
         for row, position in enumerate(members):
-            pairs = [(item_id, float(score)) for item_id, score in zip(result.ids[row], result.scores[row], strict=True)
-                     if item_id]
+            pairs = [(item_id, cosine(score))
+                     for item_id, score in zip(result.ids[row], result.scores[row], strict=True) if item_id]
             found[position] = pairs[:lookups[position].k]
 
 
@@ -146,6 +146,12 @@ class SearchStage:
             return vectors
         with one_blas_thread():
             return self.projection.apply(vectors)
+
+
+def cosine(score: float) -> float:
+    """Milvus's inner product of unit vectors, clipped to [-1, 1]: an 8-bit index (``sq8``, ``pcaD-sq8``) scores
+    from its codes, whose rounding puts a near-duplicate at 1.003; the order Milvus ranked is kept."""
+    return min(1.0, max(-1.0, float(score)))
 
 
 def _hit(item_id: str, score: float, record: Mapping[str, Any]) -> Hit:

@@ -15,7 +15,8 @@ class TagModel(BaseModel):
 class HitModel(BaseModel):
     id: str
     label: str
-    score: float = Field(description="Cosine similarity to the query photo.")
+    score: float = Field(description="Cosine similarity to the query photo, in [-1, 1] (an 8-bit index's scores come "
+                                     "from its codes and are clipped to that range).")
     split: str
     image_url: str
     metadata: dict[str, Any]

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from shelfsight.serve.app import ServeSettings, create_app, open_service
 from shelfsight.serve.compression import serving_blas_thread
 from shelfsight.serve.errors import ServeError
+from shelfsight.serve.http import DEFAULT_HEADER_TIMEOUT, json_protocol
 from shelfsight.serve.security import check_binding
 
 
@@ -29,7 +30,7 @@ def run_server(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 
     try:
         with serving_blas_thread(), open_service(settings) as service:
             config = uvicorn.Config(create_app(settings, service), host=host, port=port, log_level=log_level,
-                                    timeout_graceful_shutdown=10)
+                                    timeout_graceful_shutdown=10, http=json_protocol(settings.header_timeout_s))
             uvicorn.Server(config).run(sockets=[listening])
     finally:
         listening.close()
@@ -56,7 +57,8 @@ def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0,
     shutdown) on exit. ``port=0`` binds a free port first, so there is no race for it."""
     sock = bind_port(host, port)
     bound = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    header_timeout = getattr(app.state, "header_timeout_s", DEFAULT_HEADER_TIMEOUT)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", http=json_protocol(header_timeout)))
     failure: list[BaseException] = []
 
     def run() -> None:

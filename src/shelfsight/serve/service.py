@@ -21,7 +21,9 @@ import os
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,7 +33,7 @@ import numpy as np
 from shelfsight.backbones import load_backbone
 from shelfsight.search.milvus import MilvusIndex
 from shelfsight.search.milvus_fields import VECTOR_FIELD, id_filter
-from shelfsight.serve.batching import runner
+from shelfsight.serve.batching import lower_thread_priority, runner
 from shelfsight.serve.compression import load_projection
 from shelfsight.serve.decode import BoundedDecoder, media_type
 from shelfsight.serve.encoder import Encoder, EncoderChoice, EncoderReport
@@ -114,6 +116,10 @@ class VisualSearchService:
         self.search_stage = SearchStage(index, self._index_lock, projection)
         self._embedder = runner(self.embed_stage, max_batch=batch, max_wait_ms=wait, name="encoder")
         self._searcher = runner(self.search_stage, max_batch=batch, max_wait_ms=wait, name="milvus")
+        self._batch_lane = ThreadPoolExecutor(max(1, decoder.concurrency - 1), "shelfsight-batch-decode",
+                                              initializer=lower_thread_priority)
+        """Decodes ``/search/batch`` photos: fewer threads than decode slots (a single search always finds one),
+        at a lower CPU priority (a batch of large photos uses the CPU that single searches leave)."""
         layout.incoming.mkdir(parents=True, exist_ok=True)
         for leftover in layout.incoming.glob("upload-*"):  # left by a process killed mid-request
             with contextlib.suppress(OSError):
@@ -146,6 +152,7 @@ class VisualSearchService:
         return cls(layout, manifest, chosen, report, decoder, head, index, options=opts, images_from=images_from)
 
     def close(self) -> None:
+        self._batch_lane.shutdown(wait=True, cancel_futures=True)
         self._embedder.close()
         self._searcher.close()
         with self._index_lock:
@@ -215,28 +222,35 @@ class VisualSearchService:
 
     def search_many(self, paths: Sequence[str | os.PathLike[str]], *, k: int = 10, category: str | None = None,
                     tags: int = 5) -> list[SearchOutcome | ServeError]:
-        """Several photos in one encoder call and one Milvus search; a photo that cannot be used gets its
-        error in its place, the others their results."""
+        """Several photos of one request; a photo that cannot be used gets its error in its place, the others
+        their results. Fair to single searches: the photos are decoded one at a time in the batch lane (threads at a
+        lower CPU priority, fewer than the decode slots, so a single request always finds one), and go through the
+        same micro-batches as single searches, at most ``batch_in_flight`` queued per stage."""
         started = time.perf_counter()
-        decoded: list[np.ndarray | ServeError] = []
-        for path in paths:
+        outcomes: list[SearchOutcome | ServeError | None] = [None] * len(paths)
+        embedding: deque[tuple[int, Future[Embedded]]] = deque()
+        searching: deque[tuple[int, Embedded, Future[list[Hit]]]] = deque()
+
+        def advance(limit: int) -> None:
+            while len(embedding) > limit:
+                position, pending = embedding.popleft()
+                one = pending.result()
+                searching.append((position, one, self._searcher.enqueue(Lookup(one.vector, k, category or None))))
+            while len(searching) > limit:
+                position, one, found = searching.popleft()
+                outcomes[position] = SearchOutcome(found.result(), self._tags(one, tags),
+                                                   (time.perf_counter() - started) * 1000.0)
+
+        for position, path in enumerate(paths):
             try:
-                decoded.append(self.decoder(path))
+                pixels = self._batch_lane.submit(self.decoder, path).result()
             except ServeError as error:
-                decoded.append(error)
-        pixels = [value for value in decoded if not isinstance(value, ServeError)]
-        embedded = self.embed_stage(pixels) if pixels else []
-        hits = self.search_stage([Lookup(e.vector, k, category or None) for e in embedded]) if pixels else []
-        took = (time.perf_counter() - started) * 1000.0
-        answers = iter(zip(embedded, hits, strict=True))
-        outcomes: list[SearchOutcome | ServeError] = []
-        for value in decoded:
-            if isinstance(value, ServeError):
-                outcomes.append(value)
-            else:
-                one, found = next(answers)
-                outcomes.append(SearchOutcome(found, self._tags(one, tags), took))
-        return outcomes
+                outcomes[position] = error
+                continue
+            advance(self.options.batch_in_flight - 1)
+            embedding.append((position, self._embedder.enqueue(pixels)))
+        advance(0)
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def tag(self, path: str | os.PathLike[str], *, top: int = 5) -> list[Tag]:
         """The head's ``top`` most probable classes for the photo, most probable first."""
@@ -357,6 +371,8 @@ class VisualSearchService:
                 "tagging": self.head is not None, "classes": list(self.classes),
                 "max_upload_bytes": self.max_upload_bytes, "writable": self.index.has_attributes,
                 "batching": {"max_batch": self.options.max_batch, "max_wait_ms": self.options.max_wait_ms,
+                             "batch_in_flight": self.options.batch_in_flight,
                              "encoder": asdict(self._embedder.stats), "milvus": asdict(self._searcher.stats)},
                 "decode": {"max_pixels": self.decoder.max_pixels, "concurrency": self.decoder.concurrency,
+                           "per_decode_bytes": self.decoder.per_decode_bytes,
                            "memory_bound_bytes": self.decoder.memory_bound_bytes}}

@@ -6,12 +6,15 @@ to do. The rules, and why:
 - **Text is strict UTF-8** without control characters (U+0000..U+001F, U+007F..U+009F): a lone surrogate
   cannot be encoded to the store, and a control character breaks filters, logs and the page.
 - **Ids have no path-like segments** (``.``, ``..``, empty: leading, trailing or doubled ``/``): a browser
-  normalises ``/items/a/../b/image`` to another path, so such an id's ``image_url`` could not work.
-  :func:`image_url` encodes the slashes of ids that already hold one (indexed from elsewhere).
+  normalises ``/items/a/../b/image`` to another path, so such an id's ``image_url`` could not work. Nor do they
+  end in a reserved suffix (``/image``, ``/similar``): ``GET /items/{id}`` would reach the image or similar-items
+  route instead. Checked at ingest, through the API and by ``shelfsight index`` (a refused catalogue id is
+  skipped with the reason). :func:`image_url` encodes the slashes of ids that already hold one (stored before).
 - **Metadata** is a JSON object of at most ``MAX_METADATA_BYTES``, ``MAX_DEPTH`` levels, ``MAX_KEYS`` keys
   and ``MAX_NODES`` values in all; integers within +-(2**53 - 1) (exact in JavaScript and in the store's
-  int64), finite numbers only (``NaN``/``Infinity`` are not JSON). Checked before storing, so a stored
-  item can always be read back.
+  int64; refused by their digit count before Python parses them, so a 5,000-digit integer is a 422 like a
+  17-digit one, not Python's int-parsing error), finite numbers only (``NaN``/``Infinity`` are not JSON).
+  Checked before storing, so a stored item can always be read back.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ MAX_DEPTH = 8
 MAX_KEYS = 256
 MAX_NODES = 4096
 MAX_SAFE_INTEGER = 2**53 - 1
+RESERVED_SUFFIXES = ("/image", "/similar")
+"""Id endings that the item routes claim: ``GET /items/ID/image`` is the image of ``ID``, not an item ``ID/image``."""
 _TEXT_CONTROLS_ALLOWED = frozenset("\t\n\r")
 """Control characters allowed inside metadata string values (multi-line descriptions); never in ids, labels or keys."""
 
@@ -60,6 +65,10 @@ def check_item_id(item_id: str) -> str:
     if any(segment in ("", ".", "..") for segment in item_id.split("/")):
         raise InvalidItemError(f"id {item_id[:80]!r} has an empty, '.' or '..' segment between slashes, which a "
                                "browser would rewrite in its image URL; use another id")
+    if item_id.endswith(RESERVED_SUFFIXES):
+        raise InvalidItemError(f"id {item_id[-80:]!r} ends in {item_id[item_id.rindex('/'):]!r}, which the item "
+                               "routes reserve (GET /items/ID/image is ID's image), so the item could not be read; "
+                               "use another id")
     return item_id
 
 
@@ -109,7 +118,7 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
         return None
     check_text(text, "metadata", max_bytes=MAX_METADATA_BYTES, allowed=_TEXT_CONTROLS_ALLOWED)
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, parse_int=_safe_int)
     except json.JSONDecodeError as error:
         raise InvalidItemError(f"metadata is not valid JSON: {error.msg} at character {error.pos}") from None
     except RecursionError:
@@ -118,6 +127,15 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
         raise InvalidItemError("metadata must be a JSON object, e.g. {\"price\": 1.5}")
     check_metadata(value)
     return value
+
+
+def _safe_int(digits: str) -> int:
+    """An integer literal, refused by its length before ``int`` parses it: more than 16 digits is beyond 2**53
+    (and past 4,300 Python itself would refuse it, as a ValueError, not a 422)."""
+    if len(digits.lstrip("-")) > len(str(MAX_SAFE_INTEGER)):
+        raise InvalidItemError(f"metadata holds a {len(digits.lstrip('-')):,}-digit integer, beyond +-(2**53 - 1); "
+                               "send it as a string")
+    return int(digits)
 
 
 def _no_constant(name: str) -> Any:
