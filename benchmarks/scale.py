@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from shelfsight.search import ExactIndex, MilvusIndex, SearchResult, recall_against_exact
+from shelfsight.search.milvus_server import group_pids
 
 TYPES = ("FLAT", "IVF_FLAT", "HNSW", "IVF_PQ")
 ENGINES = ("lite", "server")
@@ -121,19 +122,6 @@ class RssSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def group_pids(pgid: int) -> list[int]:
-    """The live processes of a process group (the server's)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def open_engine(engine: str, where: str, size: int, dim: int) -> MilvusIndex:

@@ -206,14 +206,20 @@ def _group_alive(pgid: int) -> bool:
     """Whether any live (not zombie) process is still in the group; our own zombie children are reaped."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pgid, os.WNOHANG)
+    return bool(group_pids(pgid))
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group: the server and what it started."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+            found.append(int(stat.parent.name))
+    return found
 
 
 def stop_milvus_server(data_dir: str | os.PathLike[str], grace: float = 15.0) -> MilvusServer | None:
