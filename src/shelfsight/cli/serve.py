@@ -15,6 +15,16 @@ from shelfsight.errors import ShelfsightError
 if TYPE_CHECKING:
     from shelfsight.serve import IndexReport
 
+Calibrate = Annotated[bool, typer.Option("--calibrate", help="Calibrate the 'no close match' threshold on the "
+                                         "indexed catalogue (held-out classes as unknown): match.json.")]
+HandThreshold = Annotated[float | None, typer.Option(
+    min=-1.0, max=1.0, help="Set the 'no close match' top-1 cosine threshold by hand (match.json).")]
+UnknownShare = Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of classes held out (calibration).")]
+TargetPrecision = Annotated[float, typer.Option(min=0.01, max=1.0, help="Precision of 'match' answers the "
+                                                "threshold is chosen for (as the bench's openset).")]
+ServeThreshold = Annotated[float | None, typer.Option(
+    min=-1.0, max=1.0, help="Top-1 cosine below which a search is 'no close match' (default: the index folder's "
+                            "match.json, from `shelfsight index --calibrate`).")]
 IndexDir = Annotated[Path, typer.Option("--index-dir", help="Index folder: manifest, Milvus Lite store, uploads.")]
 
 
@@ -48,15 +58,17 @@ def index_command(
         help="Store vectors compressed: pcaD (PCA fitted on this catalogue), sq8 (Milvus int8 codes), pcaD-sq8, "
              "or none (default: the folder's own).")] = None,
     build_timeout: BuildTimeout = 300.0,
+    calibrate: Calibrate = False,
+    match_threshold: HandThreshold = None,
+    calibration_seed: Annotated[int, typer.Option(help="Seed of the held-out classes' draw.")] = 0,
+    unknown_share: UnknownShare = 0.25,
+    target_precision: TargetPrecision = 0.95,
 ) -> None:
     """Build or extend the Milvus collection that `shelfsight serve` searches (items already there are kept)."""
-    from shelfsight.backbones import get_spec
     from shelfsight.catalog import load_catalog
     from shelfsight.serve import build_index
 
-    get_spec(model)
-    if vectors not in ("backbone", "head"):
-        raise typer.BadParameter("use backbone or head", param_hint="--vectors")
+    _check_index_options(model, vectors, calibrate, match_threshold)
     source = load_catalog(catalog, data_dir=data_dir, splits=tuple(split) if split else None, cache_dir=cache_dir,
                           image_root=image_root, group=group)
     if vectors == "head":
@@ -69,12 +81,53 @@ def index_command(
                          overwrite=overwrite, export_onnx=onnx, cache_dir=cache_dir, batch_size=batch_size,
                          num_workers=workers, progress=not quiet, sync=sync,
                          runtime=runtime, compress=compress, build_timeout=build_timeout)  # type: ignore[arg-type]
+    _print_summary(report)
+    _print_warnings(report, source.root)
+    _store_match(index_dir, token, calibrate, match_threshold, seed=calibration_seed, unknown_share=unknown_share,
+                 target_precision=target_precision)
+
+
+def _check_index_options(model: str, vectors: str, calibrate: bool, by_hand: float | None) -> None:
+    """Refused before anything is embedded: an unknown model, vector kind, or both ways to set the threshold."""
+    from shelfsight.backbones import get_spec
+
+    get_spec(model)
+    if vectors not in ("backbone", "head"):
+        raise typer.BadParameter("use backbone or head", param_hint="--vectors")
+    if calibrate and by_hand is not None:
+        raise typer.BadParameter("give either --calibrate or --match-threshold", param_hint="--match-threshold")
+
+
+def _store_match(index_dir: Path, token: str, calibrate: bool, by_hand: float | None, **options: float) -> None:
+    """Write the index folder's match.json: calibrated on the stored items, or the threshold given."""
+    if not calibrate and by_hand is None:
+        return
+    from shelfsight.serve.indexer import open_collection
+    from shelfsight.serve.manifest import IndexLayout, read_manifest
+    from shelfsight.serve.match import by_hand as hand_record
+    from shelfsight.serve.match import calibrate_index, summary_lines, write_match
+
+    layout = IndexLayout.at(index_dir)
+    if by_hand is not None:
+        write_match(layout, hand_record(by_hand))
+        console.print(f"match threshold {by_hand:.4f} (set by hand) written to {layout.folder / 'match.json'}")
+        return
+    index = open_collection(layout, read_manifest(layout), token=token)
+    try:
+        record = calibrate_index(index, layout, **options)
+    finally:
+        index.close()
+    for line in summary_lines(record):
+        console.print(line)
+
+
+def _print_summary(report: IndexReport) -> None:
+    """What the run added, removed and kept, and the bytes per stored vector."""
     console.print(f"{report.added} added ({report.embedded} photo(s) embedded, the rest from the cache), "
                   f"{report.removed} removed, {report.already_indexed} already indexed, {len(report.skipped)} skipped "
                   f"(unreadable), {report.total} items in {report.folder} ({report.vectors} vectors, {report.dim}-d, "
                   f"{report.seconds:.1f} s)" + (f"; ONNX encoder {report.onnx}" if report.onnx else ""))
     console.print(_storage_line(report))
-    _print_warnings(report, source.root)
 
 
 def _print_warnings(report: IndexReport, root: Path) -> None:
@@ -134,6 +187,7 @@ def serve_command(
     allow_images_from: Annotated[list[Path] | None, typer.Option(
         help="Serve the images of items indexed from outside their catalogue's folder when they lie in this folder "
              "(repeatable; nothing else outside is served).")] = None,
+    match_threshold: ServeThreshold = None,
 ) -> None:
     """Serve visual search, tagging and catalogue changes over an index folder, with a web page at /."""
     _check_choices(encoder, read_access, api_key)
@@ -150,7 +204,8 @@ def serve_command(
         allowed_hosts=allowed_host or list(LOOPBACK_HOSTS), cors_origins=cors_origin or [], max_batch=max_batch,
         max_wait_ms=max_wait_ms, batch_in_flight=batch_in_flight,
         max_decode_pixels=int(max_decode_megapixels * 1_000_000), decode_concurrency=decode_concurrency,
-        body_timeout_s=body_timeout, header_timeout_s=header_timeout, allow_images_from=allow_images_from or [])
+        body_timeout_s=body_timeout, header_timeout_s=header_timeout,
+        allow_images_from=allow_images_from or [], match_threshold=match_threshold)
     try:
         check_binding(host, api_key=api_key, read_only=read_only, allowed_hosts=settings.allowed_hosts)
     except ServeError as error:

@@ -46,6 +46,8 @@ from shelfsight.serve.errors import (
 from shelfsight.serve.forms import StrictFormRoute
 from shelfsight.serve.guards import BodyGuard, JsonErrors
 from shelfsight.serve.http import DEFAULT_HEADER_TIMEOUT
+from shelfsight.serve.manifest import IndexLayout
+from shelfsight.serve.match import served_match
 from shelfsight.serve.opening import DEFAULT_MAX_UPLOAD_BYTES, ServiceOptions
 from shelfsight.serve.routes import add_catalogue_routes, add_search_routes, add_service_routes
 from shelfsight.serve.security import LOOPBACK_HOSTS, AccessGuard, ReadAccess
@@ -96,6 +98,8 @@ class ServeSettings(BaseModel):
     read_only: bool = False
     allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_HOSTS))
     cors_origins: list[str] = Field(default_factory=list)
+    match_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    """A top-1 cosine below which the top result is "no close match", overriding the index folder's ``match.json``."""
     allow_images_from: list[Path] = Field(default_factory=list)
     """Folders whose images are served also for items indexed from outside their catalogue's folder (the
     path-safety checks still hold: only files resolving inside one of these)."""
@@ -135,6 +139,8 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
     app.router.route_class = StrictFormRoute
     app.state.access = settings.access()
     app.state.header_timeout_s = settings.header_timeout_s
+    app.state.match, app.state.match_where = served_match(IndexLayout.at(settings.index_dir),
+                                                          settings.match_threshold)
     app.add_middleware(BodyGuard, max_bytes=settings.max_upload_bytes + ENVELOPE_BYTES,
                        timeout_s=settings.body_timeout_s,
                        detail=f"upload larger than the limit of {settings.max_upload_bytes:,} bytes")

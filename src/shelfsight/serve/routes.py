@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from shelfsight.search.milvus import LABEL_MAX_LENGTH
 from shelfsight.serve.errors import InvalidItemError, ServeError
+from shelfsight.serve.match import MatchThreshold, describe
 from shelfsight.serve.pipeline import Hit
 from shelfsight.serve.schemas import (
     BatchEntry,
@@ -42,12 +43,19 @@ def current(request: Request) -> VisualSearchService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def _hits(hits: list[Hit]) -> list[HitModel]:
-    return [HitModel(**vars(hit)) for hit in hits]
+def matching(request: Request) -> MatchThreshold | None:
+    """The app's "no close match" threshold (``serve/match.py``), None without one."""
+    return request.app.state.match  # type: ignore[no-any-return]
 
 
-def _tags(tags: list[Tag] | None) -> list[TagModel] | None:
-    return [TagModel(**vars(t)) for t in tags] if tags is not None else None
+def _hits(hits: list[Hit], match: MatchThreshold | None) -> list[HitModel]:
+    return [HitModel(**vars(hit), match=match.is_match(hit.score) if match else None) for hit in hits]
+
+
+def tag_models(tags: list[Tag] | None, match: MatchThreshold | None) -> list[TagModel] | None:
+    if tags is None:
+        return None
+    return [TagModel(**vars(t), match=match.tag_match(t.probability) if match else None) for t in tags]
 
 
 def _item_id(request: Request, item_id: str) -> str:
@@ -65,8 +73,9 @@ def add_search_routes(app: FastAPI, max_k: int, status_of: dict[type[ServeError]
         wanted = check_label(category, "category")
         with svc.receive(image.file) as path:
             outcome = svc.search(path, k=k, category=wanted or None)
-        return SearchResponse(results=_hits(outcome.hits), tags=_tags(outcome.tags), encoder=svc.encoder.name,
-                              took_ms=outcome.took_ms)
+        match = matching(request)
+        return SearchResponse(results=_hits(outcome.hits, match), tags=tag_models(outcome.tags, match),
+                              encoder=svc.encoder.name, took_ms=outcome.took_ms)
 
     @app.post("/search/batch", response_model=BatchSearchResponse, tags=["search"])
     def search_batch(request: Request, images: Annotated[list[UploadFile], File(description="Photos, in order.")],
@@ -81,16 +90,17 @@ def add_search_routes(app: FastAPI, max_k: int, status_of: dict[type[ServeError]
         with contextlib.ExitStack() as stack:
             paths = [stack.enter_context(svc.receive(image.file)) for image in images]
             outcomes = svc.search_many(paths, k=k, category=wanted or None)
-        entries = [_entry(outcome, status_of) for outcome in outcomes]
+        entries = [_entry(outcome, status_of, matching(request)) for outcome in outcomes]
         return BatchSearchResponse(entries=entries, encoder=svc.encoder.name,
                                    took_ms=(time.perf_counter() - started) * 1000.0)
 
 
-def _entry(outcome: SearchOutcome | ServeError, status_of: dict[type[ServeError], int]) -> BatchEntry:
+def _entry(outcome: SearchOutcome | ServeError, status_of: dict[type[ServeError], int],
+           match: MatchThreshold | None) -> BatchEntry:
     if isinstance(outcome, ServeError):
         status = next((code for kind, code in status_of.items() if isinstance(outcome, kind)), 422)
         return BatchEntry(status=status, detail=str(outcome))
-    return BatchEntry(status=200, results=_hits(outcome.hits), tags=_tags(outcome.tags))
+    return BatchEntry(status=200, results=_hits(outcome.hits, match), tags=tag_models(outcome.tags, match))
 
 
 def add_catalogue_routes(app: FastAPI, max_k: int) -> None:
@@ -125,7 +135,7 @@ def add_catalogue_routes(app: FastAPI, max_k: int) -> None:
         started = time.perf_counter()
         wanted = query_label(category, "category", request.scope.get("query_string"))
         hits = current(request).similar(_item_id(request, item_id), k=k, category=wanted or None)
-        return SimilarResponse(id=item_id, results=_hits(hits), took_ms=(time.perf_counter() - started) * 1000.0)
+        return SimilarResponse(id=item_id, results=_hits(hits, None), took_ms=(time.perf_counter() - started) * 1000.0)
 
     @app.get("/items/{item_id:path}", response_model=ItemModel, tags=["catalogue"])
     def get_item(request: Request, item_id: str) -> ItemModel:
@@ -143,7 +153,8 @@ def add_service_routes(app: FastAPI) -> None:
 
     @app.get("/health", response_model=HealthResponse, tags=["service"])
     def health(request: Request) -> HealthResponse:
-        return HealthResponse(**current(request).health(), access=request.app.state.access)
+        return HealthResponse(**current(request).health(), access=request.app.state.access,
+                              match=describe(matching(request), request.app.state.match_where))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

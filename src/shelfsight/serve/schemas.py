@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 class TagModel(BaseModel):
     label: str
     probability: float
+    match: bool | None = Field(default=None, description="Whether the probability reaches the service's tagging "
+                               "threshold (a close match); null without one.")
 
 
 class HitModel(BaseModel):
@@ -20,6 +22,8 @@ class HitModel(BaseModel):
     split: str
     image_url: str
     metadata: dict[str, Any]
+    match: bool | None = Field(default=None, description="Whether the score reaches the service's match threshold "
+                               "(`shelfsight index --calibrate`): false means no close match; null without one.")
 
 
 class SearchResponse(BaseModel):
@@ -80,3 +84,5 @@ class HealthResponse(BaseModel):
     access: dict[str, Any]
     compression: dict[str, Any] | None = None
     """How the index stores vectors (``shelfsight index --compress``); None for float vectors."""
+    match: dict[str, Any] | None = None
+    """The "no close match" threshold, its provenance and where it was read (``serve/match.py``); None without one."""

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import FastAPI, Form, Query, Request
 
 from shelfsight.serve.errors import InvalidItemError
-from shelfsight.serve.routes import ImageFile, current
+from shelfsight.serve.routes import ImageFile, current, matching, tag_models
 from shelfsight.serve.schemas import TagModel, TagResponse
 from shelfsight.serve.service import VisualSearchService
 from shelfsight.serve.text import MAX_LABELS, TextSide, tag_probabilities, zero_shot_labels
@@ -35,15 +35,15 @@ def add_tag_route(app: FastAPI, side: TextSide) -> None:
         with ``zero_shot``, a softmax over the labels given (text-image models)."""
         svc = current(request)
         if zero_shot is None:
-            return _by_head(svc, image, top)
+            return _by_head(svc, image, top, request)
         return _by_labels(svc, side, image, top, zero_shot)
 
 
-def _by_head(svc: VisualSearchService, image: ImageFile, top: int) -> TagResponse:
+def _by_head(svc: VisualSearchService, image: ImageFile, top: int, request: Request) -> TagResponse:
     svc.require_tagging()  # before spooling the upload
     with svc.receive(image.file) as path:
         tags = svc.tag(path, top=top)
-    return TagResponse(tags=[TagModel(**vars(t)) for t in tags], encoder=svc.encoder.name)
+    return TagResponse(tags=tag_models(tags, matching(request)) or [], encoder=svc.encoder.name)
 
 
 def _by_labels(svc: VisualSearchService, side: TextSide, image: ImageFile, top: int, values: list[str]

@@ -59,7 +59,13 @@ function renderHits(listId, results) {
 
 function renderResults(results) {
   renderHits("results", results);
-  $("results-note").textContent = results.length ? "Click a product to see similar items." : "No similar item found.";
+  // the service flags each result against its threshold (match: true/false; null without one): when the top
+  // result is not a close match, say so and grey the results rather than show a confident wrong answer
+  const noMatch = results.length > 0 && results[0].match === false;
+  $("results").classList.toggle("no-match", noMatch);
+  $("results-note").classList.toggle("no-match-note", noMatch);
+  $("results-note").textContent = noMatch ? "No close match in the catalogue: the nearest items are shown greyed." :
+    results.length ? "Click a product to see similar items." : "No similar item found.";
 }
 
 async function showSimilar(hit, itemUrl) {
@@ -96,6 +102,7 @@ function renderTags(tags) {
     const fill = element("i");
     fill.style.width = `${(100 * tag.probability).toFixed(1)}%`;
     bar.append(fill);
+    if (tag.match === false) row.classList.add("no-match");
     row.append(element("span", "name", tag.label), element("span", "p", `${(100 * tag.probability).toFixed(1)}%`), bar);
     return row;
   }));
