@@ -156,3 +156,16 @@ def _class_rows(classes: ArrayLike) -> list[np.ndarray]:
     if not len(labels):
         raise ValueError("a class bootstrap needs at least one query on each side")
     return [np.flatnonzero(labels == value) for value in np.unique(labels)]
+
+
+def draw_unknown(class_sizes: dict[str, int], share: float, seed: int) -> tuple[str, ...]:
+    """``round(share * C)`` classes (at least 1, leaving at least 2 known): the classes sorted by size are cut into
+    that many consecutive bins and one class is drawn from each, so small and large classes are held out alike.
+    One draw for the bench's open-set cells and the service's calibration."""
+    classes = sorted(class_sizes, key=lambda c: (class_sizes[c], c))
+    if len(classes) < 3:
+        raise ValueError(f"an open-set split needs at least 3 classes, got {len(classes)}")
+    count = min(len(classes) - 2, max(1, round(share * len(classes))))
+    rng = np.random.default_rng(seed)
+    bins = np.array_split(np.arange(len(classes)), count)
+    return tuple(sorted(classes[int(rng.choice(b))] for b in bins))

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shelfsight.adapt import LinearHead
 from shelfsight.files import atomic_write
 from shelfsight.metrics.openset import auroc, max_softmax, precision_threshold
+from shelfsight.metrics.openset import draw_unknown as openset_draw
 from shelfsight.search.milvus import MilvusIndex
 from shelfsight.search.milvus_fields import VECTOR_FIELD, id_filter
 from shelfsight.serve.errors import ServeError
@@ -146,15 +147,12 @@ def stored_rows(index: MilvusIndex) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def draw_unknown(class_sizes: dict[str, int], share: float, seed: int) -> tuple[str, ...]:
-    """``round(share * C)`` classes (at least 1, leaving at least 2 known), one from each of that many bins of
-    the classes sorted by size: the bench's draw (``bench/strategies/openset_data.py``), which serve may not import."""
-    classes = sorted(class_sizes, key=lambda c: (class_sizes[c], c))
-    if len(classes) < 3:
-        raise ServeError(f"calibration needs at least 3 labelled classes in the index, found {len(classes)}")
-    count = min(len(classes) - 2, max(1, round(share * len(classes))))
-    rng = np.random.default_rng(seed)
-    bins = np.array_split(np.arange(len(classes)), count)
-    return tuple(sorted(classes[int(rng.choice(b))] for b in bins))
+    """The bench's draw of unknown classes (``metrics.openset.draw_unknown``), refused as a service error."""
+    try:
+        return openset_draw(class_sizes, share, seed)
+    except ValueError:
+        raise ServeError(f"calibration needs at least 3 labelled classes in the index, found {len(class_sizes)}"
+                         ) from None
 
 
 def top1_scores(labels: list[str], vectors: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,26 +20,13 @@ from shelfsight.bench.strategies.base import StrategyInputs
 from shelfsight.bench.strategies.openset_scoring import Scored, TaskQueries
 from shelfsight.bench.strategies.scoring import ClassificationData
 from shelfsight.catalog import CatalogItem, classification_for
-from shelfsight.metrics.openset import energy, max_softmax
+from shelfsight.metrics.openset import draw_unknown, energy, max_softmax
 
 if TYPE_CHECKING:
     from shelfsight.adapt import MLPHead, TopTuneConfig
 
 RETRIEVAL, TAGGING = "openset-retrieval", "openset-tagging"
 """The two tasks, as the protocols of an ``openset`` cell's scores."""
-
-
-def draw_unknown(class_sizes: dict[str, int], share: float, seed: int) -> tuple[str, ...]:
-    """``round(share * C)`` classes (at least 1, leaving at least 2 known): the classes sorted by training photos
-    are cut into that many consecutive bins and one class is drawn from each, so small and large classes are held
-    out alike."""
-    classes = sorted(class_sizes, key=lambda c: (class_sizes[c], c))
-    if len(classes) < 3:
-        raise ValueError(f"an open-set split needs at least 3 training classes, got {len(classes)}")
-    count = min(len(classes) - 2, max(1, round(share * len(classes))))
-    rng = np.random.default_rng(seed)
-    bins = np.array_split(np.arange(len(classes)), count)
-    return tuple(sorted(classes[int(rng.choice(b))] for b in bins))
 
 
 @dataclass(frozen=True)
