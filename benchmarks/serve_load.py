@@ -20,8 +20,18 @@ without micro-batching, and the encoder's own batched rate in the same run.
    encoder's CPU per image against the CPU per request (server and client together, and the server alone):
    the ratio the wall-clock one would reach with every core busy on this work, however busy the machine.
 
+4. Where the server's CPU goes (``--breakdown``), measured in this process after the load, each stage alone
+   on the same photos and index: decoding one photo, the encoder's CPU per image at batch 1 and 2 (what the
+   micro-batches of a few clients hold), and one search of 1 and 2 vectors against the served collection
+   (Milvus Lite in this process, or the server's process group's CPU with ``--milvus server``).
+
+``--milvus server`` starts a real Milvus server (PyPI's ``milvus`` wheel, ``shelfsight milvus start``'s code) on
+loopback, builds the same index on it and serves with ``--uri``; its process group's CPU is counted beside the
+service's, so the CPU per request is the whole cost on this machine.
+
     .venv/bin/python benchmarks/serve_load.py                          # 1/4/8 clients, 20 s each, both modes
     .venv/bin/python benchmarks/serve_load.py --concurrency 8 --duration 60 --modes batched
+    .venv/bin/python benchmarks/serve_load.py --modes batched --concurrency 4 8 --milvus lite server --breakdown
 """
 
 from __future__ import annotations
@@ -46,9 +56,11 @@ import numpy as np
 
 from shelfsight.backbones import load_backbone
 from shelfsight.catalog import load_catalog
-from shelfsight.serve import OnnxEncoder, TorchEncoder, build_index, ensure_onnx
+from shelfsight.search.milvus_server import MilvusServer, group_pids, start_milvus_server
+from shelfsight.serve import IndexLayout, OnnxEncoder, TorchEncoder, build_index, ensure_onnx, read_manifest
 from shelfsight.serve.decode import BoundedDecoder
 from shelfsight.serve.encoder import EmbeddingModel, median_ms
+from shelfsight.serve.indexer import open_collection
 
 
 @dataclass
@@ -66,6 +78,8 @@ class LoadResult:
     """CPU seconds of this process (the client threads) during the timed run."""
     server_cpu_s: float = float("nan")
     """CPU seconds of the server process (all its threads, and child processes) during the timed run."""
+    milvus_cpu_s: float = 0.0
+    """CPU seconds of a Milvus server's processes during the timed run (0 with Milvus Lite, which runs inside)."""
     error_samples: list[str] = field(default_factory=list)
 
     @property
@@ -74,7 +88,12 @@ class LoadResult:
 
     @property
     def server_cpu_ms(self) -> float:
-        return 1000.0 * self.server_cpu_s / self.requests if self.requests else float("nan")
+        """The service's and its Milvus server's CPU per request: the whole cost of answering on this machine."""
+        return 1000.0 * (self.server_cpu_s + self.milvus_cpu_s) / self.requests if self.requests else float("nan")
+
+    @property
+    def milvus_cpu_ms(self) -> float:
+        return 1000.0 * self.milvus_cpu_s / self.requests if self.requests else float("nan")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -100,6 +119,18 @@ def cpu_seconds(pid: int) -> float:
                 return float("nan")
             continue
         total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def group_cpu_seconds(pgid: int | None) -> float:
+    """User + system CPU seconds of the living processes of a process group (a Milvus server); 0 for None."""
+    if pgid is None:
+        return 0.0
+    total, ticks = 0.0, os.sysconf("SC_CLK_TCK")
+    for member in group_pids(pgid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
     return total
 
 
@@ -144,7 +175,7 @@ def serving(index_dir: Path, encoder: str, log: Path, *options: str) -> Iterator
 
 
 def run_load(url: str, photos: list[tuple[str, bytes]], *, clients: int, duration: float, k: int,
-             warmup: int, server_pid: int | None = None) -> LoadResult:
+             warmup: int, server_pid: int | None = None, milvus_group: int | None = None) -> LoadResult:
     """``clients`` threads posting photos until the deadline; latencies measured per request by each client,
     and the CPU seconds this process (the clients) and the server process (``server_pid``) used meanwhile."""
     with httpx.Client(base_url=url, timeout=60) as http:
@@ -186,6 +217,7 @@ def run_load(url: str, photos: list[tuple[str, bytes]], *, clients: int, duratio
     for thread in threads:
         thread.start()
     server_before = cpu_seconds(server_pid) if server_pid is not None else float("nan")
+    milvus_before = group_cpu_seconds(milvus_group)
     client_before = own_cpu_seconds()
     began = time.perf_counter()
     deadline[0] = began + duration
@@ -195,12 +227,14 @@ def run_load(url: str, photos: list[tuple[str, bytes]], *, clients: int, duratio
     elapsed = time.perf_counter() - began
     client_cpu = own_cpu_seconds() - client_before
     server_cpu = cpu_seconds(server_pid) - server_before if server_pid is not None else float("nan")
+    milvus_cpu = group_cpu_seconds(milvus_group) - milvus_before
     ordered = np.sort(np.array(latencies))
     return LoadResult(clients=clients, seconds=elapsed, requests=len(latencies), errors=len(errors),
                       rps=len(latencies) / elapsed, p50_ms=float(np.percentile(ordered, 50)),
                       p95_ms=float(np.percentile(ordered, 95)), p99_ms=float(np.percentile(ordered, 99)),
                       server_median_ms=statistics.median(server_ms) if server_ms else float("nan"),
-                      client_cpu_s=client_cpu, server_cpu_s=server_cpu, error_samples=errors[:5])
+                      client_cpu_s=client_cpu, server_cpu_s=server_cpu, milvus_cpu_s=milvus_cpu,
+                      error_samples=errors[:5])
 
 
 def timed_with_cpu(encode: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -270,32 +304,51 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="micro-batch wait of the batched mode")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per encoder measurement")
     parser.add_argument("--output", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--milvus", nargs="+", default=["lite"], choices=("lite", "server"),
+                        help="serve from Milvus Lite and/or a Milvus server started here (PyPI's milvus wheel)")
+    parser.add_argument("--breakdown", action="store_true", help="measure each stage's CPU alone afterwards")
     args = parser.parse_args()
     if not 0 < args.duration <= 600 or not all(1 <= c <= 64 for c in args.concurrency):
         parser.error("--duration must be in (0, 600] seconds and --concurrency in 1..64")
     return args
 
 
-def run_modes(args: argparse.Namespace, index_dir: Path, photos: list[tuple[str, bytes]],
+@dataclass
+class Target:
+    """One engine to serve from: Milvus Lite in the index folder, or a Milvus server (``milvus``)."""
+
+    engine: str
+    index_dir: Path
+    milvus: MilvusServer | None = None
+
+    @property
+    def group(self) -> int | None:
+        return self.milvus.pid if self.milvus else None
+
+
+def run_modes(args: argparse.Namespace, target: Target, photos: list[tuple[str, bytes]],
               scratch: Path) -> tuple[dict[str, list[LoadResult]], dict[str, dict[str, object]]]:
-    """Each mode served in its own process, each concurrency level run against it."""
+    """Each mode served in its own process, each concurrency level run against it; keys ``MODE/ENGINE``."""
     loads: dict[str, list[LoadResult]] = {}
     health: dict[str, dict[str, object]] = {}
     for mode in args.modes:
         options = MODES[mode] or ("--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms))
-        with serving(index_dir, args.encoder, scratch / f"serve-{mode}.log", *options) as (url, pid):
+        label = f"{mode}/{target.engine}"
+        with serving(target.index_dir, args.encoder, scratch / f"serve-{mode}-{target.engine}.log",
+                     *options) as (url, pid):
             first = httpx.get(f"{url}/health").json()
-            print(f"server ({mode}): {first['items']:,} items, encoder {first['encoder']} "
+            print(f"server ({label}): {first['items']:,} items, encoder {first['encoder']} "
                   f"({json.dumps(first['encoder_report'])})", flush=True)
-            loads[mode] = []
+            loads[label] = []
             for clients in args.concurrency:
                 load = run_load(url, photos, clients=clients, duration=args.duration, k=args.k, warmup=args.warmup,
-                                server_pid=pid)
-                loads[mode].append(load)
-                print(f"  {mode:>9} x{clients}: {load.rps:6.1f} req/s, p50 {load.p50_ms:6.1f} ms, p95 "
+                                server_pid=pid, milvus_group=target.group)
+                loads[label].append(load)
+                print(f"  {label:>16} x{clients}: {load.rps:6.1f} req/s, p50 {load.p50_ms:6.1f} ms, p95 "
                       f"{load.p95_ms:6.1f} ms, p99 {load.p99_ms:6.1f} ms, errors {load.errors}; CPU per request: "
-                      f"server {load.server_cpu_ms:.1f} ms, client {load.client_cpu_ms:.1f} ms", flush=True)
-            health[mode] = httpx.get(f"{url}/health").json()
+                      f"server {load.server_cpu_ms:.1f} ms (Milvus server {load.milvus_cpu_ms:.1f}), client "
+                      f"{load.client_cpu_ms:.1f} ms", flush=True)
+            health[label] = httpx.get(f"{url}/health").json()
     return loads, health
 
 
@@ -307,14 +360,15 @@ def report(args: argparse.Namespace, loads: dict[str, list[LoadResult]], health:
     batched = batched_rate(speeds, key, size)
     single_rate = 1 / (speeds[f"{key}_b1_ms"] / 1000.0)
     print(f"\n/search k={args.k} on loopback, {args.duration:.0f} s per run, encoder {encoder}, {os.cpu_count()} CPUs")
-    print("| mode | clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms | service median ms "
-          "| server CPU ms/req | client CPU ms/req | server cores | client cores |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| mode/engine | clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms | service median ms "
+          "| server CPU ms/req | of which Milvus server | client CPU ms/req | server cores | client cores |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode, results in loads.items():
         for r in results:
+            cores = (r.server_cpu_s + r.milvus_cpu_s) / r.seconds
             print(f"| {mode} | {r.clients} | {r.requests} | {r.errors} | {r.rps:.1f} | {r.p50_ms:.0f} | "
                   f"{r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.server_median_ms:.0f} | {r.server_cpu_ms:.1f} | "
-                  f"{r.client_cpu_ms:.1f} | {r.server_cpu_s / r.seconds:.2f} | {r.client_cpu_s / r.seconds:.2f} |")
+                  f"{r.milvus_cpu_ms:.1f} | {r.client_cpu_ms:.1f} | {cores:.2f} | {r.client_cpu_s / r.seconds:.2f} |")
         print(f"  {mode} batches formed: {json.dumps(health[mode]['batching'])}")
         for sample in (e for r in results for e in r.error_samples):
             print(f"  error: {sample}")
@@ -354,9 +408,10 @@ def cpu_lines(loads: dict[str, list[LoadResult]], speeds: dict[str, float], key:
                 continue
             both = r.server_cpu_ms + r.client_cpu_ms
             print(f"  {mode} x{r.clients}: server {r.server_cpu_ms:.1f} ms/request "
-                  f"({r.server_cpu_ms / encoder_cpu:.1f}x the encoder's per image), client {r.client_cpu_ms:.1f} "
-                  f"ms/request ({r.client_cpu_ms / both:.0%} of the CPU both used); cores used: server "
-                  f"{r.server_cpu_s / r.seconds:.2f} + client {r.client_cpu_s / r.seconds:.2f} of {cores}")
+                  f"({r.server_cpu_ms / encoder_cpu:.2f}x the encoder's per image; target <= 1.6x), client "
+                  f"{r.client_cpu_ms:.1f} ms/request ({r.client_cpu_ms / both:.0%} of the CPU both used); cores "
+                  f"used: server {(r.server_cpu_s + r.milvus_cpu_s) / r.seconds:.2f} + client "
+                  f"{r.client_cpu_s / r.seconds:.2f} of {cores}")
             print(f"    CPU-normalised ratio (encoder CPU per image / CPU per request): {encoder_cpu / both:.2f} with "
                   f"the client's CPU, {encoder_cpu / r.server_cpu_ms:.2f} server alone; wall-clock: "
                   f"{r.rps / rate:.2f}x the batched rate")
@@ -367,6 +422,63 @@ def batched_rate(speeds: dict[str, float], key: str, size: int) -> float:
     return size / (speeds[f"{key}_b{size}_ms"] / 1000.0)
 
 
+def cpu_breakdown(target: Target, backbone_name: str, encoder: str, onnx_path: Path, queries: list[Path],
+                  repeats: int) -> dict[str, float]:
+    """CPU ms of each stage alone, in this process (and the Milvus server's group): one photo decoded, the
+    served encoder per image at batch 1 and 2, one search of 1 and 2 vectors on the served collection."""
+    backbone = load_backbone(backbone_name)
+    decode = BoundedDecoder(backbone.preprocess)
+    pixels = np.stack([decode(path) for path in queries[:2]])
+    encode = OnnxEncoder(onnx_path) if encoder == "onnx" else TorchEncoder(backbone)
+    vectors = encode(pixels)
+    figures: dict[str, float] = {}
+    figures["decode"] = timed_with_cpu(lambda _: decode(queries[0]), pixels, repeats)[1]
+    for size in (1, 2):
+        figures[f"encoder_b{size}"] = timed_with_cpu(encode, pixels[:size], repeats)[1] / size
+    layout = IndexLayout.at(target.index_dir)
+    with open_collection(layout, read_manifest(layout), require_attributes=False) as index:
+        for size in (1, 2):
+            before = group_cpu_seconds(target.group)
+            own = timed_with_cpu(lambda x: index.search(x, 10), vectors[:size], repeats)[1]
+            # the server's CPU over the same calls: 3 untimed + ``repeats`` timed ones
+            figures[f"search_b{size}"] = own + 1000.0 * (group_cpu_seconds(target.group) - before) / (repeats + 3)
+    return figures
+
+
+def breakdown_lines(label: str, load: LoadResult, health: dict[str, object], figures: dict[str, float]) -> None:
+    """Server CPU per request split by stage, at the micro-batch sizes this run formed."""
+    batching = health["batching"]
+    assert isinstance(batching, dict)
+    per_encode = batching["encoder"]["items"] / max(batching["encoder"]["batches"], 1)
+    per_search = batching["milvus"]["items"] / max(batching["milvus"]["batches"], 1)
+    encoder = figures["encoder_b1"] + (min(per_encode, 2.0) - 1.0) * (figures["encoder_b2"] - figures["encoder_b1"])
+    search_call = figures["search_b1"] + (min(per_search, 2.0) - 1.0) * (figures["search_b2"] - figures["search_b1"])
+    stages = {"decode and preprocess (one photo)": figures["decode"],
+              f"encoder per image (batches of {per_encode:.2f})": encoder,
+              f"search per request (one call per {per_search:.2f} requests)": search_call / per_search}
+    rest = load.server_cpu_ms - sum(stages.values())
+    print(f"where the server's CPU goes, {label} x{load.clients} ({load.server_cpu_ms:.1f} ms per request; each "
+          "stage measured alone in this process, interpolated to the batch sizes the run formed):")
+    for name, ms in stages.items():
+        print(f"  {name}: {ms:.1f} ms ({ms / load.server_cpu_ms:.0%})")
+    print(f"  the rest (HTTP, multipart, JSON, threads and queues): {rest:.1f} ms ({rest / load.server_cpu_ms:.0%})")
+
+
+@contextlib.contextmanager
+def target_for(engine: str, args: argparse.Namespace, scratch: Path) -> Iterator[Target]:
+    """The index folder for ``engine``: built (or reused) in this process, on a started server for ``server``."""
+    if engine == "lite":
+        index_dir = args.index_dir or scratch / "index"
+        yield Target("lite", index_dir, None)
+        return
+    milvus = start_milvus_server(scratch / "milvus-data")
+    print(f"Milvus server {milvus.version} at {milvus.uri} (process group {milvus.pid})", flush=True)
+    try:
+        yield Target("server", scratch / "index-server", milvus)
+    finally:
+        milvus.stop()
+
+
 def main() -> None:
     args = parse_arguments()
     catalog = load_catalog("grocery-store", data_dir=args.data_dir)
@@ -374,21 +486,36 @@ def main() -> None:
         catalog = catalog.head(args.items)
     queries = [item.image_path for item in catalog if item.split == "test"][::7]
     photos = [(path.name, path.read_bytes()) for path in queries]
+    loads: dict[str, list[LoadResult]] = {}
+    health: dict[str, dict[str, object]] = {}
+    breakdowns: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="serve-load-") as scratch:
-        index_dir = args.index_dir or Path(scratch) / "index"
-        started = time.perf_counter()
-        built = build_index(args.model, catalog, index_dir, progress=True)
-        print(f"index: {built.total:,} items ({built.added:,} added, {built.already_indexed:,} already there), "
-              f"{built.dim}-d, {time.perf_counter() - started:.1f} s; {len(photos)} query photos", flush=True)
-        loads, health = run_modes(args, index_dir, photos, Path(scratch))
-        onnx_path = built.onnx or ensure_onnx(load_backbone(args.model), index_dir / "encoder.onnx")[0]
+        for engine in args.milvus:
+            with target_for(engine, args, Path(scratch)) as target:
+                started = time.perf_counter()
+                built = build_index(args.model, catalog, target.index_dir, progress=True,
+                                    uri=target.milvus.uri if target.milvus else None)
+                print(f"index ({engine}): {built.total:,} items ({built.added:,} added, {built.already_indexed:,} "
+                      f"already there), {built.dim}-d, {time.perf_counter() - started:.1f} s; {len(photos)} query "
+                      "photos", flush=True)
+                engine_loads, engine_health = run_modes(args, target, photos, Path(scratch))
+                loads.update(engine_loads)
+                health.update(engine_health)
+                onnx_path = built.onnx or ensure_onnx(load_backbone(args.model), target.index_dir / "encoder.onnx")[0]
+                if args.breakdown:
+                    served = str(next(iter(engine_health.values()))["encoder"])
+                    breakdowns[engine] = cpu_breakdown(target, args.model, served, onnx_path, queries, args.repeats)
         speeds = encoder_speeds(args.model, onnx_path, queries, args.repeats, args.max_batch)
     encoder = str(next(iter(health.values()))["encoder"])
     rate = report(args, loads, health, speeds, encoder)
+    for label, results in loads.items():
+        figures = breakdowns.get(label.split("/")[1])
+        if figures:
+            breakdown_lines(label, max(results, key=lambda r: r.clients), health[label], figures)
     if args.output:
         args.output.write_text(json.dumps({"loads": {m: [asdict(r) for r in rs] for m, rs in loads.items()},
-                                           "encoders": speeds, "batched_rate": rate, "health": health},
-                                          indent=2))
+                                           "encoders": speeds, "batched_rate": rate, "health": health,
+                                           "breakdown": breakdowns}, indent=2))
     if any(r.errors for rs in loads.values() for r in rs):
         raise SystemExit(1)
 

@@ -42,6 +42,30 @@ def test_ivf_pq_is_accepted_by_the_bench_config_with_sizes_from_the_collection()
     assert auto.sized(20000).nlist == 141 and auto.sized(0).nlist == 1 and auto.sized(10).sized(99).nlist == 3
     with pytest.raises(ValueError, match="build_timeout must be positive"):
         MilvusRequestConfig(build_timeout=0)
+    with pytest.raises(ValueError, match="consistency must be one of Strong, Session, Bounded, Eventually, got 'Now'"):
+        MilvusRequestConfig(consistency="Now")
+
+
+@pytest.mark.slow  # two clients on one collection of the server: ~15 s
+def test_session_reads_see_their_own_writes_at_once_and_another_clients_within_seconds(milvus_standalone: str) -> None:
+    """The service reads at Session consistency (a Strong search waits ~200 ms for the server's time tick)."""
+    vectors = _unit(41, 16, 5)
+    with MilvusIndex.server(milvus_standalone, "", "session", 16, overwrite=True) as writer:
+        writer.add([f"w{i}" for i in range(20)], vectors[:20])
+        assert writer.search(vectors[:1], 1).ids == [["w0"]]
+        with MilvusIndex.server(milvus_standalone, "", "session", 16, reuse=True, consistency="Session") as reader:
+            assert reader.requests.consistency == "Session" and writer.requests.consistency == "Strong"
+            reader.add([f"r{i}" for i in range(20)], vectors[20:40])
+            assert reader.search(vectors[20:22], 1).ids == [["r0"], ["r1"]]  # its own writes: at once
+            writer.add(["late"], vectors[40:])
+            deadline, seen = time.monotonic() + 10, []
+            while time.monotonic() < deadline and seen != [["late"]]:
+                seen = reader.search(vectors[40:], 1).ids
+                time.sleep(0.05)
+            assert seen == [["late"]]  # another client's write, within the server's tick
+            strong = writer.search(vectors, 3)
+            session = reader.search(vectors, 3)
+            assert strong.ids == session.ids and np.allclose(strong.scores, session.scores, atol=1e-6)
 
 
 @pytest.mark.slow  # a second server, started and stopped by the CLI: ~30 s

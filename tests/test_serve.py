@@ -201,6 +201,8 @@ def test_health_and_openapi(client: TestClient, subset: GrocerySubset) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text and "http" not in page.text.split("<body>")[1]
     assert client.get("/static/app.js").status_code == 200
+    # reads at Session consistency: own writes at once, no wait for a server's time tick on every search
+    assert client.app.state.service.index.requests.consistency == "Session"  # type: ignore[attr-defined]
 
 
 # ── catalogue changes ────────────────────────────────────────────────────────────────────────────────

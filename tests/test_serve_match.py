@@ -200,6 +200,15 @@ def test_hand_threshold_overrides_and_no_threshold_means_null(calibrated: tuple[
         health = by_hand.get("/health").json()["match"]
         assert (health["search"], health["source"], health["where"]) == (0.999, "set by hand",
                                                                          "serve --match-threshold")
+        tags = by_hand.post("/tag", files=upload(photo)).json()["tags"]
+        assert health["tagging"] is None and tags[0]["match"] is None
+    settings = ServeSettings(index_dir=calibrated[0], encoder="torch", tag_threshold=0.75)
+    with TestClient(create_app(settings), base_url=LOCAL) as tag_only:
+        tags = tag_only.post("/tag", files=upload(photo), data={"top": "3"}).json()["tags"]
+        assert [t["match"] for t in tags] == [t["probability"] >= 0.75 for t in tags]
+        assert tag_only.post("/search", files=upload(photo), data={"k": "1"}).json()["results"][0]["match"] is None
+        health = tag_only.get("/health").json()["match"]
+        assert (health["search"], health["tagging"], health["where"]) == (None, 0.75, "serve --tag-threshold")
     (calibrated[0] / MATCH_NAME).rename(tmp_path / MATCH_NAME)
     try:
         with TestClient(create_app(ServeSettings(index_dir=calibrated[0], encoder="torch")), base_url=LOCAL) as bare:
@@ -250,5 +259,29 @@ def test_index_refuses_both_ways_before_embedding(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["index", "--model", MODEL, "--catalog", "grocery-store", "--index-dir",
                                           str(tmp_path / "idx"), "--calibrate", "--match-threshold", "0.7"])
     text = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
-    assert result.exit_code == 2 and "give either --calibrate or --match-threshold" in text
+    assert result.exit_code == 2 and "give either --calibrate or thresholds by hand" in text
     assert not (tmp_path / "idx").exists()
+
+
+def test_index_stores_thresholds_by_hand_and_refuses_them_with_calibrate(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shelfsight.cli import app as cli_app
+    from shelfsight.cli.serve import _store_match
+    from shelfsight.serve.match import read_match
+
+    layout = IndexLayout.at(tmp_path)
+    _store_match(tmp_path, "", False, (None, 0.9))
+    record = read_match(layout)
+    assert record is not None and (record.search, record.tagging, record.source) == (None, 0.9, "set by hand")
+    assert record.tag_match(0.9) is True and record.tag_match(0.89) is False and record.is_match(0.1) is None
+    _store_match(tmp_path, "", False, (0.8, None))  # replaces the file: the tag threshold is gone
+    record = read_match(layout)
+    assert record is not None and (record.search, record.tagging) == (0.8, None)
+    result = CliRunner().invoke(cli_app, ["index", "--model", MODEL, "--catalog", "grocery-store", "--index-dir",
+                                          str(tmp_path / "idx"), "--calibrate", "--tag-threshold", "0.9"])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "give either --calibrate or thresholds by hand" in text
+    refused = CliRunner().invoke(cli_app, ["serve", "--index-dir", str(tmp_path), "--tag-threshold", "1.5"])
+    text = " ".join(refused.output.replace("│", " ").split())
+    assert refused.exit_code == 2 and "--tag-threshold" in text and "less than or equal to 1" in text

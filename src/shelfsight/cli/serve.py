@@ -19,12 +19,18 @@ Calibrate = Annotated[bool, typer.Option("--calibrate", help="Calibrate the 'no 
                                          "indexed catalogue (held-out classes as unknown): match.json.")]
 HandThreshold = Annotated[float | None, typer.Option(
     min=-1.0, max=1.0, help="Set the 'no close match' top-1 cosine threshold by hand (match.json).")]
+TagThreshold = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, help="Head probability below which a tag is 'no close match', set by hand (with or without "
+                           "--match-threshold).")]
 UnknownShare = Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of classes held out (calibration).")]
 TargetPrecision = Annotated[float, typer.Option(min=0.01, max=1.0, help="Precision of 'match' answers the "
                                                 "threshold is chosen for (as the bench's openset).")]
 ServeThreshold = Annotated[float | None, typer.Option(
     min=-1.0, max=1.0, help="Top-1 cosine below which a search is 'no close match' (default: the index folder's "
                             "match.json, from `shelfsight index --calibrate`).")]
+ServeTagThreshold = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, help="Head probability below which a tag is 'no close match' (with --match-threshold or "
+                           "alone; either replaces the index folder's match.json).")]
 IndexDir = Annotated[Path, typer.Option("--index-dir", help="Index folder: manifest, Milvus Lite store, uploads.")]
 
 
@@ -60,6 +66,7 @@ def index_command(
     build_timeout: BuildTimeout = 300.0,
     calibrate: Calibrate = False,
     match_threshold: HandThreshold = None,
+    tag_threshold: TagThreshold = None,
     calibration_seed: Annotated[int, typer.Option(help="Seed of the held-out classes' draw.")] = 0,
     unknown_share: UnknownShare = 0.25,
     target_precision: TargetPrecision = 0.95,
@@ -68,7 +75,7 @@ def index_command(
     from shelfsight.catalog import load_catalog
     from shelfsight.serve import build_index
 
-    _check_index_options(model, vectors, calibrate, match_threshold)
+    _check_index_options(model, vectors, calibrate, match_threshold, tag_threshold)
     source = load_catalog(catalog, data_dir=data_dir, splits=tuple(split) if split else None, cache_dir=cache_dir,
                           image_root=image_root, group=group)
     if vectors == "head":
@@ -83,24 +90,27 @@ def index_command(
                          runtime=runtime, compress=compress, build_timeout=build_timeout)  # type: ignore[arg-type]
     _print_summary(report)
     _print_warnings(report, source.root)
-    _store_match(index_dir, token, calibrate, match_threshold, seed=calibration_seed, unknown_share=unknown_share,
-                 target_precision=target_precision)
+    _store_match(index_dir, token, calibrate, (match_threshold, tag_threshold), seed=calibration_seed,
+                 unknown_share=unknown_share, target_precision=target_precision)
 
 
-def _check_index_options(model: str, vectors: str, calibrate: bool, by_hand: float | None) -> None:
+def _check_index_options(model: str, vectors: str, calibrate: bool, by_hand: float | None,
+                         tag_by_hand: float | None) -> None:
     """Refused before anything is embedded: an unknown model, vector kind, or both ways to set the threshold."""
     from shelfsight.backbones import get_spec
 
     get_spec(model)
     if vectors not in ("backbone", "head"):
         raise typer.BadParameter("use backbone or head", param_hint="--vectors")
-    if calibrate and by_hand is not None:
-        raise typer.BadParameter("give either --calibrate or --match-threshold", param_hint="--match-threshold")
+    if calibrate and (by_hand is not None or tag_by_hand is not None):
+        raise typer.BadParameter("give either --calibrate or thresholds by hand (--match-threshold, "
+                                 "--tag-threshold)", param_hint="--match-threshold")
 
 
-def _store_match(index_dir: Path, token: str, calibrate: bool, by_hand: float | None, **options: float) -> None:
-    """Write the index folder's match.json: calibrated on the stored items, or the threshold given."""
-    if not calibrate and by_hand is None:
+def _store_match(index_dir: Path, token: str, calibrate: bool, by_hand: tuple[float | None, float | None],
+                 **options: float) -> None:
+    """Write the index folder's match.json: calibrated on the stored items, or the thresholds given (search, tag)."""
+    if not calibrate and by_hand == (None, None):
         return
     from shelfsight.serve.indexer import open_collection
     from shelfsight.serve.manifest import IndexLayout, read_manifest
@@ -108,9 +118,11 @@ def _store_match(index_dir: Path, token: str, calibrate: bool, by_hand: float | 
     from shelfsight.serve.match import calibrate_index, summary_lines, write_match
 
     layout = IndexLayout.at(index_dir)
-    if by_hand is not None:
-        write_match(layout, hand_record(by_hand))
-        console.print(f"match threshold {by_hand:.4f} (set by hand) written to {layout.folder / 'match.json'}")
+    if by_hand != (None, None):
+        write_match(layout, hand_record(*by_hand))
+        shown = " and ".join(f"{task} threshold {value:.4f}" for task, value in zip(("match", "tag"), by_hand,
+                                                                                     strict=True) if value is not None)
+        console.print(f"{shown} (set by hand) written to {layout.folder / 'match.json'}")
         return
     index = open_collection(layout, read_manifest(layout), token=token)
     try:
@@ -188,6 +200,7 @@ def serve_command(
         help="Serve the images of items indexed from outside their catalogue's folder when they lie in this folder "
              "(repeatable; nothing else outside is served).")] = None,
     match_threshold: ServeThreshold = None,
+    tag_threshold: ServeTagThreshold = None,
 ) -> None:
     """Serve visual search, tagging and catalogue changes over an index folder, with a web page at /."""
     _check_choices(encoder, read_access, api_key)
@@ -205,7 +218,7 @@ def serve_command(
         max_wait_ms=max_wait_ms, batch_in_flight=batch_in_flight,
         max_decode_pixels=int(max_decode_megapixels * 1_000_000), decode_concurrency=decode_concurrency,
         body_timeout_s=body_timeout, header_timeout_s=header_timeout,
-        allow_images_from=allow_images_from or [], match_threshold=match_threshold)
+        allow_images_from=allow_images_from or [], match_threshold=match_threshold, tag_threshold=tag_threshold)
     try:
         check_binding(host, api_key=api_key, read_only=read_only, allowed_hosts=settings.allowed_hosts)
     except ServeError as error:

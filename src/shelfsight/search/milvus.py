@@ -230,12 +230,12 @@ class MilvusIndex:
         self._ensure_ready()
         limit = min(k + extra + self.requests.tie_margin, MAX_TOPK)
         expr = filter_expression(label=label, split=split)
-        batch = self._query_batch_size()
+        batch, level = self._query_batch_size(), self.requests.consistency
         for start in range(0, len(queries), batch):
             block = queries[start:start + batch]
             hits = self._client().search(
                 self.collection, data=list(block), limit=limit, filter=expr, output_fields=["position"],
-                search_params=self.config.search_params(limit), anns_field=VECTOR_FIELD, consistency_level="Strong")
+                search_params=self.config.search_params(limit), anns_field=VECTOR_FIELD, consistency_level=level)
             for row, query_hits in enumerate(hits):
                 q = start + row
                 best = self._rank(query_hits, excluded[q], k)
@@ -256,7 +256,7 @@ class MilvusIndex:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), _GET_BATCH):
             rows = client.query(self.collection, filter=id_filter(ids[start:start + _GET_BATCH]),
-                                 output_fields=fields, consistency_level="Strong")
+                                 output_fields=fields, consistency_level=self.requests.consistency)
             for row in rows:
                 found[str(row["id"])] = {name: row[name] for name in fields if name != "id"}
         return found

@@ -99,6 +99,7 @@ class ServeSettings(BaseModel):
     allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_HOSTS))
     cors_origins: list[str] = Field(default_factory=list)
     match_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    tag_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """A top-1 cosine below which the top result is "no close match", overriding the index folder's ``match.json``."""
     allow_images_from: list[Path] = Field(default_factory=list)
     """Folders whose images are served also for items indexed from outside their catalogue's folder (the
@@ -140,7 +141,7 @@ def create_app(settings: ServeSettings, service: VisualSearchService | None = No
     app.state.access = settings.access()
     app.state.header_timeout_s = settings.header_timeout_s
     app.state.match, app.state.match_where = served_match(IndexLayout.at(settings.index_dir),
-                                                          settings.match_threshold)
+                                                          settings.match_threshold, settings.tag_threshold)
     app.add_middleware(BodyGuard, max_bytes=settings.max_upload_bytes + ENVELOPE_BYTES,
                        timeout_s=settings.body_timeout_s,
                        detail=f"upload larger than the limit of {settings.max_upload_bytes:,} bytes")

@@ -92,7 +92,7 @@ def head_digest(folder: str | os.PathLike[str]) -> str:
 
 def open_collection(layout: IndexLayout, manifest: ServiceManifest, *, token: str = "",
                     overwrite: bool = False, require_attributes: bool = True, build_timeout: float = 300.0,
-                    build_progress: bool = False) -> MilvusIndex:
+                    build_progress: bool = False, consistency: str = "Strong") -> MilvusIndex:
     """The manifest's collection (created when absent, replaced with ``overwrite``), with the attributes field.
 
     ``require_attributes=False`` also opens a collection without it (a bare ``shelfsight bulk-index``
@@ -101,7 +101,7 @@ def open_collection(layout: IndexLayout, manifest: ServiceManifest, *, token: st
     target = manifest.milvus
     options: dict[str, Any] = {"index_type": target.index_type, "metric": target.metric, "reuse": not overwrite,
                                "overwrite": overwrite, "attributes": True, "build_timeout": build_timeout,
-                               "build_progress": build_progress, **target.params}
+                               "build_progress": build_progress, "consistency": consistency, **target.params}
     if target.uri is None:
         index = MilvusIndex.lite(layout.milvus_lite, target.collection, manifest.dim, **options)
     else:

@@ -281,11 +281,15 @@ def summary_lines(record: MatchThreshold) -> list[str]:
     return lines
 
 
-def served_match(layout: IndexLayout, search: float | None = None) -> tuple[MatchThreshold | None, str]:
-    """The threshold a service answers with and where it came from: ``serve --match-threshold`` first, else the
-    index folder's ``match.json`` (written by ``index --calibrate`` or ``index --match-threshold``), else none."""
-    if search is not None:
-        return by_hand(search), "serve --match-threshold"
+def served_match(layout: IndexLayout, search: float | None = None,
+                 tagging: float | None = None) -> tuple[MatchThreshold | None, str]:
+    """The thresholds a service answers with and where they came from: ``serve --match-threshold`` and
+    ``--tag-threshold`` first (either one replaces the whole file: a threshold not given is then none), else
+    the index folder's ``match.json`` (``index --calibrate``, or the same options of ``index``), else none."""
+    if search is not None or tagging is not None:
+        given = [flag for flag, value in (("--match-threshold", search), ("--tag-threshold", tagging))
+                 if value is not None]
+        return by_hand(search, tagging), f"serve {' '.join(given)}"
     record = read_match(layout)
     return record, (f"{MATCH_NAME} in the index folder" if record is not None else "none: answers carry no match")
 

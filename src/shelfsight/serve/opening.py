@@ -94,8 +94,12 @@ def open_encoder(layout: IndexLayout, backbone: Backbone, choice: EncoderChoice)
 
 
 def open_served_collection(layout: IndexLayout, manifest: ServiceManifest, *, token: str) -> MilvusIndex:
-    """The collection, also when a bare bulk load left it without attributes (then served read-only)."""
-    return open_collection(layout, manifest, token=token, require_attributes=False)
+    """The collection, also when a bare bulk load left it without attributes (then served read-only).
+
+    Searches read at ``Session`` consistency: the service's own writes at once, another process's (``index
+    --sync`` beside a running service) within the server's time tick. ``Strong`` would make a server wait for
+    the next tick on every search (~200 ms on Milvus 2.3.5, measured)."""
+    return open_collection(layout, manifest, token=token, require_attributes=False, consistency="Session")
 
 
 LITE_LOCK = "LOCK"

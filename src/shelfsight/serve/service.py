@@ -264,7 +264,7 @@ class VisualSearchService:
             if client is None:
                 raise ServeError("the collection is closed")
             rows = client.query(self.index.collection, filter=id_filter([item_id]), output_fields=[VECTOR_FIELD],
-                                consistency_level="Strong")
+                                consistency_level=self.index.requests.consistency)
         if not rows:
             raise ItemNotFoundError(f"no item with id {item_id!r}")
         vector = np.asarray(rows[0][VECTOR_FIELD], dtype=np.float32)
