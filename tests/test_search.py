@@ -446,9 +446,9 @@ def test_non_finite_vectors_are_refused_naming_the_items(backend: str, tmp_path:
 
 
 def test_the_finiteness_check_is_shared_by_every_backend() -> None:
-    from shelfsight.search import base, exact, faiss_index, milvus
+    from shelfsight.search import base, exact, faiss_index, milvus_fields
 
-    assert exact.check_finite is faiss_index.check_finite is milvus.check_finite is base.check_finite
+    assert exact.check_finite is faiss_index.check_finite is milvus_fields.check_finite is base.check_finite
     base.check_finite(np.zeros((0, 4), np.float32), [])  # nothing to check is fine
     with pytest.raises(ValueError, match="rows 0$"):
         base.check_finite(np.array([[np.nan, 0.0]], np.float32))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shelfsight.search.base import SearchResult, check_finite
+from shelfsight.search.base import SearchResult
 from shelfsight.search.faiss_compat import uses_numpy_faiss
 from shelfsight.search.milvus_collection import (
     check_existing,
@@ -56,7 +56,10 @@ from shelfsight.search.milvus_fields import (
     LABEL_MAX_LENGTH,
     SPLIT_MAX_LENGTH,
     VECTOR_FIELD,
+    Records,
+    attribute_column,
     check_new_ids,
+    checked_vectors,
     collection_schema,
     filter_expression,
     id_filter,
@@ -113,6 +116,7 @@ class MilvusIndex:
         self.where = where or "the Milvus server"
         self._lite_key = lite_key
         self._ids: set[str] = set()
+        self._deleted: set[str] = set()  # a server may answer a search before it applies this client's delete
         self._next_position = 0
         self._ready = False
         self._dirty = False
@@ -192,10 +196,10 @@ class MilvusIndex:
             splits: Sequence[str] | None = None, attributes: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Insert new items; ``attributes`` (one JSON object per item) needs a collection made with attributes=True."""
         ids = [str(i) for i in ids]
-        vectors = self._check_vectors(vectors, len(ids), what="vectors", ids=ids)
+        vectors = checked_vectors(vectors, self.dim, len(ids), what="vectors", ids=ids)
         labels_ = text_column(labels, len(ids), "labels", LABEL_MAX_LENGTH)
         splits_ = text_column(splits, len(ids), "splits", SPLIT_MAX_LENGTH)
-        extra = self._attribute_column(attributes, len(ids))
+        extra = attribute_column(attributes, len(ids), self.has_attributes, self.collection, self.where)
         check_new_ids(ids, self._ids)
         client, batch = self._client(), self.requests.insert_batch
         for start in range(0, len(ids), batch):
@@ -208,12 +212,29 @@ class MilvusIndex:
             self._ready, self._dirty = False, True
             client.insert(self.collection, rows)
             self._ids.update(ids[start:stop])  # batch by batch: a failure leaves the mirror true to the server
+            self._deleted.difference_update(ids[start:stop])
             self._next_position += stop - start
 
     @uses_numpy_faiss
     def search(self, vectors: np.ndarray, k: int, *, label: str | None = None, split: str | None = None,
                exclude_ids: Sequence[str | None] | None = None) -> SearchResult:
-        queries = self._check_vectors(vectors, None, what="queries", unit=False)
+        return self._search(vectors, k, label, split, exclude_ids, ["position"])[0]
+
+    @uses_numpy_faiss
+    def search_records(self, vectors: np.ndarray, k: int, *, label: str | None = None,
+                       exclude_ids: Sequence[str | None] | None = None) -> tuple[SearchResult, Records]:
+        """``search`` and its hits' records (as ``get``). A server returns the fields with the hits: one call, not a
+        search and a read (6.3 against 9.9 ms of CPU for 2 queries over 5,502 items, both processes, measured).
+        Milvus Lite builds each hit's whole row in a search whatever is asked: there a read by id is cheaper."""
+        if self.is_lite:
+            result = self.search(vectors, k, label=label, exclude_ids=exclude_ids)
+            return result, self.get(sorted({item_id for row in result.ids for item_id in row if item_id}))
+        return self._search(vectors, k, label, None, exclude_ids, self._record_fields())
+
+    def _search(self, vectors: np.ndarray, k: int, label: str | None, split: str | None,
+                exclude_ids: Sequence[str | None] | None,
+                fields: list[str]) -> tuple[SearchResult, Records]:
+        queries = checked_vectors(vectors, self.dim, None, what="queries", unit=False)
         excluded = list(exclude_ids) if exclude_ids is not None else [None] * len(queries)
         if len(excluded) != len(queries):
             raise ValueError(f"exclude_ids has {len(excluded)} entries for {len(queries)} queries")
@@ -222,26 +243,27 @@ class MilvusIndex:
         extra = int(any(e is not None for e in excluded))
         if k + extra > MAX_TOPK:
             raise ValueError(f"k={k} is above Milvus' top-k limit of {MAX_TOPK - extra} for this request")
-        indices = np.full((len(queries), k), -1, dtype=np.int64)
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        ids = [[""] * k for _ in range(len(queries))]
+        result = SearchResult(indices=np.full((len(queries), k), -1, dtype=np.int64),
+                              scores=np.full((len(queries), k), -np.inf, dtype=np.float32),
+                              ids=[[""] * k for _ in range(len(queries))])
+        records: Records = {}
         if k == 0 or len(queries) == 0:
-            return SearchResult(indices=indices, scores=scores, ids=ids)
+            return result, records
         self._ensure_ready()
         limit = min(k + extra + self.requests.tie_margin, MAX_TOPK)
         expr = filter_expression(label=label, split=split)
         batch, level = self._query_batch_size(), self.requests.consistency
         for start in range(0, len(queries), batch):
-            block = queries[start:start + batch]
             hits = self._client().search(
-                self.collection, data=list(block), limit=limit, filter=expr, output_fields=["position"],
-                search_params=self.config.search_params(limit), anns_field=VECTOR_FIELD, consistency_level=level)
+                self.collection, data=list(queries[start:start + batch]), limit=limit, filter=expr,
+                output_fields=fields, search_params=self.config.search_params(limit), anns_field=VECTOR_FIELD,
+                consistency_level=level)
             for row, query_hits in enumerate(hits):
                 q = start + row
-                best = self._rank(query_hits, excluded[q], k)
-                for j, (score, position, item_id) in enumerate(best):
-                    indices[q, j], scores[q, j], ids[q][j] = position, score, item_id
-        return SearchResult(indices=indices, scores=scores, ids=ids)
+                for j, (score, position, item_id, entity) in enumerate(self._rank(query_hits, excluded[q], k)):
+                    result.indices[q, j], result.scores[q, j], result.ids[q][j] = position, score, item_id
+                    records[item_id] = {name: entity[name] for name in fields}
+        return result, records if len(fields) > 1 else {}
 
     @uses_numpy_faiss
     def get(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -252,7 +274,7 @@ class MilvusIndex:
         if not ids:
             return {}
         self._ensure_loaded()
-        fields = ["id", "label", "split", "position"] + ([ATTRIBUTES_FIELD] if self.has_attributes else [])
+        fields = ["id", *self._record_fields()]
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), _GET_BATCH):
             rows = client.query(self.collection, filter=id_filter(ids[start:start + _GET_BATCH]),
@@ -268,6 +290,7 @@ class MilvusIndex:
         for start in range(0, len(ids), _DELETE_BATCH):
             client.delete(self.collection, filter=id_filter(ids[start:start + _DELETE_BATCH]))
         self._ids.difference_update(ids)
+        self._deleted.update(ids)
 
     @uses_numpy_faiss
     def __len__(self) -> int:
@@ -354,45 +377,22 @@ class MilvusIndex:
     def _query_batch_size(self) -> int:
         if not (self.is_lite and self.config.metric == "L2"):
             return self.requests.query_batch
-        per_query = max(1, len(self._ids)) * self.dim * 4
-        return max(1, min(self.requests.query_batch, _LITE_L2_QUERY_BYTES // per_query))
+        return max(1, min(self.requests.query_batch, _LITE_L2_QUERY_BYTES // (max(1, len(self._ids)) * self.dim * 4)))
 
     def _score(self, distance: float) -> float:
         """Milvus reports IP as the dot product and L2 as the squared distance: 1 - d/2 is the cosine."""
         return float(distance) if self.config.metric == "IP" else 1.0 - float(distance) / 2.0
 
-    def _rank(self, hits: Any, excluded: str | None, k: int) -> list[tuple[float, int, str]]:
-        """Drop the excluded id, order by score then lower position (deterministic ties), keep k."""
-        found = [(self._score(hit["distance"]), int(hit["entity"]["position"]), str(hit["id"])) for hit in hits]
-        found = [f for f in found if f[2] != excluded]
+    def _record_fields(self) -> list[str]:
+        return ["label", "split", "position"] + ([ATTRIBUTES_FIELD] if self.has_attributes else [])
+
+    def _rank(self, hits: Any, excluded: str | None, k: int) -> list[tuple[float, int, str, dict[str, Any]]]:
+        """Drop the excluded id and this client's deleted ids, order by score then lower position, keep k."""
+        found = [(self._score(hit["distance"]), int(hit["entity"]["position"]), str(hit["id"]), hit["entity"])
+                 for hit in hits]
+        found = [f for f in found if f[2] != excluded and f[2] not in self._deleted]
         found.sort(key=lambda f: (-f[0], f[1]))
         return found[:k]
-
-    def _check_vectors(self, vectors: np.ndarray, rows: int | None, *, what: str, unit: bool = True,
-                       ids: Sequence[str] | None = None) -> np.ndarray:
-        """Shape, finiteness (``check_finite``: ``ids`` name stored vectors, rows name queries) and, for stored
-        vectors, unit norm: scores are cosines only for unit vectors."""
-        array = np.ascontiguousarray(vectors, dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != self.dim or (rows is not None and len(array) != rows):
-            expected = f"({rows if rows is not None else 'Q'}, {self.dim})"
-            raise ValueError(f"expected {what} of shape {expected}, got {array.shape}")
-        check_finite(array, ids)
-        norms = np.linalg.norm(array, axis=1)
-        if unit and len(array) and not np.allclose(norms, 1.0, atol=1e-3):
-            raise ValueError(f"{what} must be L2-normalised (norms range {norms.min():.4g}..{norms.max():.4g})")
-        return array
-
-    def _attribute_column(self, attributes: Sequence[Mapping[str, Any]] | None,
-                          rows: int) -> list[dict[str, Any]] | None:
-        if attributes is None:
-            return [{} for _ in range(rows)] if self.has_attributes else None
-        if not self.has_attributes:
-            raise MilvusIndexError(f"collection {self.collection!r} in {self.where} has no attributes field: create "
-                                   "it with attributes=True to store per-item attributes")
-        column = [dict(values) for values in attributes]
-        if len(column) != rows:
-            raise ValueError(f"attributes has {len(column)} entries for {rows} ids")
-        return column
 
 
 def _changed(config: MilvusIndexConfig, **changes: Any) -> MilvusIndexConfig:

@@ -8,8 +8,13 @@ built by :func:`quote`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
+
+from shelfsight.search.base import check_finite
+from shelfsight.search.milvus_config import MilvusIndexError
 
 ID_MAX_LENGTH = 1024
 LABEL_MAX_LENGTH = 1024
@@ -17,6 +22,8 @@ SPLIT_MAX_LENGTH = 256
 VECTOR_FIELD = "vector"
 ATTRIBUTES_FIELD = "attributes"
 FIELDS = ("id", VECTOR_FIELD, "label", "split", "position")
+Records = dict[str, dict[str, Any]]
+"""Stored records by item id: ``label``, ``split``, ``position`` (and ``attributes``)."""
 
 
 def collection_schema(dim: int, *, attributes: bool) -> Any:
@@ -78,3 +85,32 @@ def check_new_ids(ids: Sequence[str], stored: set[str]) -> None:
             raise ValueError(f"id {item_id[:80]!r} must be 1 to {ID_MAX_LENGTH} bytes of UTF-8")
         seen.add(item_id)
 
+
+
+def checked_vectors(vectors: np.ndarray, dim: int, rows: int | None, *, what: str, unit: bool = True,
+                    ids: Sequence[str] | None = None) -> np.ndarray:
+    """Shape, finiteness (``check_finite``: ``ids`` name stored vectors, rows name queries) and, for stored
+    vectors, unit norm: scores are cosines only for unit vectors."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != dim or (rows is not None and len(array) != rows):
+        expected = f"({rows if rows is not None else 'Q'}, {dim})"
+        raise ValueError(f"expected {what} of shape {expected}, got {array.shape}")
+    check_finite(array, ids)
+    norms = np.linalg.norm(array, axis=1)
+    if unit and len(array) and not np.allclose(norms, 1.0, atol=1e-3):
+        raise ValueError(f"{what} must be L2-normalised (norms range {norms.min():.4g}..{norms.max():.4g})")
+    return array
+
+
+def attribute_column(attributes: Sequence[Mapping[str, Any]] | None, rows: int, has_attributes: bool,
+                     collection: str, where: str) -> list[dict[str, Any]] | None:
+    """The attributes field's values for ``rows`` new rows ({} each when none are given); None without the field."""
+    if attributes is None:
+        return [{} for _ in range(rows)] if has_attributes else None
+    if not has_attributes:
+        raise MilvusIndexError(f"collection {collection!r} in {where} has no attributes field: create it with "
+                               "attributes=True to store per-item attributes")
+    column = [dict(values) for values in attributes]
+    if len(column) != rows:
+        raise ValueError(f"attributes has {len(column)} entries for {rows} ids")
+    return column

@@ -108,7 +108,8 @@ def class_probabilities(head: MLPHead | LinearHead | None, raw: np.ndarray) -> n
 
 
 class SearchStage:
-    """Lookups -> hit lists, one Milvus search per distinct category and one read of the records."""
+    """Lookups -> hit lists: one Milvus search per distinct category, returning the hits' records on a server
+    (Milvus Lite: one read of the records after the searches, ``MilvusIndex.search_records``)."""
 
     def __init__(self, index: MilvusIndex, lock: threading.RLock, projection: Projection | None = None) -> None:
         self.index = index
@@ -120,24 +121,25 @@ class SearchStage:
         groups: dict[str | None, list[int]] = {}
         for position, lookup in enumerate(lookups):
             groups.setdefault(lookup.category, []).append(position)
+        records: dict[str, dict[str, Any]] = {}
         with self.lock:
             for category, members in groups.items():
-                self._search(lookups, members, category, found)
-            records = self.index.get(sorted({item_id for hits in found for item_id, _ in hits}))
+                records.update(self._search(lookups, members, category, found))
         return [[_hit(item_id, score, records[item_id]) for item_id, score in hits if item_id in records]
                 for hits in found]
 
     def _search(self, lookups: list[Lookup], members: list[int], category: str | None,
-                found: list[list[tuple[str, float]]]) -> None:
+                found: list[list[tuple[str, float]]]) -> dict[str, dict[str, Any]]:
         vectors = self._in_index_space(np.stack([lookups[i].vector for i in members]))
         excluded = [lookups[i].exclude for i in members]
-        result = self.index.search(vectors, max(lookups[i].k for i in members), label=category,
-                                   exclude_ids=excluded if any(e is not None for e in excluded) else None)
+        result, records = self.index.search_records(vectors, max(lookups[i].k for i in members), label=category,
+                                                    exclude_ids=excluded if any(e is not None for e in excluded)
+                                                    else None)
         for row, position in enumerate(members):
             pairs = [(item_id, cosine(score))
                      for item_id, score in zip(result.ids[row], result.scores[row], strict=True) if item_id]
             found[position] = pairs[:lookups[position].k]
-
+        return records
 
     def _in_index_space(self, vectors: np.ndarray) -> np.ndarray:
         """Vectors of the unprojected size go through the index's PCA (re-normalised); the others are as given."""
