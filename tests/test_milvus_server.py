@@ -66,8 +66,8 @@ def test_session_reads_see_their_own_writes_at_once_and_another_clients_within_s
             strong = writer.search(vectors, 3)
             session = reader.search(vectors, 3)
             assert strong.ids == session.ids and np.allclose(strong.scores, session.scores, atol=1e-6)
-            result, records = writer.search_records(vectors[:3], 2)  # one call on a server: the hits' fields
-            assert result.ids == writer.search(vectors[:3], 2).ids and records == writer.get(sorted(records))
+            result, records = reader.search_records(vectors[:3], 2)  # one call on a server: the hits' fields
+            assert result.ids == reader.search(vectors[:3], 2).ids and records == reader.get(sorted(records))
             assert set(records) == {i for row in result.ids for i in row} and records["w0"]["position"] == 0
             reader.delete(["r1"])  # its own delete: gone from its next search, whenever the server applies it
             assert reader.search(vectors[21:22], 1).ids != [["r1"]] and "r1" not in reader.search(vectors, 41).ids[0]
