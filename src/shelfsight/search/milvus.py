@@ -229,13 +229,13 @@ class MilvusIndex:
             return SearchResult(indices=indices, scores=scores, ids=ids)
         self._ensure_ready()
         limit = min(k + extra + self.requests.tie_margin, MAX_TOPK)
-        expr = filter_expression(label=label, split=split)
-        batch = self._query_batch_size()
+        expr, batch = filter_expression(label=label, split=split), self._query_batch_size()
         for start in range(0, len(queries), batch):
             block = queries[start:start + batch]
             hits = self._client().search(
                 self.collection, data=list(block), limit=limit, filter=expr, output_fields=["position"],
-                search_params=self.config.search_params(limit), anns_field=VECTOR_FIELD, consistency_level="Strong")
+                search_params=self.config.search_params(limit), anns_field=VECTOR_FIELD,
+                consistency_level=self.requests.search_consistency)
             for row, query_hits in enumerate(hits):
                 q = start + row
                 best = self._rank(query_hits, excluded[q], k)
