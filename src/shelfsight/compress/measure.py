@@ -10,6 +10,7 @@ the gallery is the fit set.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,8 +95,11 @@ def _run(method: CompressionMethod, side: Side, config: CompressConfig, projecti
         answer, seconds = _timed(lambda: _search(index, projection, side.queries, config.depth, side.exclude))
         costs["qps_batched"] = len(side.queries) / seconds if seconds > 0 else float("nan")
         costs["qps_batch1"] = _batch1_rate(index, projection, side, config)
-    finally:
-        _release(index)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the method's own error is the one to report
+            _release(index)
+        raise
+    _release(index)
     return MethodRun(method, answer, costs, details)
 
 
@@ -126,13 +130,19 @@ def _describe(index: VectorIndex, n_items: int) -> dict[str, Any]:
     if not isinstance(index, MilvusIndex):
         return {}
     info = describe(index, n_items)
-    return {key: info[key] for key in ("index_type", "metric_type", "params", "indexed_rows") if key in info}
+    found: dict[str, Any] = {key: info[key] for key in ("index_type", "metric_type", "params", "indexed_rows")
+                             if key in info}
+    engine = f"Milvus Lite ({index.server_version})" if index.is_lite else f"{index.where} ({index.server_version})"
+    return {**found, "built_by": engine}
 
 
 def _release(index: VectorIndex) -> None:
-    """Drop a Milvus collection (a cell's are one-off), close anything else."""
-    drop = getattr(index, "drop", None)
-    if callable(drop):
-        drop()
-    else:
+    """Drop a Milvus collection (a cell's are one-off; on a shared server it must not outlive the method), close
+    anything else. The connection is closed even when the drop fails."""
+    if not isinstance(index, MilvusIndex):
+        index.close()
+        return
+    try:
+        index.drop()
+    finally:
         index.close()

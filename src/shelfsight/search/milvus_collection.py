@@ -124,8 +124,8 @@ def create_index(client: MilvusClient, collection: str, config: MilvusIndexConfi
         client.create_index(collection, params, timeout=timeout, sync=False)  # waited for by wait_for_index
     except MilvusException as error:
         kind = UnsupportedIndexError if config.index_type in str(error) else MilvusIndexError
-        raise kind(f"{where} could not create a {config.index_type}/{config.metric} index on "
-                   f"collection {collection!r}: {error}") from error
+        raise kind(f"{where} (version {client.get_server_version()}) could not create a {config.index_type}/"
+                   f"{config.metric} index on collection {collection!r}: {error}") from error
     recorded = recorded_params(index_info(client, collection) or {}, build)
     if recorded != build:
         raise MilvusIndexError(
@@ -179,6 +179,15 @@ def index_info(client: MilvusClient, collection: str) -> dict[str, Any] | None:
         return None
     info = client.describe_index(collection, VECTOR_FIELD)
     return dict(info) if info else None
+
+
+def unindexed_rows(client: MilvusClient, collection: str) -> int:
+    """Rows of a loaded collection in segments the server holds without the index, searched exactly: a Milvus
+    2.3 server indexes no segment under ``dataCoord.segment.minSegmentNumRowsToEnableIndex`` rows (1,024 by
+    default) although ``describe_index`` reports every row indexed. Measured on 2.3.5: 1,023 rows unindexed, 1,024
+    indexed; a FLAT index is never built (it needs none), so its rows all count."""
+    return sum(int(segment.num_rows) for segment in client.list_loaded_segments(collection)
+               if not segment.index_name)
 
 
 def loaded(client: MilvusClient, collection: str) -> bool:

@@ -9,6 +9,7 @@ before any server is touched.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
@@ -22,11 +23,22 @@ LITE_INDEX_TYPES: tuple[str, ...] = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNS
 """Dense index types Milvus Lite 3.2.2 builds (its FAISS-backed index factory): checked with describe_index.
 It answers IVF_PQ with "reserved for a future phase" and SCANN, IVF_RABITQ, HNSW_PQ and BIN_FLAT with
 "unknown index_type"."""
+SERVER_INDEX_TYPES: dict[str, tuple[str, ...]] = {"2.3.5": ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW")}
+"""Of :data:`INDEX_TYPES`, what a Milvus server version builds, measured (``tests/test_compress_server.py``): 2.3.5
+(PyPI's ``milvus`` wheel, reporting ``v2.3.5-lite``) built FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ, HNSW (and SCANN,
+AUTOINDEX) on 2,000 x 64-d rows; it answers HNSW_SQ, HNSW_PQ, HNSW_PRQ and IVF_RABITQ with "invalid index type",
+and left DISKANN "InProgress" for 5 minutes (its config has ``queryNode.enableDisk: false``). Versions not listed
+are asked: the server's own refusal is reported with its version."""
+SERVER_LACKS: dict[str, str] = {
+    "HNSW_SQ": "it answers \"invalid index type: HNSW_SQ\" (int8 codes under HNSW came in a later Milvus)",
+    "DISKANN": "it accepts the request but never builds it (the server's queryNode.enableDisk is false)",
+}
+_VERSION = re.compile(r"v?(\d+\.\d+\.\d+)")
 METRICS: tuple[str, ...] = ("IP", "L2")
+CONSISTENCY_LEVELS: tuple[str, ...] = ("Strong", "Session", "Bounded", "Eventually")
 MAX_TOPK = 16384
 """Milvus' limit on ``limit`` (top-k) per search request."""
 MAX_NQ = 16384
-CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 """Milvus' default limit on query vectors per search request."""
 OPEN_OPTIONS: tuple[str, ...] = ("reuse", "overwrite", "attributes")
 """The keyword arguments of ``MilvusIndex`` that say how its collection is opened (not index settings)."""
@@ -106,9 +118,10 @@ class MilvusRequestConfig:
     large collection), with a progress bar of indexed rows when ``build_progress``.
 
     ``consistency`` is the level of searches and lookups. ``Strong`` sees every acknowledged write of any
-    client, and on a server waits for the next time tick for it (about 200 ms per search on 2.3.5, measured by
-    ``benchmarks/serve_load.py``); ``Session`` sees this client's own writes at once and other clients' within
-    a tick, without the wait: what a service that writes through its own client needs."""
+    client, and on a server waits for the next time tick for it (200-285 ms per search call on 2.3.5, measured
+    by ``benchmarks/serve_load.py`` and the compression frontier, against 2.5-6 ms with ``Session``, same
+    hits); ``Session`` sees this client's own writes at once and other clients' within a tick, without the
+    wait: what a service that writes through its own client, or a bench's one-off collection, needs."""
 
     insert_batch: int = 5000
     query_batch: int = 1024
@@ -168,13 +181,27 @@ def _whole_or_loose(options: Mapping[str, Any], key: str, kind: type[_Config], n
 
 
 def check_supported(index_type: str, server_version: str) -> None:
-    """Refuse, before anything is created, an index type Milvus Lite cannot build."""
+    """Refuse, before anything is created, an index type Milvus Lite or a measured server version cannot build,
+    naming the version and the types it has."""
     if server_version.startswith("milvus_lite") and index_type not in LITE_INDEX_TYPES:
         usable = ", ".join(t for t in INDEX_TYPES if t in LITE_INDEX_TYPES)
         raise UnsupportedIndexError(
             f"{server_version} cannot build a {index_type} index; Milvus Lite supports "
             f"{', '.join(LITE_INDEX_TYPES)} (through this wrapper: {usable}). Use one of those, or a Milvus "
             "server for this index type.")
+    builds = server_index_types(server_version)
+    if builds is not None and index_type not in builds:
+        why = SERVER_LACKS.get(index_type, "it was not measured to build it")
+        raise UnsupportedIndexError(
+            f"Milvus server {server_version} cannot build a {index_type} index: {why}. Measured on this version, it "
+            f"builds {', '.join(builds)} (of the types shelfsight parameterises); use one of those (IVF_SQ8 for "
+            "int8 codes), or a newer Milvus server.")
+
+
+def server_index_types(server_version: str) -> tuple[str, ...] | None:
+    """The measured index types of a Milvus server version (``v2.3.5-lite`` -> 2.3.5's), None when not measured."""
+    match = _VERSION.match(server_version.strip())
+    return SERVER_INDEX_TYPES.get(match.group(1)) if match else None
 
 
 def recorded_params(info: Mapping[str, Any], wanted: Mapping[str, int]) -> dict[str, int]:

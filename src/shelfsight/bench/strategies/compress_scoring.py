@@ -69,7 +69,8 @@ def compress_protocols(inputs: StrategyInputs, protocols: list[tuple[RetrievalPr
                        config: CompressConfig) -> tuple[Scores, dict[str, Any], pd.DataFrame]:
     """Scores, the ``compression`` details and the per-query table of every method on every protocol."""
     methods = methods_of(config)
-    place = MilvusPlace(uri=config.uri) if config.uri else MilvusPlace(inputs.workdir / "milvus.db")
+    place = (MilvusPlace(uri=config.uri, scope=str(inputs.workdir.resolve())) if config.uri
+             else MilvusPlace(inputs.workdir / "milvus.db"))
     projections, runs = Projections(), _RunCache()
     scores: Scores = {}
     rows: dict[str, list[dict[str, Any]]] = {}
