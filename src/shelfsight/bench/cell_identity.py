@@ -13,6 +13,7 @@ from shelfsight.backbones import get_spec
 from shelfsight.bench import strategies
 from shelfsight.bench.budgets import label_budget_identity
 from shelfsight.bench.config import BenchConfig, BenchDataset, ModelEntry
+from shelfsight.bench.evaluate import RECALL_QUERIES
 from shelfsight.bench.identity import SCORING_VERSION, digest
 from shelfsight.bench.leakage import DedupePolicy, DuplicateDecision, decide_duplicates, decision_path, dedupe_identity
 from shelfsight.bench.provision import Provision
@@ -46,7 +47,9 @@ class CellIdentity:
             "strategy": strategy, "seed": cell.seed, "scoring_version": SCORING_VERSION,
             "embedding": {"device": self.config.embedding.device, "precision": self.config.embedding.precision,
                           "runtime": self.config.embedding.runtime},
-            "index": {"backend": index.backend, "type": index.type, "params": dict(sorted(index.params.items()))},
+            "index": {"backend": index.backend, "type": index.type, "params": dict(sorted(index.params.items())),
+                      # the recall sample's size moves index_recall@k; the default stays out, so stored keys hold
+                      **({"recall_queries": index.recall_queries} if index.recall_queries != RECALL_QUERIES else {})},
             "retrieval": {"k": self.config.retrieval.k, "ks": list(self.config.retrieval.ks)},
             **({"dedupe": dedupe} if (dedupe := self.dedupe_identity()) is not None else {}),
         }

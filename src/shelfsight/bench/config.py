@@ -37,6 +37,7 @@ from pydantic import (
 
 from shelfsight.bench import strategies as registry
 from shelfsight.bench.budgets import LabelBudgets
+from shelfsight.bench.evaluate import RECALL_QUERIES
 from shelfsight.bench.leakage import DedupePolicy
 from shelfsight.bench.model_entry import ModelEntry, _Strict
 from shelfsight.bench.results import Cell
@@ -90,6 +91,17 @@ class IndexConfig(_Strict):
     build_timeout: float = Field(default=300.0, gt=0, description="Seconds to wait for a server's index build.")
     keep_collections: bool = Field(
         default=False, description="Keep each cell's Milvus collections after scoring (default: dropped).")
+    recall_queries: int = Field(
+        default=RECALL_QUERIES, description="Queries the index answers per protocol for its index_recall@k "
+        "against exact search (a seeded sample; all when there are fewer); 0: no index is built, no recall row.")
+
+    @field_validator("recall_queries", mode="before")
+    @classmethod
+    def _recall_queries(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"recall_queries must be a whole number of queries >= 0 (default {RECALL_QUERIES}; "
+                             f"0 skips the index and its recall row), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _server_needs_uri(self) -> IndexConfig:

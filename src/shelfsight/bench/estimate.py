@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from shelfsight.backbones import Backbone
 from shelfsight.bench import strategies
 from shelfsight.bench.config import BenchConfig, BenchDataset, IndexConfig, ModelEntry
-from shelfsight.bench.evaluate import RECALL_QUERIES
 from shelfsight.bench.provision import Provision
 from shelfsight.bench.results import Cell
 from shelfsight.bench.strategies import CostQuery, parse_strategy, split_budget
@@ -98,11 +97,13 @@ def protocol_sizes(protocols: tuple[RetrievalProtocol, ...], catalog: Catalog) -
 
 def scoring_seconds(size: ProtocolLoad, index: IndexConfig, *, depth: int, dim: int) -> tuple[float, str]:
     """(seconds, what) to score one protocol: the exact ranking of every query, the index's insert and build of
-    the gallery, and its search of the recall sample at ``depth``."""
+    the gallery, and its search of the recall sample (``index.recall_queries``; none when 0) at ``depth``."""
     exact = 2.0 * size.queries * size.gallery * dim / EXACT_FLOPS + RANK_SECONDS * size.queries
-    sampled = min(size.queries, RECALL_QUERIES)
+    sampled = min(size.queries, index.recall_queries)
     rates = ENGINE_RATES.get((index.backend, index.type))
-    if rates is None:  # exact or FAISS: the sample costs what the exact ranking costs per query
+    if sampled == 0:  # no index is made (index.recall_queries: 0)
+        database = 0.0
+    elif rates is None:  # exact or FAISS: the sample costs what the exact ranking costs per query
         database = exact * sampled / max(size.queries, 1)
     else:
         hits = depth / 100 if index.backend == "milvus-lite" else 1.0
@@ -114,7 +115,7 @@ def scoring_seconds(size: ProtocolLoad, index: IndexConfig, *, depth: int, dim: 
 
 def engine_warning(dataset: str, size: ProtocolLoad, index: IndexConfig) -> str | None:
     """Why and how to move to a server, when a protocol's gallery is past Milvus Lite's measured comfort."""
-    if index.backend != "milvus-lite" or size.gallery <= LITE_GALLERY_LIMIT:
+    if index.backend != "milvus-lite" or size.gallery <= LITE_GALLERY_LIMIT or index.recall_queries == 0:
         return None
     return (f"{dataset} · {size.name}: a gallery of {size.gallery:,} items is past what Milvus Lite handles well on "
             f"this machine (~{LITE_GALLERY_LIMIT:,}: at 300k its insert takes minutes and 8 GB of memory); run a "

@@ -143,7 +143,8 @@ def evaluate_protocol(
     same_group: SameGroup = "exclude", recall_queries: int | None = None,
 ) -> ProtocolScores:
     """Rank every query exactly and score every metric; index the gallery and measure the index's recall on a
-    seeded sample of ``recall_queries`` queries (default :data:`RECALL_QUERIES`). The index is dropped afterwards
+    seeded sample of ``recall_queries`` queries (default :data:`RECALL_QUERIES`; 0: no index is made and no
+    ``index_recall@k`` row is reported, the config's ``index.recall_queries: 0``). The index is dropped afterwards
     (a Milvus collection per cell would otherwise pile up) unless ``keep_collection``. ``dedupe`` (default:
     warn about byte-identical copies): queries with a duplicate in the gallery, counted or left out; the
     bench passes the run's ``DuplicateDecision``, so every cell of a dataset leaves out the same queries.
@@ -159,12 +160,13 @@ def evaluate_protocol(
     answer, ranking = exact_ranking(data, exact, depth, same_set=same_set)
     sample = recall_sample(len(data.query_ids), protocol.name, recall_queries)
     indexed = _search_index(make_index(collection, embeddings.dim), data, depth, same_set, keep_collection, own,
-                            sample)
+                            sample) if len(sample) else None
     per_query, n_excluded = _per_query_scores(data, answer, ranking, same_set=same_set, ks=ks, full_map=full_map)
     keep, duplicates = duplicate_leakage(protocol, catalog, embeddings, data.query_ids, dedupe or DedupePolicy(),
                                          per_query)
     metrics = {name: _nan_mean(values[keep]) for name, values in per_query.items()}
-    metrics[f"index_recall@{depth}"] = recall_against_exact(indexed, _result_rows(answer, sample))
+    if indexed is not None:
+        metrics[f"index_recall@{depth}"] = recall_against_exact(indexed, _result_rows(answer, sample))
     details: dict[str, object] = {"queries": len(data.query_ids), "gallery": len(data.gallery_ids), "k": depth,
                "excluded_queries": n_excluded, "max_relevant": int(ranking.n_relevant.max(initial=0)),
                "leave_one_out": same_set, "relevance": protocol.relevance, "index_recall_queries": len(sample),
@@ -185,10 +187,10 @@ recall 0.95 with 2,000 queries, binomial 95%)."""
 
 
 def recall_sample(n_queries: int, protocol: str, size: int | None = None) -> np.ndarray:
-    """Sorted query rows of the recall sample: all of them up to ``size`` (default :data:`RECALL_QUERIES`)."""
+    """Sorted query rows of the recall sample: all of them up to ``size`` (default :data:`RECALL_QUERIES`; 0: none)."""
     size = RECALL_QUERIES if size is None else size
-    if size < 1:
-        raise ValueError(f"recall_queries must be at least 1, got {size}")
+    if size < 0:
+        raise ValueError(f"recall_queries must be 0 (no index recall) or more, got {size}")
     if n_queries <= size:
         return np.arange(n_queries)
     rng = np.random.default_rng(crc32(protocol.encode()))

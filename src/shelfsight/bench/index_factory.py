@@ -24,7 +24,7 @@ def index_factory(index: IndexConfig, run_dir: Path) -> IndexFactory:
             return open_index("exact")
         if index.backend == "faiss":
             return open_index("faiss", dim=dim)
-        common = {"collection": collection, "dim": dim, "index_type": index.type, "overwrite": True,
+        common = {"collection": milvus_name(collection), "dim": dim, "index_type": index.type, "overwrite": True,
                   "build_timeout": index.build_timeout, **index_options(index.type, index.params, dim)}
         if index.backend == "milvus-lite":
             return open_index("milvus-lite", path=run_dir / MILVUS_LITE_FILE, **common)
@@ -35,4 +35,11 @@ def index_factory(index: IndexConfig, run_dir: Path) -> IndexFactory:
 
 def collection_name(cell: Cell) -> str:
     """Milvus collection names: letters, digits and underscores, starting with a letter."""
-    return "c_" + re.sub(r"[^A-Za-z0-9_]", "_", cell.cell_id)[:180]
+    return "c_" + milvus_name(cell.cell_id)[:180]
+
+
+def milvus_name(name: str) -> str:
+    """``name`` with every character a Milvus server refuses in a collection name made ``_``: strategies append
+    protocol names, and a user catalogue's derived protocols are ``test-train``, ``query-gallery`` and
+    ``leave-one-out`` (Milvus Lite accepts the hyphen; a 2.3 server refuses the collection)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)[:255]

@@ -52,4 +52,4 @@ class InputsMaker:
             protocol_tuned=protocol_tuned or {}, keep_collections=self.config.index.keep_collections,
             dedupe=self.identity.dedupe(dataset), label_budget=split_budget(cell.strategy)[1],
             retrieval_protocols=scored_protocols(self.config, cell.strategy, cell.dataset, catalog),
-            same_group=dataset.same_group)
+            same_group=dataset.same_group, recall_queries=self.config.index.recall_queries)

@@ -88,6 +88,9 @@ class StrategyInputs:
     """The retrieval protocols to score (None: every protocol of the dataset)."""
     same_group: Literal["exclude", "keep"] = "exclude"
     """Whether a query's own group's photos are left out of its ranking (the dataset's ``same_group``)."""
+    recall_queries: int | None = None
+    """Queries the index answers per protocol for its recall against exact search (the config's
+    ``index.recall_queries``; None: ``evaluate.RECALL_QUERIES``; 0: no index, no recall row)."""
 
 
 @dataclass(frozen=True)

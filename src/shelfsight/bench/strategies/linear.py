@@ -56,7 +56,10 @@ def fit(data: ClassificationData, seed: int) -> tuple[Any, float]:
 
 
 def settings(sections: Sections) -> dict[str, Any]:
-    return {"C_grid": list(C_GRID)}
+    from shelfsight.adapt.baselines import DEFAULT_TOL, RELATIVE_TOL
+
+    # the stopping rule decides the fitted probe: a changed rule recomputes the linear cells, and only them
+    return {"C_grid": list(C_GRID), "tol": f"min({DEFAULT_TOL:g}, {RELATIVE_TOL:g} x the starting gradient)"}
 
 
 def estimate(query: CostQuery) -> CostParts:

@@ -61,7 +61,7 @@ def score_protocol(inputs: StrategyInputs, protocol: RetrievalProtocol, embeddin
     return evaluate_protocol(
         protocol, inputs.catalog, embeddings, make_index=inputs.make_index, k=inputs.k, ks=inputs.ks,
         collection=f"{inputs.collection_prefix}_{protocol.name}{suffix}", keep_collection=inputs.keep_collections,
-        dedupe=inputs.dedupe, same_group=inputs.same_group)
+        dedupe=inputs.dedupe, same_group=inputs.same_group, recall_queries=inputs.recall_queries)
 
 
 def scored_protocols(inputs: StrategyInputs) -> list[RetrievalProtocol]:
