@@ -107,3 +107,14 @@ def test_a_user_catalogue_cell_runs_on_the_server_as_on_milvus_lite(milvus_stand
                                                           "recall_queries": 7})
     assert server["details"]["index_recall_queries"] == 7 and server["metrics"]["index_recall@10"] == 1.0
     assert server["metrics"] == lite["metrics"]  # the protocol `test-train` made its collection on the server
+
+
+@pytest.mark.slow  # the session's Milvus server: one tiny cell on an IVF_FLAT collection
+def test_a_small_gallery_on_a_server_reports_no_index_recall_for_an_exact_search(milvus_standalone: str,
+                                                                                  tmp_path: Path) -> None:
+    lite = _bench(tmp_path / "a", tmp_path / "lite", {"backend": "milvus-lite", "type": "FLAT"})
+    server = _bench(tmp_path / "a", tmp_path / "ivf", {"backend": "milvus", "uri": milvus_standalone,
+                                                       "type": "IVF_FLAT"})
+    # a 2.3 server leaves a segment under 1,024 rows unindexed: its answer is exact search's, not the index's
+    assert "index_recall@10" not in server["metrics"] and "1,024 rows" in server["details"]["index_recall_skipped"]
+    assert server["metrics"] == {k: v for k, v in lite["metrics"].items() if not k.startswith("index_recall")}

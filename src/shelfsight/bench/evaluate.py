@@ -159,18 +159,22 @@ def evaluate_protocol(
     exact.add(data.gallery_ids, data.gallery_vectors)
     answer, ranking = exact_ranking(data, exact, depth, same_set=same_set)
     sample = recall_sample(len(data.query_ids), protocol.name, recall_queries)
-    indexed = _search_index(make_index(collection, embeddings.dim), data, depth, same_set, keep_collection, own,
-                            sample) if len(sample) else None
+    indexed, unindexed = _search_index(make_index(collection, embeddings.dim), data, depth, same_set,
+                                       keep_collection, own, sample) if len(sample) else (None, 0)
     per_query, n_excluded = _per_query_scores(data, answer, ranking, same_set=same_set, ks=ks, full_map=full_map)
     keep, duplicates = duplicate_leakage(protocol, catalog, embeddings, data.query_ids, dedupe or DedupePolicy(),
                                          per_query)
     metrics = {name: _nan_mean(values[keep]) for name, values in per_query.items()}
-    if indexed is not None:
+    if indexed is not None and not unindexed:
         metrics[f"index_recall@{depth}"] = recall_against_exact(indexed, _result_rows(answer, sample))
     details: dict[str, object] = {"queries": len(data.query_ids), "gallery": len(data.gallery_ids), "k": depth,
                "excluded_queries": n_excluded, "max_relevant": int(ranking.n_relevant.max(initial=0)),
                "leave_one_out": same_set, "relevance": protocol.relevance, "index_recall_queries": len(sample),
                "examples": retrieval_examples(data, answer, catalog, protocol.name)}
+    if unindexed:
+        details["index_recall_skipped"] = (f"the Milvus server searched {unindexed:,} of the gallery's rows exactly, "
+                                           "without its index (a 2.3 server indexes no segment under 1,024 rows): "
+                                           "no recall of the index to report")
     if duplicates is not None:
         details["duplicates"] = duplicates
     if whole.query_groups is not None:
@@ -258,9 +262,9 @@ never from the top k alone."""
 
 
 def _search_index(index: VectorIndex, data: ProtocolSplit, depth: int, same_set: bool, keep: bool,
-                  own: list[list[str]], sample: np.ndarray) -> SearchResult:
+                  own: list[list[str]], sample: np.ndarray) -> tuple[SearchResult, int]:
     """The index's top ``depth`` for the ``sample`` query rows, asked deep enough that dropping each query's own
-    group leaves ``depth``."""
+    group leaves ``depth``; and how many gallery rows it searched without its approximate index."""
     chosen = [own[row] for row in sample]
     extra = max((len(ids) for ids in chosen), default=0)
     exclude = [data.query_ids[row] for row in sample] if same_set else None
@@ -268,13 +272,26 @@ def _search_index(index: VectorIndex, data: ProtocolSplit, depth: int, same_set:
     try:
         index.add(data.gallery_ids, data.gallery_vectors, labels=[str(x) for x in data.gallery_keys])
         answer = index.search(queries, min(depth + extra, max(depth, len(data.gallery_ids))), exclude_ids=exclude)
-        return _without(answer, chosen, depth) if extra else answer
+        return (_without(answer, chosen, depth) if extra else answer), unindexed_gallery(index)
     finally:
         drop = getattr(index, "drop", None)
         if not keep and callable(drop):
             drop()
         else:
             index.close()
+
+
+def unindexed_gallery(index: VectorIndex) -> int:
+    """Rows a Milvus server searched exactly under an approximate index type (0 for Lite, FLAT and the others):
+    a 2.3 server builds no index for a segment under 1,024 rows yet reports every row indexed, so a small
+    gallery's "index recall" would be exact search's."""
+    from shelfsight.search.milvus import MilvusIndex
+    from shelfsight.search.milvus_collection import unindexed_rows
+
+    if not isinstance(index, MilvusIndex) or index.is_lite or index.client is None \
+            or index.config.index_type == "FLAT":
+        return 0
+    return unindexed_rows(index.client, index.collection)
 
 
 def _without(answer: SearchResult, banned: list[list[str]], depth: int) -> SearchResult:
