@@ -99,8 +99,9 @@ class ServeSettings(BaseModel):
     allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_HOSTS))
     cors_origins: list[str] = Field(default_factory=list)
     match_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
-    tag_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """A top-1 cosine below which the top result is "no close match", overriding the index folder's ``match.json``."""
+    tag_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """A head probability below which a tag is "no close match"; either threshold given replaces ``match.json``."""
     allow_images_from: list[Path] = Field(default_factory=list)
     """Folders whose images are served also for items indexed from outside their catalogue's folder (the
     path-safety checks still hold: only files resolving inside one of these)."""
