@@ -76,3 +76,26 @@ def test_the_plan_prints_the_warning_once(grocery_root: Path, tmp_path: Path, mo
     out = console.export_text()
     assert out.count("fine: a gallery of") == 1 and "shelfsight milvus start --data DIR" in out
     assert seconds > 0
+
+
+class _Sized:
+    """What the linear probe's estimate reads of a catalogue: its size and its classes."""
+
+    def __init__(self, items: int, classes: int) -> None:
+        self.items, self.classes = items, tuple(range(classes))
+
+    def __len__(self) -> int:
+        return self.items
+
+
+def test_the_linear_probe_estimate_grows_with_the_classes() -> None:
+    from types import SimpleNamespace
+
+    from shelfsight.bench.strategies import linear
+
+    def seconds(items: int, classes: int) -> float:
+        return sum(part for part, _ in linear.estimate(SimpleNamespace(catalog=_Sized(items, classes))))  # type: ignore[arg-type]
+
+    assert seconds(100_000, 1_000) == pytest.approx(100_000 * (1.4e-3 + 1_000 * 7e-6))
+    assert seconds(100_000, 1_000) == pytest.approx(839.0, rel=0.05)  # the 100k bench's probe, measured
+    assert seconds(5_502, 81) == pytest.approx(5_502 * 2e-3, rel=0.05)  # the Grocery Store's, as before
