@@ -285,3 +285,19 @@ def test_index_stores_thresholds_by_hand_and_refuses_them_with_calibrate(tmp_pat
     refused = CliRunner().invoke(cli_app, ["serve", "--index-dir", str(tmp_path), "--tag-threshold", "1.5"])
     text = " ".join(refused.output.replace("│", " ").split())
     assert refused.exit_code == 2 and "--tag-threshold" in text and "less than or equal to 1" in text
+
+
+def test_broken_json_in_the_index_folder_names_the_file_the_line_and_the_fix(tmp_path: Path) -> None:
+    from shelfsight.serve import ServeError
+    from shelfsight.serve.manifest import MANIFEST_NAME
+
+    (tmp_path / MATCH_NAME).write_text('{"search": 0.5,\n oops}')
+    with pytest.raises(ServeError, match=r"match.json: not valid JSON \(line 2\): .*; delete it or run `shelfsight "
+                                         r"index --calibrate` again$"):
+        read_match(IndexLayout.at(tmp_path))
+    (tmp_path / MANIFEST_NAME).write_text("{")
+    with pytest.raises(ServeError, match=rf"{MANIFEST_NAME}: not valid JSON \(line 1\): [^;]*$"):
+        read_manifest(IndexLayout.at(tmp_path))
+    (tmp_path / MANIFEST_NAME).write_text('{"format": "shelfsight-service"}')
+    with pytest.raises(ServeError, match=r"field \w+: .*; rebuild the index with `shelfsight index`$"):
+        read_manifest(IndexLayout.at(tmp_path))

@@ -18,12 +18,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shelfsight.files import atomic_write
 from shelfsight.serve.errors import ServeError
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 MANIFEST_NAME = "service.json"
 MANIFEST_FORMAT: Literal["shelfsight-service"] = "shelfsight-service"
@@ -153,20 +155,30 @@ def read_manifest(layout: IndexLayout) -> ServiceManifest:
     if not path.is_file():
         raise ServeError(f"{layout.folder} is not a shelfsight index (no {MANIFEST_NAME}): build one with "
                          f"`shelfsight index --model MODEL --catalog CATALOGUE --index-dir {layout.folder}`")
+    return read_json_model(path, ServiceManifest, broken="", invalid="; rebuild the index with `shelfsight index`")
+
+
+def read_json_model(path: Path, model: type[_Model], *, broken: str, invalid: str) -> _Model:
+    """A JSON file of the index folder, validated; a ServeError naming the file, the line or field, and the fix
+    (``broken`` after a JSON error, ``invalid`` after a field's)."""
     try:
-        return ServiceManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        return model.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as error:
-        raise ServeError(f"{path}: not valid JSON (line {error.lineno}): {error.msg}") from None
+        raise ServeError(f"{path}: not valid JSON (line {error.lineno}): {error.msg}{broken}") from None
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise ServeError(f"{path}: field {where}: {first['msg']}; rebuild the index with `shelfsight index`") from None
+        raise ServeError(f"{path}: field {where}: {first['msg']}{invalid}") from None
+
+
+def write_json_model(path: Path, record: BaseModel) -> Path:
+    """Write atomically (temporary file, then rename): a crash never leaves half a file."""
+    text = record.model_dump_json(indent=2) + "\n"
+    return atomic_write(path, lambda target: target.write_text(text, encoding="utf-8"))
 
 
 def write_manifest(layout: IndexLayout, manifest: ServiceManifest) -> Path:
-    """Write atomically (temporary file, then rename): a crash never leaves half a manifest."""
-    text = manifest.model_dump_json(indent=2) + "\n"
-    return atomic_write(layout.manifest, lambda path: path.write_text(text, encoding="utf-8"))
+    return write_json_model(layout.manifest, manifest)
 
 
 def preprocess_overrides(manifest: ServiceManifest) -> dict[str, Any]:

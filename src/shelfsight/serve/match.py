@@ -14,23 +14,21 @@ known query's nearest neighbour is another photo of the same catalogue, as a sho
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from shelfsight.adapt import LinearHead
-from shelfsight.files import atomic_write
 from shelfsight.metrics.openset import auroc, max_softmax, precision_threshold
 from shelfsight.metrics.openset import draw_unknown as openset_draw
 from shelfsight.search.milvus import MilvusIndex
 from shelfsight.search.milvus_fields import VECTOR_FIELD, id_filter
 from shelfsight.serve.errors import ServeError
 from shelfsight.serve.indexer import ServedHead
-from shelfsight.serve.manifest import IndexLayout, ServiceManifest, read_manifest
+from shelfsight.serve.manifest import IndexLayout, ServiceManifest, read_json_model, read_manifest, write_json_model
 from shelfsight.serve.opening import open_head
 
 MATCH_NAME = "match.json"
@@ -111,20 +109,12 @@ def read_match(layout: IndexLayout) -> MatchThreshold | None:
     path = match_path(layout)
     if not path.is_file():
         return None
-    try:
-        return MatchThreshold.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as error:
-        raise ServeError(f"{path}: not valid JSON (line {error.lineno}): {error.msg}; delete it or run "
-                         "`shelfsight index --calibrate` again") from None
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise ServeError(f"{path}: field {where}: {first['msg']}; run `shelfsight index --calibrate` again") from None
+    return read_json_model(path, MatchThreshold, broken="; delete it or run `shelfsight index --calibrate` again",
+                           invalid="; run `shelfsight index --calibrate` again")
 
 
 def write_match(layout: IndexLayout, record: MatchThreshold) -> Path:
-    text = record.model_dump_json(indent=2) + "\n"
-    return atomic_write(match_path(layout), lambda path: path.write_text(text, encoding="utf-8"))
+    return write_json_model(match_path(layout), record)
 
 
 def stored_rows(index: MilvusIndex) -> tuple[list[str], list[str], np.ndarray]:
