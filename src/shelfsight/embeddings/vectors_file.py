@@ -39,6 +39,11 @@ METADATA_KEY = b"shelfsight"
 UNIT_TOLERANCE = 1e-6
 """A row whose norm is within this of 1 is already normalised: kept as it is."""
 SHOWN = 5
+READ_BUFFER_BYTES = 1 << 20
+"""Bytes a Parquet read buffers at a time (Arrow's streamed read)."""
+READ_ROWS = 4_096
+"""Rows of a Parquet file decoded at a time: Arrow holds about six times a block while decoding it (100k x 1,280:
+0.12 GB over the vectors at 4,096 rows, 0.5 GB at 16,384; ``benchmarks/vectors_read.py``)."""
 NOT_IN_FILE = "not in the vectors file"
 
 
@@ -111,40 +116,60 @@ def _key_column(names: Sequence[str], key: str, path: Path) -> tuple[str, str]:
 
 
 def _read_parquet(path: Path, key: str) -> VectorRows:
-    table = pq.read_table(path)
-    column, kind = _key_column(table.column_names, key, path)
-    vector_name = next((n for n in VECTOR_COLUMNS if n in table.column_names), None)
-    if vector_name is None:
-        raise VectorsFileError(f"{path}: no vector column ({' or '.join(VECTOR_COLUMNS)}); it has "
-                               f"{', '.join(table.column_names)}")
-    keys = [str(v) for v in table.column(column).to_pylist()]
-    vectors = _list_column(table.column(vector_name).combine_chunks(), keys, path)
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    rows = VectorRows(keys, vectors, kind, json.loads(raw) if raw else {})
-    del table
-    release_arrow_pages()
+    rows = _parquet_rows(path, key)
+    release_arrow_pages()  # after the reader and its last block are gone
     return rows
 
 
+def _parquet_rows(path: Path, key: str) -> VectorRows:
+    # Streamed: without pre-buffering, a block's pages are read as it is decoded, not the whole column chunk at once.
+    file = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+    names = file.schema_arrow.names
+    column, kind = _key_column(names, key, path)
+    vector_name = next((n for n in VECTOR_COLUMNS if n in names), None)
+    if vector_name is None:
+        raise VectorsFileError(f"{path}: no vector column ({' or '.join(VECTOR_COLUMNS)}); it has "
+                               f"{', '.join(names)}")
+    keys = [str(v) for v in file.read(columns=[column]).column(0).to_pylist()]
+    vectors = _vector_column(file, vector_name, keys, path)
+    raw = (file.schema_arrow.metadata or {}).get(METADATA_KEY)
+    file.close()
+    return VectorRows(keys, vectors, kind, json.loads(raw) if raw else {})
+
+
 def release_arrow_pages() -> None:
-    """Arrow's allocator keeps the pages of a read after they are freed: 1.3 GB stayed resident after a 0.5 GB
-    file (100k x 1,280) until given back here (``benchmarks/vectors_read.py``)."""
+    """Arrow's allocator keeps the pages of a read after they are freed: 1.3 GB of a whole-table read of a 0.5 GB
+    file (100k x 1,280) stayed resident until given back (``benchmarks/vectors_read.py``)."""
     pa.default_memory_pool().release_unused()
 
 
-def _list_column(column: pa.Array, keys: list[str], path: Path) -> np.ndarray:
-    """A list column as an (N, D) array; rows of another length than the first are refused by id."""
-    if isinstance(column.type, pa.FixedSizeListType):
-        dim = column.type.list_size
-    else:
-        if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
-            raise VectorsFileError(f"{path}: the vector column must hold lists of numbers, not {column.type}")
-        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-        lengths = np.where(np.isnan(lengths.astype(float)), 0, lengths).astype(int)
-        dim = int(lengths[0]) if len(lengths) else 0
-        _check_dims(lengths, keys, path)
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return np.asarray(values).reshape(-1, dim) if dim else np.zeros((len(keys), 0), np.float32)
+def _vector_column(file: pq.ParquetFile, name: str, keys: list[str], path: Path) -> np.ndarray:
+    """A list column as an (N, D) array, read in blocks into one array: the file's vectors are held once, not as
+    Arrow's table, its combined copy and numpy's view of it. Rows of another length than the usual are refused."""
+    kind = file.schema_arrow.field(name).type
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)) \
+            or not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise VectorsFileError(f"{path}: the vector column must hold lists of numbers, not {kind}")
+    lengths = np.zeros(len(keys), dtype=np.int64)
+    out: np.ndarray | None = None
+    start = 0
+    for batch in file.iter_batches(batch_size=READ_ROWS, columns=[name], use_threads=False):
+        block = batch.column(0)
+        counts = pc.list_value_length(block).fill_null(0).to_numpy(zero_copy_only=False)
+        lengths[start:start + len(block)] = counts
+        if out is None:
+            dim = int(counts[0]) if len(counts) else 0
+            out = np.zeros((len(keys), dim), dtype=kind.value_type.to_pandas_dtype())
+        if (counts == out.shape[1]).all():
+            values = block.flatten()
+            if values.null_count and out.dtype.kind != "f":
+                raise VectorsFileError(f"{path}: {values.null_count} empty (null) value(s) in integer vectors; fill "
+                                       "or drop those rows")
+            values = values.to_numpy(zero_copy_only=False)
+            out[start:start + len(block)] = np.asarray(values).reshape(len(block), out.shape[1])
+        start += len(block)
+    _check_dims(lengths, keys, path)
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 def _check_dims(lengths: np.ndarray, keys: list[str], path: Path) -> None:
