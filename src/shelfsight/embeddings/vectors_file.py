@@ -123,17 +123,16 @@ def _read_parquet(path: Path, key: str) -> VectorRows:
 
 def _parquet_rows(path: Path, key: str) -> VectorRows:
     # Streamed: without pre-buffering, a block's pages are read as it is decoded, not the whole column chunk at once.
-    file = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
-    names = file.schema_arrow.names
-    column, kind = _key_column(names, key, path)
-    vector_name = next((n for n in VECTOR_COLUMNS if n in names), None)
-    if vector_name is None:
-        raise VectorsFileError(f"{path}: no vector column ({' or '.join(VECTOR_COLUMNS)}); it has "
-                               f"{', '.join(names)}")
-    keys = [str(v) for v in file.read(columns=[column]).column(0).to_pylist()]
-    vectors = _vector_column(file, vector_name, keys, path)
-    raw = (file.schema_arrow.metadata or {}).get(METADATA_KEY)
-    file.close()
+    with pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES) as file:
+        names = file.schema_arrow.names
+        column, kind = _key_column(names, key, path)
+        vector_name = next((n for n in VECTOR_COLUMNS if n in names), None)
+        if vector_name is None:
+            raise VectorsFileError(f"{path}: no vector column ({' or '.join(VECTOR_COLUMNS)}); it has "
+                                   f"{', '.join(names)}")
+        keys = [str(v) for v in file.read(columns=[column]).column(0).to_pylist()]
+        vectors = _vector_column(file, vector_name, keys, path)
+        raw = (file.schema_arrow.metadata or {}).get(METADATA_KEY)
     return VectorRows(keys, vectors, kind, json.loads(raw) if raw else {})
 
 
@@ -146,10 +145,11 @@ def release_arrow_pages() -> None:
 def _vector_column(file: pq.ParquetFile, name: str, keys: list[str], path: Path) -> np.ndarray:
     """A list column as an (N, D) array, read in blocks into one array: the file's vectors are held once, not as
     Arrow's table, its combined copy and numpy's view of it. Rows of another length than the usual are refused."""
-    kind = file.schema_arrow.field(name).type
-    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)) \
-            or not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
-        raise VectorsFileError(f"{path}: the vector column must hold lists of numbers, not {kind}")
+    arrow_type = file.schema_arrow.field(name).type
+    is_list = pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type) or \
+        pa.types.is_large_list(arrow_type)
+    if not is_list or not (pa.types.is_floating(arrow_type.value_type) or pa.types.is_integer(arrow_type.value_type)):
+        raise VectorsFileError(f"{path}: the vector column must hold lists of numbers, not {arrow_type}")
     lengths = np.zeros(len(keys), dtype=np.int64)
     out: np.ndarray | None = None
     start = 0
@@ -159,14 +159,13 @@ def _vector_column(file: pq.ParquetFile, name: str, keys: list[str], path: Path)
         lengths[start:start + len(block)] = counts
         if out is None:
             dim = int(counts[0]) if len(counts) else 0
-            out = np.zeros((len(keys), dim), dtype=kind.value_type.to_pandas_dtype())
-        if (counts == out.shape[1]).all():
-            values = block.flatten()
-            if values.null_count and out.dtype.kind != "f":
-                raise VectorsFileError(f"{path}: {values.null_count} empty (null) value(s) in integer vectors; fill "
+            out = np.zeros((len(keys), dim), dtype=arrow_type.value_type.to_pandas_dtype())
+        if (counts == out.shape[1]).all():  # else _check_dims below names the odd rows
+            flat = block.flatten()
+            if flat.null_count and out.dtype.kind != "f":
+                raise VectorsFileError(f"{path}: {flat.null_count} empty (null) value(s) in integer vectors; fill "
                                        "or drop those rows")
-            values = values.to_numpy(zero_copy_only=False)
-            out[start:start + len(block)] = np.asarray(values).reshape(len(block), out.shape[1])
+            out[start:start + len(block)] = flat.to_numpy(zero_copy_only=False).reshape(len(block), out.shape[1])
         start += len(block)
     _check_dims(lengths, keys, path)
     return out if out is not None else np.zeros((0, 0), np.float32)
